@@ -1,0 +1,1 @@
+//! The pest grammar and the AST. FRONTEND HELPER: implement.

@@ -1,0 +1,1 @@
+//! Data loading. TRAINING HELPER: implement.

@@ -1,0 +1,1 @@
+//! Forward and backward kernels. KERNELS HELPER: implement.

@@ -1,0 +1,1 @@
+//! TRAINING HELPER: implement.
