@@ -1,15 +1,194 @@
-//! Keras-style model summary. FRONTEND HELPER: implement.
+//! Keras-style model summary: the `model.summary()` table of Keras 2 with a
+//! FLOPs column, and the same information as JSON.
 
 use crate::model::Model;
+use serde_json::{json, Value};
+
+/// `1413834` -> `"1,413,834"`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A byte count as Keras 3 prints it: powers of 1024, two decimals
+/// (`0.00 B`, `5.39 MB`).
+pub fn readable_bytes(bytes: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut size = bytes as f64;
+    for unit in &units[..units.len() - 1] {
+        if size / 1024.0 < 1.0 {
+            return format!("{size:.2} {unit}");
+        }
+        size /= 1024.0;
+    }
+    format!("{size:.2} {}", units[units.len() - 1])
+}
+
+/// A FLOP count with a unit chosen so that the number is at least 0.1:
+/// `178932992` -> `0.179 GFLOP`.
+pub fn readable_flops(flops: u64) -> String {
+    let f = flops as f64;
+    if f >= 1e8 {
+        format!("{:.3} GFLOP", f / 1e9)
+    } else if f >= 1e5 {
+        format!("{:.3} MFLOP", f / 1e6)
+    } else if f >= 1e2 {
+        format!("{:.3} kFLOP", f / 1e3)
+    } else {
+        format!("{flops} FLOP")
+    }
+}
+
+/// `(None, 28, 28, 64)`: a per-example shape with the batch as `None`.
+fn keras_shape(shape: &[usize]) -> String {
+    let mut parts = vec!["None".to_string()];
+    parts.extend(shape.iter().map(|d| d.to_string()));
+    format!("({})", parts.join(", "))
+}
 
 /// The `model.summary()` table with a FLOPs column, then totals.
+///
+/// Parameter memory assumes float32 (4 bytes per parameter), as Keras does.
+/// FLOPs are per example for the forward pass (see [`crate::model::Layer::flops`]).
 pub fn render_text(model: &Model) -> String {
-    format!("Model: \"{}\"\n", model.name)
+    let rows: Vec<[String; 4]> = model
+        .layers
+        .iter()
+        .map(|l| {
+            [
+                format!(" {} ({})", l.name, l.kind.keras_class()),
+                keras_shape(&l.output_shape),
+                thousands(l.params as u64),
+                thousands(l.flops),
+            ]
+        })
+        .collect();
+    // Column widths of the Keras 2 table (widened for long names).
+    let name_w = rows
+        .iter()
+        .map(|r| r[0].chars().count() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(33);
+    let shape_w = rows
+        .iter()
+        .map(|r| r[1].chars().count() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(26);
+    let param_w = rows
+        .iter()
+        .map(|r| r[2].chars().count() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    let flops_w = rows
+        .iter()
+        .map(|r| r[3].chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(13);
+    let width = name_w + shape_w + param_w + flops_w;
+
+    let mut out = String::new();
+    let row = |a: &str, b: &str, c: &str, d: &str| {
+        let line = format!("{a:<name_w$}{b:<shape_w$}{c:<param_w$}{d:>flops_w$}");
+        format!("{}\n", line.trim_end())
+    };
+    out.push_str(&format!("Model: \"{}\"\n", model.name));
+    out.push_str(&format!("{}\n", "_".repeat(width)));
+    out.push_str(&row(" Layer (type)", "Output Shape", "Param #", "FLOPs"));
+    out.push_str(&format!("{}\n", "=".repeat(width)));
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&row(&r[0], &r[1], &r[2], &r[3]));
+    }
+    out.push_str(&format!("{}\n", "=".repeat(width)));
+    let total = model.total_params() as u64;
+    let trainable = model.trainable_params() as u64;
+    let non_trainable = model.non_trainable_params() as u64;
+    let bytes = |n: u64| readable_bytes(n.saturating_mul(4));
+    out.push_str(&format!(
+        "Total params: {} ({})\n",
+        thousands(total),
+        bytes(total)
+    ));
+    out.push_str(&format!(
+        "Trainable params: {} ({})\n",
+        thousands(trainable),
+        bytes(trainable)
+    ));
+    out.push_str(&format!(
+        "Non-trainable params: {} ({})\n",
+        thousands(non_trainable),
+        bytes(non_trainable)
+    ));
+    out.push_str(&format!(
+        "FLOPs per image (forward): {} ({})\n",
+        thousands(model.flops()),
+        readable_flops(model.flops())
+    ));
+    out.push_str(&format!("{}\n", "_".repeat(width)));
+    out
+}
+
+/// A shape with the batch dimension as `null`: `[null, 28, 28, 64]`.
+fn json_shape(shape: &[usize]) -> Value {
+    let mut v = vec![Value::Null];
+    v.extend(shape.iter().map(|&d| json!(d)));
+    Value::Array(v)
 }
 
 /// The summary as JSON: `name`, `input_shape`, `output_shape`, `total_params`,
 /// `trainable_params`, `non_trainable_params`, `flops`, and `layers` (each with
-/// `name`, `kind`, `output_shape`, `params`, `flops`). Shapes include the batch as `null`.
+/// `name`, `kind` (the spec keyword), `class` (the Keras class), `input_shape`,
+/// `output_shape`, `params`, `flops`, and `config`: the resolved arguments,
+/// defaults included, plus `pads` for conv and pooling layers). Shapes include
+/// the batch as `null`.
 pub fn to_json(model: &Model) -> serde_json::Value {
-    serde_json::json!({ "name": model.name })
+    let layers: Vec<Value> = model
+        .layers
+        .iter()
+        .map(|l| {
+            let mut config = serde_json::to_value(&l.kind).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut config {
+                map.remove("kind");
+                if let Some(p) = &l.pads {
+                    map.insert(
+                        "pads".into(),
+                        serde_json::to_value(p).unwrap_or(Value::Null),
+                    );
+                }
+            }
+            json!({
+                "name": l.name,
+                "kind": l.kind.keyword(),
+                "class": l.kind.keras_class(),
+                "input_shape": json_shape(&l.input_shape),
+                "output_shape": json_shape(&l.output_shape),
+                "params": l.params,
+                "flops": l.flops,
+                "config": config,
+            })
+        })
+        .collect();
+    json!({
+        "name": model.name,
+        "input_shape": json_shape(&model.input_shape),
+        "output_shape": json_shape(model.output_shape()),
+        "total_params": model.total_params(),
+        "trainable_params": model.trainable_params(),
+        "non_trainable_params": model.non_trainable_params(),
+        "flops": model.flops(),
+        "layers": layers,
+    })
 }

@@ -1,0 +1,550 @@
+//! The layer table (keywords, Keras argument names, positional order,
+//! defaults) and argument binding: positional and named arguments to
+//! parameters, reporting `E0003`, `E0011`-`E0014`.
+
+use super::suggest::did_you_mean;
+use super::values::{Ctx, FilterExpr};
+use crate::diagnostics::Diagnostic;
+use crate::model::{Activation, LayerKind, Padding, Span};
+use crate::syntax::{LayerStmt, Value};
+
+/// What a keyword builds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Family {
+    Conv2d,
+    MaxPool,
+    AvgPool,
+    Flatten,
+    Dense,
+    Dropout,
+    /// `activation(relu)`.
+    ActivationLayer,
+    /// `relu`, `softmax`, ...: an activation layer with a fixed function.
+    Bare(Activation),
+}
+
+/// One layer keyword of the language.
+pub(crate) struct LayerDef {
+    pub keyword: &'static str,
+    pub family: Family,
+    /// Parameter names in Keras's positional order (`name` is implicit).
+    pub params: &'static [&'static str],
+    /// How many of `params` may be given by position.
+    pub positional: usize,
+    /// How many leading `params` are required.
+    pub required: usize,
+    /// Prefix of generated names (Keras's snake-cased class name).
+    pub default_name: &'static str,
+    /// The call signature with defaults, for notes.
+    pub signature: &'static str,
+    /// A typical call, for help lines.
+    pub example: &'static str,
+}
+
+const POOL_PARAMS: &[&str] = &["pool_size", "strides", "padding"];
+
+/// Every layer keyword.
+pub(crate) const LAYERS: &[LayerDef] = &[
+    LayerDef {
+        keyword: "conv2d",
+        family: Family::Conv2d,
+        params: &["filters", "kernel_size", "strides", "padding", "activation", "use_bias"],
+        positional: 4,
+        required: 2,
+        default_name: "conv2d",
+        signature: "conv2d(filters, kernel_size, strides=1, padding=valid, activation=linear, use_bias=true, name=...)",
+        example: "conv2d(32, 3, activation=relu, padding=same)",
+    },
+    LayerDef {
+        keyword: "max_pool2d",
+        family: Family::MaxPool,
+        params: POOL_PARAMS,
+        positional: 3,
+        required: 0,
+        default_name: "max_pooling2d",
+        signature: "max_pool2d(pool_size=2, strides=pool_size, padding=valid, name=...)",
+        example: "max_pool2d(2)",
+    },
+    LayerDef {
+        keyword: "avg_pool2d",
+        family: Family::AvgPool,
+        params: POOL_PARAMS,
+        positional: 3,
+        required: 0,
+        default_name: "average_pooling2d",
+        signature: "avg_pool2d(pool_size=2, strides=pool_size, padding=valid, name=...)",
+        example: "avg_pool2d(2)",
+    },
+    LayerDef {
+        keyword: "flatten",
+        family: Family::Flatten,
+        params: &[],
+        positional: 0,
+        required: 0,
+        default_name: "flatten",
+        signature: "flatten(name=...)",
+        example: "flatten",
+    },
+    LayerDef {
+        keyword: "dense",
+        family: Family::Dense,
+        params: &["units", "activation", "use_bias"],
+        positional: 2,
+        required: 1,
+        default_name: "dense",
+        signature: "dense(units, activation=linear, use_bias=true, name=...)",
+        example: "dense(64, activation=relu)",
+    },
+    LayerDef {
+        keyword: "dropout",
+        family: Family::Dropout,
+        params: &["rate"],
+        positional: 1,
+        required: 1,
+        default_name: "dropout",
+        signature: "dropout(rate, name=...)",
+        example: "dropout(0.5)",
+    },
+    LayerDef {
+        keyword: "activation",
+        family: Family::ActivationLayer,
+        params: &["activation"],
+        positional: 1,
+        required: 1,
+        default_name: "activation",
+        signature: "activation(activation, name=...)",
+        example: "activation(relu)",
+    },
+    bare("relu", Activation::Relu, "relu(name=...)"),
+    bare("softmax", Activation::Softmax, "softmax(name=...)"),
+    bare("sigmoid", Activation::Sigmoid, "sigmoid(name=...)"),
+    bare("tanh", Activation::Tanh, "tanh(name=...)"),
+    bare("linear", Activation::Linear, "linear(name=...)"),
+];
+
+const fn bare(keyword: &'static str, a: Activation, signature: &'static str) -> LayerDef {
+    LayerDef {
+        keyword,
+        family: Family::Bare(a),
+        params: &[],
+        positional: 0,
+        required: 0,
+        default_name: "activation",
+        signature,
+        example: keyword,
+    }
+}
+
+/// Other spellings people use for our layers (Keras class names, PyTorch
+/// names), normalised: lower case, no underscores.
+const ALIASES: &[(&str, &str)] = &[
+    ("convolution2d", "conv2d"),
+    ("conv", "conv2d"),
+    ("maxpooling2d", "max_pool2d"),
+    ("maxpool", "max_pool2d"),
+    ("averagepooling2d", "avg_pool2d"),
+    ("avgpool", "avg_pool2d"),
+    ("fc", "dense"),
+    ("linear2d", "dense"),
+    ("fullyconnected", "dense"),
+    ("relu", "relu"),
+];
+
+/// Keras layers the language does not have (normalised spelling).
+const UNSUPPORTED: &[&str] = &[
+    "batchnormalization",
+    "batchnorm",
+    "layernormalization",
+    "conv1d",
+    "conv3d",
+    "conv2dtranspose",
+    "separableconv2d",
+    "depthwiseconv2d",
+    "globalaveragepooling2d",
+    "globalmaxpooling2d",
+    "zeropadding2d",
+    "upsampling2d",
+    "reshape",
+    "lstm",
+    "gru",
+    "simplernn",
+    "embedding",
+    "leakyrelu",
+    "prelu",
+    "elu",
+    "attention",
+    "multiheadattention",
+];
+
+/// Keras arguments the language does not have.
+const UNSUPPORTED_ARGS: &[&str] = &[
+    "dilation_rate",
+    "groups",
+    "data_format",
+    "kernel_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+    "noise_shape",
+    "seed",
+    "trainable",
+    "dtype",
+    "input_shape",
+];
+
+/// The definition of `keyword`, if it is a layer keyword.
+pub(crate) fn lookup(keyword: &str) -> Option<&'static LayerDef> {
+    LAYERS.iter().find(|d| d.keyword == keyword)
+}
+
+fn layer_list() -> String {
+    LAYERS
+        .iter()
+        .map(|d| d.keyword)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `E0002` for an unknown layer keyword, with a suggestion.
+pub(crate) fn unknown_layer(layer: &LayerStmt) -> Diagnostic {
+    let word = &layer.keyword.name;
+    let norm = word.to_ascii_lowercase().replace('_', "");
+    let keywords: Vec<&str> = LAYERS.iter().map(|d| d.keyword).collect();
+    let suggestion = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == norm)
+        .map(|(_, k)| *k)
+        .or_else(|| did_you_mean(word, &keywords));
+    let mut d = Diagnostic::error("E0002", format!("unknown layer `{word}`"))
+        .with_label(layer.keyword.span, "not a layer of the cnnc language");
+    if word == "input" {
+        d = d.with_help("the input is declared with a shape: `input [28, 28, 1]`");
+        return d;
+    }
+    if UNSUPPORTED.contains(&norm.as_str()) {
+        d = d.with_note(format!(
+            "`{word}` is a Keras layer that cnnc does not support"
+        ));
+    }
+    if let Some(s) = suggestion {
+        if word.chars().any(|c| c.is_ascii_uppercase()) && s.replace('_', "") == norm {
+            d = d.with_note("layer keywords are lower case");
+        }
+        d = d.with_help(format!("did you mean `{s}`?"));
+    } else if UNSUPPORTED.contains(&norm.as_str()) {
+        d = d.with_help("remove this layer");
+    } else {
+        d = d.with_help("use one of the layers listed below");
+    }
+    d.with_note(format!("the layers are: {}", layer_list()))
+}
+
+/// Arguments bound to a layer's parameters.
+pub(crate) struct Bound<'a> {
+    /// One slot per `LayerDef::params` entry.
+    pub values: Vec<Option<&'a Value>>,
+    /// The `name = "..."` argument.
+    pub name: Option<&'a Value>,
+    /// Whether every required parameter was given.
+    pub complete: bool,
+}
+
+impl Bound<'_> {
+    pub fn get(&self, def: &LayerDef, param: &str) -> Option<&Value> {
+        def.params
+            .iter()
+            .position(|p| *p == param)
+            .and_then(|i| self.values[i])
+    }
+}
+
+/// Binds positional and named arguments of `layer` to the parameters of `def`.
+pub(crate) fn bind<'a>(ctx: &mut Ctx<'_>, def: &LayerDef, layer: &'a LayerStmt) -> Bound<'a> {
+    let mut values: Vec<Option<&'a Value>> = vec![None; def.params.len()];
+    let mut origin: Vec<Option<Span>> = vec![None; def.params.len()];
+    let mut name: Option<&'a Value> = None;
+    let mut name_span: Option<Span> = None;
+    let mut positional = 0usize;
+    let mut first_named: Option<Span> = None;
+    let kw = def.keyword;
+    for arg in &layer.args {
+        match &arg.name {
+            None => {
+                if let Some(named) = first_named {
+                    let d = Diagnostic::error(
+                        "E0014",
+                        "positional argument after a named argument",
+                    )
+                    .with_label(arg.span, "positional argument")
+                    .with_label(named, "named argument before it")
+                    .with_help(
+                        "put positional arguments first, or name this one as well (`key = value`)",
+                    );
+                    ctx.diags.push(d);
+                }
+                if positional >= def.positional {
+                    let taken = if def.positional == 0 {
+                        format!("`{kw}` takes no positional arguments")
+                    } else {
+                        let names = def.params[..def.positional].join(", ");
+                        format!(
+                            "`{kw}` takes at most {} positional argument{} ({names})",
+                            def.positional,
+                            if def.positional == 1 { "" } else { "s" }
+                        )
+                    };
+                    let mut d =
+                        Diagnostic::error("E0013", format!("too many arguments for `{kw}`"))
+                            .with_label(arg.value.span, "unexpected argument")
+                            .with_note(taken)
+                            .with_note(format!("signature: {}", def.signature));
+                    if let Some(h) = Ctx::keyword_hint(&arg.value, def.params) {
+                        d = d.with_help(h);
+                    } else if def.params.len() > def.positional {
+                        d = d.with_help(format!(
+                            "pass the other arguments by name, e.g. `{}=...`",
+                            def.params[def.positional]
+                        ));
+                    } else {
+                        d = d.with_help("remove this argument");
+                    }
+                    ctx.diags.push(d);
+                } else {
+                    values[positional] = Some(&arg.value);
+                    origin[positional] = Some(arg.span);
+                }
+                positional += 1;
+            }
+            Some(key) => {
+                first_named.get_or_insert(key.span);
+                let slot = def.params.iter().position(|p| *p == key.name);
+                if key.name == "name" {
+                    if let Some(prev) = name_span {
+                        ctx.diags.push(given_twice("name", arg.span, prev));
+                    } else {
+                        name = Some(&arg.value);
+                        name_span = Some(arg.span);
+                    }
+                } else if let Some(i) = slot {
+                    if let Some(prev) = origin[i] {
+                        ctx.diags.push(given_twice(&key.name, arg.span, prev));
+                    } else {
+                        values[i] = Some(&arg.value);
+                        origin[i] = Some(arg.span);
+                    }
+                } else {
+                    ctx.diags.push(unknown_argument(def, &key.name, key.span));
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> = (0..def.required)
+        .filter(|&i| values[i].is_none())
+        .map(|i| def.params[i])
+        .collect();
+    if !missing.is_empty() {
+        let list = missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let plural = if missing.len() == 1 { "" } else { "s" };
+        let span = layer.span;
+        let d = Diagnostic::error(
+            "E0011",
+            format!("`{kw}` is missing its {list} argument{plural}"),
+        )
+        .with_label(span, format!("missing {list}"))
+        .with_note(format!("signature: {}", def.signature))
+        .with_help(format!("for example `{}`", def.example));
+        ctx.diags.push(d);
+    }
+    Bound {
+        values,
+        name,
+        complete: missing.is_empty(),
+    }
+}
+
+fn given_twice(param: &str, again: Span, first: Span) -> Diagnostic {
+    Diagnostic::error(
+        "E0012",
+        format!("argument `{param}` is given more than once"),
+    )
+    .with_label(again, "given again here")
+    .with_label(first, "first given here")
+    .with_help("remove one of them")
+}
+
+fn unknown_argument(def: &LayerDef, key: &str, span: Span) -> Diagnostic {
+    let mut all: Vec<&str> = def.params.to_vec();
+    all.push("name");
+    let mut d = Diagnostic::error(
+        "E0003",
+        format!("unknown argument `{key}` for `{}`", def.keyword),
+    )
+    .with_label(span, "unknown argument");
+    if UNSUPPORTED_ARGS.contains(&key) {
+        d = d.with_note(format!(
+            "`{key}` is a Keras argument that cnnc does not support"
+        ));
+    }
+    let accepted = all
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    d = d.with_note(format!("`{}` accepts {accepted}", def.keyword));
+    match did_you_mean(key, &all) {
+        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+        None => d.with_help("remove this argument"),
+    }
+}
+
+/// A layer with its arguments converted. `kind` is `None` when an argument
+/// that the shape depends on is invalid (the error has been reported);
+/// invalid arguments that do not affect shapes (activation, use_bias) are
+/// reported and replaced by their default so that checking can go on.
+pub(crate) struct Resolved {
+    pub kind: Option<LayerKind>,
+    /// `filters` given as a channel expression (then `kind`'s `filters` is a
+    /// placeholder until shape inference resolves it).
+    pub filters_expr: Option<FilterExpr>,
+    /// The window argument's value span (`kernel_size` / `pool_size`), for shape errors.
+    pub window_span: Option<Span>,
+    /// The explicit `name = "..."`, with the span of its value.
+    pub name: Option<(String, Span)>,
+    /// Whether any argument of this layer was invalid.
+    pub had_error: bool,
+}
+
+/// Converts bound arguments to a [`LayerKind`], filling Keras defaults.
+pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> Resolved {
+    let errors_before = ctx.diags.len();
+    let p = def.params;
+    let get = |name: &str| bound.get(def, name);
+    let name = bound
+        .name
+        .and_then(|v| ctx.layer_name(v).map(|n| (n, v.span)));
+    let mut filters_expr = None;
+    let mut window_span = None;
+    let activation = |ctx: &mut Ctx<'_>| -> Activation {
+        get("activation")
+            .and_then(|v| ctx.activation(v, "activation", p))
+            .unwrap_or(Activation::Linear)
+    };
+    let use_bias = |ctx: &mut Ctx<'_>| -> bool {
+        get("use_bias")
+            .and_then(|v| ctx.boolean(v, "use_bias", p))
+            .unwrap_or(true)
+    };
+    let kind = match def.family {
+        Family::Conv2d => {
+            let filters = get("filters").and_then(|v| ctx.filters(v, p));
+            let kernel_size = get("kernel_size").and_then(|v| ctx.pair(v, "kernel_size", p));
+            window_span = get("kernel_size").map(|v| v.span);
+            let strides = match get("strides") {
+                Some(v) => ctx.pair(v, "strides", p),
+                None => Some([1, 1]),
+            };
+            let padding = match get("padding") {
+                Some(v) => ctx.padding(v, p),
+                None => Some(Padding::Valid),
+            };
+            let activation = activation(ctx);
+            let use_bias = use_bias(ctx);
+            let filters = match filters {
+                Some(Ok(n)) => Some(n),
+                Some(Err(expr)) => {
+                    filters_expr = Some(expr);
+                    Some(0)
+                }
+                None => None,
+            };
+            match (filters, kernel_size, strides, padding) {
+                (Some(filters), Some(kernel_size), Some(strides), Some(padding)) => {
+                    Some(LayerKind::Conv2d {
+                        filters,
+                        kernel_size,
+                        strides,
+                        padding,
+                        activation,
+                        use_bias,
+                    })
+                }
+                _ => None,
+            }
+        }
+        Family::MaxPool | Family::AvgPool => {
+            let pool_size = match get("pool_size") {
+                Some(v) => ctx.pair(v, "pool_size", p),
+                None => Some([2, 2]),
+            };
+            window_span = get("pool_size").map(|v| v.span);
+            let strides = match get("strides") {
+                Some(v) => ctx.pair(v, "strides", p),
+                None => pool_size,
+            };
+            let padding = match get("padding") {
+                Some(v) => ctx.padding(v, p),
+                None => Some(Padding::Valid),
+            };
+            match (pool_size, strides, padding) {
+                (Some(pool_size), Some(strides), Some(padding)) => {
+                    Some(if def.family == Family::MaxPool {
+                        LayerKind::MaxPool2d {
+                            pool_size,
+                            strides,
+                            padding,
+                        }
+                    } else {
+                        LayerKind::AvgPool2d {
+                            pool_size,
+                            strides,
+                            padding,
+                        }
+                    })
+                }
+                _ => None,
+            }
+        }
+        Family::Flatten => Some(LayerKind::Flatten),
+        Family::Dense => {
+            let units = get("units").and_then(|v| ctx.positive_int(v, "units", p));
+            let activation = activation(ctx);
+            let use_bias = use_bias(ctx);
+            units.map(|units| LayerKind::Dense {
+                units,
+                activation,
+                use_bias,
+            })
+        }
+        Family::Dropout => {
+            // An invalid rate does not change shapes: keep checking with 0.
+            let rate = get("rate").and_then(|v| ctx.rate(v)).unwrap_or(0.0);
+            Some(LayerKind::Dropout { rate })
+        }
+        Family::ActivationLayer => {
+            let activation = activation(ctx);
+            Some(LayerKind::Activation { activation })
+        }
+        Family::Bare(activation) => Some(LayerKind::Activation { activation }),
+    };
+    // A missing dropout rate or activation does not change shapes.
+    let shape_preserving = matches!(def.family, Family::Dropout | Family::ActivationLayer);
+    let kind = if bound.complete || shape_preserving {
+        kind
+    } else {
+        None
+    };
+    Resolved {
+        kind,
+        filters_expr,
+        window_span,
+        name,
+        had_error: ctx.diags.len() > errors_before || !bound.complete,
+    }
+}
