@@ -1,0 +1,123 @@
+//! End-to-end tests of `cnnc build`: the summary totals Keras reports, the
+//! optimized graph (snapshot + which ops were fused), and exit codes.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cnnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cnnc runs")
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = cnnc(args);
+    assert!(out.status.success(), "cnnc {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("valid JSON on stdout")
+}
+
+#[test]
+fn summary_json_matches_keras_totals() {
+    let summary = json(&["build", "specs/fashion_mnist.cnn", "--format", "json"]);
+    // Keras's model.summary() for the book's model: 1,413,834 params, all trainable.
+    assert_eq!(summary["total_params"], 1_413_834);
+    assert_eq!(summary["trainable_params"], 1_413_834);
+    assert_eq!(summary["non_trainable_params"], 0);
+    // 2 x multiply-adds: convs 2*(28*28*64*49*1 + 14*14*128*9*64 + 14*14*128*9*128
+    // + 7*7*256*9*128 + 7*7*256*9*256) + dense 2*(2304*128 + 128*64 + 64*10).
+    let expected_flops: u64 = 2
+        * (28 * 28 * 64 * 49
+            + 14 * 14 * 128 * 9 * 64
+            + 14 * 14 * 128 * 9 * 128
+            + 7 * 7 * 256 * 9 * 128
+            + 7 * 7 * 256 * 9 * 256
+            + 2304 * 128
+            + 128 * 64
+            + 64 * 10);
+    assert_eq!(summary["flops"], expected_flops);
+    assert_eq!(summary["output_shape"], serde_json::json!([null, 10]));
+    let layers = summary["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 14);
+    assert_eq!(layers[0]["name"], "conv2d");
+    assert_eq!(layers[0]["output_shape"], serde_json::json!([null, 28, 28, 64]));
+    assert_eq!(layers[8]["output_shape"], serde_json::json!([null, 2304]));
+}
+
+#[test]
+fn inference_graph_fuses_conv_bias_relu_and_drops_dropout() {
+    let graph = json(&["build", "specs/fashion_mnist.cnn", "--emit", "graph", "--format", "json"]);
+    let ops = graph["ops"].as_array().unwrap();
+    let names: Vec<&str> = ops.iter().map(|op| op["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "input",
+            "fused_conv2d",
+            "max_pool2d",
+            "fused_conv2d",
+            "fused_conv2d",
+            "max_pool2d",
+            "fused_conv2d",
+            "fused_conv2d",
+            "max_pool2d",
+            "flatten",
+            "fused_matmul",
+            "fused_matmul",
+            "fused_matmul",
+            "softmax"
+        ]
+    );
+    for op in ops.iter().filter(|op| op["op"] == "fused_conv2d") {
+        assert_eq!(op["fused"], serde_json::json!(["conv2d", "bias_add", "relu"]));
+        assert_eq!(op["rule"], "ConvBiasActivationFusion");
+    }
+    assert_eq!(ops[12]["fused"], serde_json::json!(["matmul", "bias_add"]));
+    assert_eq!(ops[13]["output_shape"], serde_json::json!([null, 10]));
+    assert_eq!(ops[1]["inputs"], serde_json::json!([0]));
+}
+
+#[test]
+fn training_graph_keeps_dropout() {
+    let graph = json(&[
+        "build",
+        "specs/fashion_mnist.cnn",
+        "--emit",
+        "graph",
+        "--target",
+        "training",
+        "--format",
+        "json",
+    ]);
+    let dropouts = graph["ops"].as_array().unwrap().iter().filter(|op| op["op"] == "dropout").count();
+    assert_eq!(dropouts, 2);
+}
+
+#[test]
+fn optimized_graph_snapshot() {
+    let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--emit", "graph"]);
+    assert!(out.status.success());
+    insta::assert_snapshot!("fashion_mnist_inference_graph", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn bad_spec_exits_1_with_located_error() {
+    let dir = std::env::temp_dir().join(format!("cnnc-build-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.cnn");
+    std::fs::write(&path, "model m {\n  input [28, 28, 1]\n  conv2d(0, 3)\n}\n").unwrap();
+    let out = cnnc(&["build", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.cnn:3"), "error should name file and line:\n{stderr}");
+}
+
+#[test]
+fn missing_file_is_a_usage_error() {
+    let out = cnnc(&["build", "no/such/file.cnn"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.cnn"));
+    assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs").exists());
+}
