@@ -8,18 +8,24 @@
 //!   ([`Target::Training`] or [`Target::Inference`]);
 //! - the input is the first `batch_size * (warmup + steps)` Fashion-MNIST
 //!   training images (cycling if fewer), scaled to `[0, 1]`, NHWC
-//!   `[batch, 28, 28, 1]`; without the data files it is deterministic
-//!   pseudo-random data in `[0, 1)` of the spec's input shape;
-//! - a training step is forward (dropout active) -> mean sparse softmax
-//!   cross-entropy gradient on the logits -> backward -> SGD with momentum
-//!   (lr 0.01, momentum 0.9, Keras's update rule);
+//!   `[batch, 28, 28, 1]`, read with `cnnc_runtime::data`; without the data
+//!   files it is deterministic pseudo-random data in `[0, 1)` of the spec's
+//!   input shape;
+//! - a training step is forward (dropout active, logits out) ->
+//!   `loss::sparse_categorical_crossentropy` (mean, gradient on the logits) ->
+//!   backward -> `optim::Optimizer` step with SGD (lr 0.01, momentum 0.9);
 //! - an inference step is one forward pass in [`Mode::Inference`];
 //! - `warmup` steps run untimed, then `steps` steps are timed.
 //!
-//! Peak RSS is `VmHWM` from `/proc/self/status` (Linux; absent elsewhere).
+//! Peak RSS is `VmHWM` from `/proc/self/status` (Linux; absent elsewhere),
+//! counted from after the data is loaded (the runtime's IDX reader
+//! decompresses the whole file, which the TF side does not do).
 
 use cnnc_compiler::graph::passes::{optimize, Target};
+use cnnc_runtime::data::Dataset;
 use cnnc_runtime::executor::{Executor, Mode};
+use cnnc_runtime::loss::sparse_categorical_crossentropy;
+use cnnc_runtime::optim::{Optimizer, OptimizerConfig, SgdConfig};
 use cnnc_runtime::params::ParamStore;
 use cnnc_runtime::tensor::Tensor;
 use serde::Serialize;
@@ -27,10 +33,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Learning rate of the benchmark's SGD (the book's `SGD(learning_rate=0.01, momentum=0.9)`).
-const LEARNING_RATE: f32 = 0.01;
-/// Momentum of the benchmark's SGD.
-const MOMENTUM: f32 = 0.9;
+/// The book's optimizer: `SGD(learning_rate=0.01, momentum=0.9)`.
+const SGD: SgdConfig = SgdConfig {
+    learning_rate: 0.01,
+    momentum: 0.9,
+    nesterov: false,
+    decay: 0.0,
+};
 
 /// What to measure.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +121,9 @@ struct BenchResult {
     images_per_s: f64,
     ms_per_batch: f64,
     peak_rss_mb: Option<f64>,
+    /// Whether the peak-RSS count was restarted after the data was loaded
+    /// (`/proc/self/clear_refs`), so the full-file read does not count.
+    peak_rss_reset_after_load: bool,
     params: usize,
     /// `fashion-mnist` or `random`.
     data: &'static str,
@@ -138,7 +150,10 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     let model = match cnnc_compiler::check_source(&src) {
         Ok(model) => model,
         Err(diags) => {
-            eprint!("{}", cnnc_compiler::render_diagnostics(&diags, &path, &src, false));
+            eprint!(
+                "{}",
+                cnnc_compiler::render_diagnostics(&diags, &path, &src, false)
+            );
             return ExitCode::from(1);
         }
     };
@@ -153,7 +168,8 @@ pub fn execute(args: BenchArgs) -> ExitCode {
 
     let total = args.warmup + args.steps;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let (batches, data_source) = match make_batches(&data_dir, &input_shape, args.batch_size, total) {
+    let (batches, data_source) = match make_batches(&data_dir, &input_shape, args.batch_size, total)
+    {
         Ok(b) => b,
         Err(err) => {
             eprintln!("error: {err}");
@@ -161,28 +177,53 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         }
     };
 
-    let params = ParamStore::init(&graph, args.seed);
-    let mut executor = Executor::new(graph);
+    // Loading the whole IDX file is a transient the TF side does not have
+    // (it decompresses only the prefix it uses): start the peak-RSS count here.
+    let rss_reset = reset_peak_rss();
+
+    let mut params = ParamStore::init(&graph, args.seed);
     let mut trainer = match args.mode {
-        BenchMode::Train => Some(Sgd::new(&params)),
+        BenchMode::Train => match Optimizer::new(OptimizerConfig::Sgd(SGD), &graph.params) {
+            Ok(opt) => Some(opt),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
         BenchMode::Infer => None,
     };
-    let mut params = params;
+    let mut executor = Executor::new(graph);
 
+    if let Err(err) = executor.validate() {
+        eprintln!("error: {err}");
+        return ExitCode::from(1);
+    }
+    // Output and gradient buffers are reused from step to step, as a training
+    // loop does (`forward_into`, `backward_into`).
+    let mut output = Tensor::zeros(vec![0]);
+    let mut grads: Vec<Tensor> = Vec::new();
     let mut step = |i: usize, params: &mut ParamStore| -> Result<Option<f32>, String> {
         let (x, labels) = &batches[i % batches.len()];
         match trainer.as_mut() {
             None => {
-                let out = executor.forward(params, x, Mode::Inference);
-                std::hint::black_box(&out);
+                executor
+                    .forward_into(params, x, Mode::Inference, &mut output)
+                    .map_err(|e| e.to_string())?;
+                std::hint::black_box(&output);
                 Ok(None)
             }
             Some(sgd) => {
-                let logits = executor.forward(params, x, Mode::Train { seed: args.seed.wrapping_add(i as u64) });
-                let (loss, grad) = sparse_softmax_cross_entropy(&logits, labels)?;
-                let grads = executor.backward(params, &grad);
-                sgd.update(params, &grads)?;
-                Ok(Some(loss))
+                let seed = args.seed.wrapping_add(i as u64);
+                executor
+                    .forward_into(params, x, Mode::Train { seed }, &mut output)
+                    .map_err(|e| e.to_string())?;
+                let loss =
+                    sparse_categorical_crossentropy(&output, labels).map_err(|e| e.to_string())?;
+                executor
+                    .backward_into(params, &loss.grad_logits, &mut grads)
+                    .map_err(|e| e.to_string())?;
+                sgd.step(params, &grads).map_err(|e| e.to_string())?;
+                Ok(Some(loss.loss))
             }
         }
     };
@@ -217,6 +258,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         images_per_s: (args.batch_size * args.steps) as f64 / elapsed,
         ms_per_batch: elapsed * 1000.0 / args.steps as f64,
         peak_rss_mb: peak_rss_mb(),
+        peak_rss_reset_after_load: rss_reset,
         params: param_count,
         data: data_source,
         last_loss,
@@ -236,10 +278,16 @@ pub fn execute(args: BenchArgs) -> ExitCode {
 }
 
 fn print_text(r: &BenchResult, path: &str) {
-    println!("{path}: {} ({} params, {} rewrites)", r.workload, r.params, r.rewrites);
+    println!(
+        "{path}: {} ({} params, {} rewrites)",
+        r.workload, r.params, r.rewrites
+    );
     println!("  threads      {}", r.threads);
     println!("  data         {}", r.data);
-    println!("  steps        {} timed after {} warm-up", r.steps, r.warmup);
+    println!(
+        "  steps        {} timed after {} warm-up",
+        r.steps, r.warmup
+    );
     println!("  images/s     {:.1}", r.images_per_s);
     println!("  ms/batch     {:.3}", r.ms_per_batch);
     match r.peak_rss_mb {
@@ -271,6 +319,12 @@ fn peak_rss_mb() -> Option<f64> {
     parse_vm_hwm_kb(&status).map(|kb| kb as f64 / 1024.0)
 }
 
+/// Restarts the kernel's peak-RSS count at the current RSS (writing `5` to
+/// `/proc/self/clear_refs`, Linux >= 4.0). Returns whether it worked.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// The value in kB of the `VmHWM:` line of a `/proc/<pid>/status` text.
 fn parse_vm_hwm_kb(status: &str) -> Option<u64> {
     status
@@ -279,6 +333,12 @@ fn parse_vm_hwm_kb(status: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
+
+/// One input batch `[batch, ...input shape]` and its labels.
+type Batch = (Tensor, Vec<usize>);
+
+/// Flattened NHWC pixels of `n` examples and their `n` labels.
+type Examples = (Vec<f32>, Vec<usize>);
 
 /// `count` batches of `batch_size` examples: inputs `[batch, ...input_shape]`
 /// and integer labels. Real Fashion-MNIST images (cycling through the first
@@ -290,7 +350,7 @@ fn make_batches(
     input_shape: &[usize],
     batch_size: usize,
     count: usize,
-) -> Result<(Vec<(Tensor, Vec<usize>)>, &'static str), String> {
+) -> Result<(Vec<Batch>, &'static str), String> {
     let per_example: usize = input_shape.iter().product();
     let wanted = batch_size.saturating_mul(count).min(60_000);
     let mut shape = vec![batch_size];
@@ -321,23 +381,31 @@ fn make_batches(
             x.extend_from_slice(&pixels[idx * per_example..(idx + 1) * per_example]);
             y.push(labels[idx]);
         }
-        let x = Tensor::from_shape_vec(shape.clone(), x).map_err(|e| format!("input batch: {e}"))?;
+        let x =
+            Tensor::from_shape_vec(shape.clone(), x).map_err(|e| format!("input batch: {e}"))?;
         batches.push((x, y));
     }
     Ok((batches, source))
 }
 
-/// Reads the first `n` images (scaled to `[0, 1]`) and labels of the
-/// Fashion-MNIST training set with the runtime's IDX reader. Returns `None`
-/// when the files are absent.
-fn load_fashion_mnist_prefix(dir: &Path, n: usize) -> Result<Option<(Vec<f32>, Vec<usize>)>, String> {
+/// The first `n` images (scaled to `[0, 1]`, flattened NHWC) and labels of
+/// the Fashion-MNIST training set, read with the runtime's IDX reader.
+/// Returns `None` when the files are absent.
+fn load_fashion_mnist_prefix(dir: &Path, n: usize) -> Result<Option<Examples>, String> {
     let images = dir.join("train-images-idx3-ubyte.gz");
     let labels = dir.join("train-labels-idx1-ubyte.gz");
     if !images.is_file() || !labels.is_file() {
         return Ok(None);
     }
-    let _ = n;
-    Ok(None)
+    let prefix = {
+        let full = Dataset::load_idx(&images, &labels).map_err(|e| e.to_string())?;
+        full.take(n)
+    };
+    if prefix.is_empty() {
+        return Ok(None);
+    }
+    let Dataset { images, labels } = prefix;
+    Ok(Some((images.iter().copied().collect(), labels)))
 }
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a small deterministic generator for
@@ -359,75 +427,6 @@ impl SplitMix64 {
     }
 }
 
-/// Mean sparse softmax cross-entropy of `logits` (`[batch, classes]`) against
-/// integer `labels`, and its gradient with respect to the logits:
-/// `loss = -mean_i log softmax(z_i)[y_i]`, `d loss / d z_i = (softmax(z_i) - onehot(y_i)) / batch`
-/// (Goodfellow et al., *Deep Learning*, 6.2.2.3). Softmax is computed with the
-/// row maximum subtracted for stability.
-fn sparse_softmax_cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<(f32, Tensor), String> {
-    let shape = logits.shape().to_vec();
-    if shape.len() != 2 || shape[0] != labels.len() {
-        return Err(format!(
-            "expected logits of shape [{}, classes], the model produced {shape:?}",
-            labels.len()
-        ));
-    }
-    let (batch, classes) = (shape[0], shape[1]);
-    let z: Vec<f32> = logits.iter().copied().collect();
-    let mut grad = vec![0f32; batch * classes];
-    let mut total = 0f64;
-    for (i, &label) in labels.iter().enumerate() {
-        if label >= classes {
-            return Err(format!("label {label} out of range for {classes} classes"));
-        }
-        let row = &z[i * classes..(i + 1) * classes];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-        let log_sum = sum.ln();
-        total += f64::from(log_sum - (row[label] - max));
-        let g = &mut grad[i * classes..(i + 1) * classes];
-        for (k, gk) in g.iter_mut().enumerate() {
-            let p = (row[k] - max).exp() / sum;
-            let onehot = if k == label { 1.0 } else { 0.0 };
-            *gk = (p - onehot) / batch as f32;
-        }
-    }
-    let grad = Tensor::from_shape_vec(shape, grad).map_err(|e| format!("loss gradient: {e}"))?;
-    Ok(((total / batch as f64) as f32, grad))
-}
-
-/// SGD with momentum, Keras's rule (`keras.optimizers.SGD`, nesterov off):
-/// `v <- momentum * v - lr * g`, `w <- w + v`.
-struct Sgd {
-    velocity: Vec<Vec<f32>>,
-}
-
-impl Sgd {
-    fn new(params: &ParamStore) -> Sgd {
-        Sgd { velocity: params.values.iter().map(|p| vec![0.0; p.len()]).collect() }
-    }
-
-    fn update(&mut self, params: &mut ParamStore, grads: &[Tensor]) -> Result<(), String> {
-        if grads.len() != params.values.len() {
-            return Err(format!(
-                "backward returned {} gradients for {} parameters",
-                grads.len(),
-                params.values.len()
-            ));
-        }
-        for ((w, g), v) in params.values.iter_mut().zip(grads).zip(&mut self.velocity) {
-            if w.shape() != g.shape() {
-                return Err(format!("gradient shape {:?} != parameter shape {:?}", g.shape(), w.shape()));
-            }
-            for ((wi, gi), vi) in w.iter_mut().zip(g.iter()).zip(v.iter_mut()) {
-                *vi = MOMENTUM * *vi - LEARNING_RATE * gi;
-                *wi += *vi;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,38 +436,6 @@ mod tests {
         let status = "Name:\tcnnc\nVmPeak:\t  200 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
         assert_eq!(parse_vm_hwm_kb(status), Some(12345));
         assert_eq!(parse_vm_hwm_kb("Name: x\n"), None);
-    }
-
-    #[test]
-    fn cross_entropy_of_uniform_logits_is_log_classes() {
-        // Equal logits: softmax = 1/k, loss = ln k; gradient (1/k - onehot) / batch.
-        let logits = Tensor::from_shape_vec(vec![2, 4], vec![0.0; 8]).unwrap();
-        let (loss, grad) = sparse_softmax_cross_entropy(&logits, &[1, 3]).unwrap();
-        assert!((loss - 4f32.ln()).abs() < 1e-6);
-        let g: Vec<f32> = grad.iter().copied().collect();
-        let expect = [0.125, -0.375, 0.125, 0.125, 0.125, 0.125, 0.125, -0.375];
-        for (a, b) in g.iter().zip(expect) {
-            assert!((a - b).abs() < 1e-6, "{g:?}");
-        }
-    }
-
-    #[test]
-    fn cross_entropy_rejects_bad_labels() {
-        let logits = Tensor::from_shape_vec(vec![1, 3], vec![0.0; 3]).unwrap();
-        assert!(sparse_softmax_cross_entropy(&logits, &[3]).is_err());
-        assert!(sparse_softmax_cross_entropy(&logits, &[0, 1]).is_err());
-    }
-
-    #[test]
-    fn sgd_momentum_follows_keras_rule() {
-        // w0 = 1, g = 0.5 twice: v1 = -0.005, w1 = 0.995; v2 = 0.9 * -0.005 - 0.005 = -0.0095, w2 = 0.9855.
-        let mut params = ParamStore { values: vec![Tensor::from_shape_vec(vec![1], vec![1.0]).unwrap()] };
-        let mut sgd = Sgd::new(&params);
-        let g = vec![Tensor::from_shape_vec(vec![1], vec![0.5]).unwrap()];
-        sgd.update(&mut params, &g).unwrap();
-        assert!((params.values[0][[0]] - 0.995).abs() < 1e-7);
-        sgd.update(&mut params, &g).unwrap();
-        assert!((params.values[0][[0]] - 0.9855).abs() < 1e-6);
     }
 
     #[test]
@@ -483,5 +450,31 @@ mod tests {
         assert_eq!(a[1].0, b[1].0);
         assert_eq!(a[1].1, b[1].1);
         assert!(a.iter().all(|(_, y)| y.iter().all(|&l| l < 10)));
+    }
+
+    #[test]
+    fn real_batches_take_the_prefix_and_cycle() {
+        // Three 28x28 images, image i filled with 50 * i, labels 7, 8, 9; two
+        // batches of 2 need 4 examples, so the fourth is image 0 again.
+        let dir = std::env::temp_dir().join(format!("cnnc-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pixels: Vec<u8> = (0..3u8)
+            .flat_map(|i| std::iter::repeat(50 * i).take(28 * 28))
+            .collect();
+        let images = cnnc_runtime::data::idx::encode_images(3, 28, 28, &pixels);
+        let labels = cnnc_runtime::data::idx::encode_labels(&[7, 8, 9]);
+        // The reader detects gzip by its magic bytes, so raw IDX under the .gz names works.
+        std::fs::write(dir.join("train-images-idx3-ubyte.gz"), images).unwrap();
+        std::fs::write(dir.join("train-labels-idx1-ubyte.gz"), labels).unwrap();
+        let (batches, src) = make_batches(&dir, &[28, 28, 1], 2, 2).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(src, "fashion-mnist");
+        assert_eq!(batches[0].1, vec![7, 8]);
+        assert_eq!(batches[1].1, vec![9, 7]);
+        let first = |t: &Tensor, i: usize| t.iter().nth(i * 28 * 28).copied().unwrap();
+        assert_eq!(batches[0].0.shape(), &[2, 28, 28, 1]);
+        assert_eq!(first(&batches[0].0, 1), 50.0 / 255.0);
+        assert_eq!(first(&batches[1].0, 0), 100.0 / 255.0);
+        assert_eq!(first(&batches[1].0, 1), 0.0);
     }
 }

@@ -1,14 +1,665 @@
-//! `cnnc run` (placeholder until its helper lands it).
+//! `cnnc run RUNFILE.yaml`: train, evaluate or predict as a YAML run file says.
+//!
+//! ```yaml
+//! spec: fashion_mnist.cnn
+//! mode: train            # train | evaluate | predict
+//! data:
+//!   format: idx
+//!   train_images: ../data/fashion-mnist-sample/train-images-idx3-ubyte.gz
+//!   train_labels: ../data/fashion-mnist-sample/train-labels-idx1-ubyte.gz
+//!   test_images: ../data/fashion-mnist-sample/t10k-images-idx3-ubyte.gz
+//!   test_labels: ../data/fashion-mnist-sample/t10k-labels-idx1-ubyte.gz
+//!   validation_split: 500      # the last N training images, or a fraction like 0.1
+//!   class_names: [T-shirt/top, Trouser, ...]
+//! optimizer: { name: sgd, learning_rate: 0.01, momentum: 0.9, decay: 0.0 }
+//! loss: sparse_categorical_crossentropy
+//! metrics: [accuracy]
+//! batch_size: 32
+//! epochs: 2
+//! seed: 42
+//! checkpoint: ../out/fashion_mnist.safetensors
+//! history: ../out/fashion_mnist_history.json
+//! predict: { inputs: [shirt.png], count: 10 }
+//! ```
+//!
+//! The schema, defaults and `--set` rules are in [`config`]. Exit codes: 0 on
+//! success; 1 when the run file, the spec, the data or a checkpoint is
+//! invalid, or training diverges; 2 for usage errors (a malformed `--set`,
+//! a file that cannot be read).
 
+mod config;
+mod progress;
+
+use cnnc_compiler::graph::{lower, passes, Graph};
+use cnnc_runtime::checkpoint::{self, CheckpointError};
+use cnnc_runtime::data::{self, DataError, Dataset};
+use cnnc_runtime::optim::Optimizer;
+use cnnc_runtime::params::ParamStore;
+use cnnc_runtime::tensor::Tensor;
+use cnnc_runtime::train::{Classifier, Evaluation, FitConfig, History, TrainError, Trainer};
+use config::{LoadedRunFile, MetricName, RunMode};
+use progress::{KerasProgress, Sink};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+/// Output format of `cnnc run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Keras-style progress and results for people.
+    Text,
+    /// One JSON object on stdout at the end (progress goes to stderr).
+    Json,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Input file.
-    pub file: std::path::PathBuf,
+    /// The YAML run file.
+    pub file: PathBuf,
+    /// Override a run-file field (repeatable), e.g. `--set epochs=1`,
+    /// `--set optimizer.learning_rate=0.05`, `--set data.train_images=/path`.
+    /// Values are YAML; paths given here are relative to the current directory.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// Why `cnnc run` stopped: the exit code and the message for stderr.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: u8,
+    pub message: String,
+    /// The message is a complete report (spec diagnostics): print it as is.
+    pub rendered: bool,
+}
+
+impl Failure {
+    /// A usage error (exit 2).
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            exit: 2,
+            message: message.into(),
+            rendered: false,
+        }
+    }
+
+    /// Invalid run file, spec, data or checkpoint (exit 1).
+    pub fn invalid(message: impl Into<String>) -> Failure {
+        Failure {
+            exit: 1,
+            message: message.into(),
+            rendered: false,
+        }
+    }
 }
 
 pub fn execute(args: RunArgs) -> ExitCode {
-    eprintln!("cnnc run: not available yet ({})", args.file.display());
-    ExitCode::from(2)
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if failure.rendered {
+                eprint!("{}", failure.message);
+            } else {
+                eprintln!("error: {}", failure.message);
+            }
+            ExitCode::from(failure.exit)
+        }
+    }
+}
+
+/// Prints human-readable lines to stdout in text mode, to stderr in JSON mode
+/// (where stdout carries only the final JSON object).
+struct Out {
+    format: Format,
+}
+
+impl Out {
+    fn line(&self, text: impl std::fmt::Display) {
+        match self.format {
+            Format::Text => println!("{text}"),
+            Format::Json => eprintln!("{text}"),
+        }
+    }
+
+    fn json(&self, value: serde_json::Value) {
+        if self.format == Format::Json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+            );
+        }
+    }
+}
+
+/// The compiled model: training and inference graphs.
+struct Compiled {
+    name: String,
+    training: Graph,
+    inference: Graph,
+    input_shape: Vec<usize>,
+    classes: usize,
+    class_names: Vec<String>,
+}
+
+fn run(args: &RunArgs) -> Result<(), Failure> {
+    let started = Instant::now();
+    let run_file = config::load(&args.file, &args.set)?;
+    let out = Out {
+        format: args.format,
+    };
+    let config = &run_file.config;
+    if config.batch_size == 0 {
+        return Err(run_file.invalid("batch_size must be at least 1"));
+    }
+    config
+        .optimizer
+        .validate()
+        .map_err(|err| run_file.invalid(format!("optimizer: {err}")))?;
+    let compiled = compile(&run_file)?;
+    match config.mode {
+        RunMode::Train => train(&run_file, compiled, &out, args.format, started),
+        RunMode::Evaluate => evaluate(&run_file, compiled, &out, started),
+        RunMode::Predict => predict(&run_file, compiled, &out, started),
+    }
+}
+
+/// Reads and checks the spec, lowers it and runs the passes for both targets.
+fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
+    let path = run_file.resolve("spec", &run_file.config.spec);
+    let shown = path.display().to_string();
+    let source = std::fs::read_to_string(&path).map_err(|err| {
+        Failure::usage(format!(
+            "cannot read spec `{shown}` (`spec` in {}): {err}",
+            run_file.path.display()
+        ))
+    })?;
+    let model = cnnc_compiler::check_source(&source).map_err(|diagnostics| Failure {
+        exit: 1,
+        message: cnnc_compiler::render_diagnostics(
+            &diagnostics,
+            &shown,
+            &source,
+            std::io::stderr().is_terminal(),
+        ),
+        rendered: true,
+    })?;
+    let graph = lower::lower(&model);
+    let (training, _) = passes::optimize(graph.clone(), passes::Target::Training);
+    let (inference, _) = passes::optimize(graph, passes::Target::Inference);
+    let output_shape = model.output_shape().to_vec();
+    let [classes] = output_shape[..] else {
+        return Err(Failure::invalid(format!(
+            "{shown}: the model output has shape {output_shape:?}; `cnnc run` trains \
+             classifiers, whose last layer is dense(units = classes)"
+        )));
+    };
+    let class_names = match &run_file.config.data.class_names {
+        Some(names) if names.len() != classes => {
+            return Err(run_file.invalid(format!(
+                "data.class_names has {} names but the model `{}` has {classes} classes",
+                names.len(),
+                model.name
+            )))
+        }
+        Some(names) => names.clone(),
+        None => (0..classes).map(|c| c.to_string()).collect(),
+    };
+    Ok(Compiled {
+        name: model.name.clone(),
+        training,
+        inference,
+        input_shape: model.input_shape.clone(),
+        classes,
+        class_names,
+    })
+}
+
+/// Maps a data error to a failure naming the run-file field.
+fn data_failure(run_file: &LoadedRunFile, key: &str, err: DataError) -> Failure {
+    let message = format!("{err} (`{key}` in {})", run_file.path.display());
+    match err {
+        DataError::Io { .. } => Failure::usage(message),
+        _ => Failure::invalid(message),
+    }
+}
+
+fn checkpoint_failure(err: CheckpointError) -> Failure {
+    match err {
+        CheckpointError::Io { .. } => Failure::usage(err.to_string()),
+        _ => Failure::invalid(err.to_string()),
+    }
+}
+
+fn train_failure(err: TrainError) -> Failure {
+    Failure::invalid(err.to_string())
+}
+
+/// Loads an images/labels pair named by `data.<prefix>_images` and
+/// `data.<prefix>_labels`, applies the limit and checks labels and shapes.
+fn load_pair(
+    run_file: &LoadedRunFile,
+    compiled: &Compiled,
+    prefix: &str,
+    limit: Option<usize>,
+) -> Result<Option<Dataset>, Failure> {
+    let data = &run_file.config.data;
+    // The one format so far; a new one adds an arm here.
+    match data.format {
+        config::DataFormat::Idx => {}
+    }
+    let (images, labels) = match prefix {
+        "train" => (&data.train_images, &data.train_labels),
+        _ => (&data.test_images, &data.test_labels),
+    };
+    let images_key = format!("data.{prefix}_images");
+    let labels_key = format!("data.{prefix}_labels");
+    let (images, labels) = match (images, labels) {
+        (None, None) => return Ok(None),
+        (Some(images), Some(labels)) => (
+            run_file.resolve(&images_key, images),
+            run_file.resolve(&labels_key, labels),
+        ),
+        (Some(_), None) => {
+            return Err(run_file.invalid(format!("`{images_key}` is set but `{labels_key}` is not")))
+        }
+        (None, Some(_)) => {
+            return Err(run_file.invalid(format!("`{labels_key}` is set but `{images_key}` is not")))
+        }
+    };
+    let mut dataset = Dataset::load_idx(&images, &labels).map_err(|err| {
+        let key = if err.path() == Some(labels.as_path()) {
+            &labels_key
+        } else {
+            &images_key
+        };
+        data_failure(run_file, key, err)
+    })?;
+    if let Some(limit) = limit {
+        dataset = dataset.take(limit);
+    }
+    dataset
+        .check_labels(compiled.classes, &labels)
+        .map_err(|err| data_failure(run_file, &labels_key, err))?;
+    if dataset.example_shape() != compiled.input_shape.as_slice() {
+        return Err(run_file.invalid(format!(
+            "`{}` holds images of shape {:?} but the model `{}` expects {:?} (`{images_key}`)",
+            images.display(),
+            dataset.example_shape(),
+            compiled.name,
+            compiled.input_shape
+        )));
+    }
+    Ok(Some(dataset))
+}
+
+/// Thousands separators, as Keras's summary (`1,413,834`).
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn train(
+    run_file: &LoadedRunFile,
+    compiled: Compiled,
+    out: &Out,
+    format: Format,
+    started: Instant,
+) -> Result<(), Failure> {
+    let config = &run_file.config;
+    let Some(full) = load_pair(run_file, &compiled, "train", config.data.train_limit)? else {
+        return Err(
+            run_file.invalid("mode `train` needs `data.train_images` and `data.train_labels`")
+        );
+    };
+    let test = load_pair(run_file, &compiled, "test", config.data.test_limit)?;
+    let (train_set, validation) = full
+        .split_validation(config.data.validation_split.0)
+        .map_err(|err| run_file.invalid(format!("data.validation_split: {err}")))?;
+
+    let params = ParamStore::init(&compiled.training, config.seed);
+    let parameter_count = compiled.training.param_count();
+    let mut trainer =
+        Trainer::new(compiled.training, compiled.inference, params).map_err(train_failure)?;
+    let mut optimizer = Optimizer::new(config.optimizer, &trainer.graph().params)
+        .map_err(|err| run_file.invalid(format!("optimizer: {err}")))?;
+
+    out.line(format!(
+        "Training `{}` ({} parameters) on {} images, validating on {}; {}, {}, batch_size {}, seed {}",
+        compiled.name,
+        grouped(parameter_count),
+        grouped(train_set.len()),
+        grouped(validation.len()),
+        config.optimizer.name(),
+        config.loss.name(),
+        config.batch_size,
+        config.seed
+    ));
+    let sink = match format {
+        Format::Text => Sink::Stdout,
+        Format::Json => Sink::Stderr,
+    };
+    let interactive = match sink {
+        Sink::Stdout => std::io::stdout().is_terminal(),
+        Sink::Stderr => std::io::stderr().is_terminal(),
+    };
+    let show_accuracy = config.metrics.contains(&MetricName::Accuracy);
+    let mut progress = KerasProgress::new(sink, interactive, show_accuracy);
+    let fit = FitConfig {
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        validation_batch_size: None,
+        seed: config.seed,
+        shuffle: true,
+    };
+    let history = trainer
+        .fit(
+            &mut optimizer,
+            &train_set,
+            (!validation.is_empty()).then_some(&validation),
+            &fit,
+            &mut progress,
+        )
+        .map_err(train_failure)?;
+
+    let test_metrics = match &test {
+        Some(test) => {
+            let evaluation = trainer
+                .evaluate(test, config.batch_size)
+                .map_err(train_failure)?;
+            out.line(format!(
+                "Test on {} images: {}",
+                grouped(test.len()),
+                metrics_line("test_", &evaluation, show_accuracy)
+            ));
+            Some(evaluation)
+        }
+        None => None,
+    };
+
+    let checkpoint_path = config
+        .checkpoint
+        .as_ref()
+        .map(|p| run_file.resolve("checkpoint", p));
+    if let Some(path) = &checkpoint_path {
+        checkpoint::save(path, &trainer.graph().params, trainer.params())
+            .map_err(checkpoint_failure)?;
+        out.line(format!("Saved checkpoint to {}", path.display()));
+    }
+    let history_path = config
+        .history
+        .as_ref()
+        .map(|p| run_file.resolve("history", p));
+    if let Some(path) = &history_path {
+        history.save(path).map_err(|err| {
+            Failure::usage(format!("cannot write history `{}`: {err}", path.display()))
+        })?;
+        out.line(format!("Saved history to {}", path.display()));
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    out.line(format!("Done in {wall_seconds:.1}s"));
+    out.json(train_json(
+        &history,
+        test_metrics.as_ref(),
+        checkpoint_path.as_deref(),
+        history_path.as_deref(),
+        wall_seconds,
+        [
+            train_set.len(),
+            validation.len(),
+            test.as_ref().map_or(0, Dataset::len),
+        ],
+    ));
+    Ok(())
+}
+
+fn metrics_line(prefix: &str, evaluation: &Evaluation, show_accuracy: bool) -> String {
+    let mut line = format!("{prefix}loss: {:.4}", evaluation.loss);
+    if show_accuracy {
+        line += &format!(" - {prefix}accuracy: {:.4}", evaluation.accuracy);
+    }
+    line
+}
+
+fn train_json(
+    history: &History,
+    test: Option<&Evaluation>,
+    checkpoint: Option<&Path>,
+    history_file: Option<&Path>,
+    wall_seconds: f64,
+    [train, validation, test_examples]: [usize; 3],
+) -> serde_json::Value {
+    let last = history.epochs.last();
+    json!({
+        "mode": "train",
+        "loss": last.map(|e| e.loss),
+        "accuracy": last.map(|e| e.accuracy),
+        "val_loss": last.and_then(|e| e.val_loss),
+        "val_accuracy": last.and_then(|e| e.val_accuracy),
+        "test_loss": test.map(|e| e.loss),
+        "test_accuracy": test.map(|e| e.accuracy),
+        "history": history.to_json(),
+        "checkpoint": checkpoint.map(|p| p.display().to_string()),
+        "history_file": history_file.map(|p| p.display().to_string()),
+        "examples": { "train": train, "validation": validation, "test": test_examples },
+        "wall_seconds": wall_seconds,
+    })
+}
+
+/// Loads the parameters for evaluate / predict from `key` (a path field).
+fn load_checkpoint(
+    run_file: &LoadedRunFile,
+    key: &str,
+    path: Option<&PathBuf>,
+    compiled: &Compiled,
+) -> Result<(PathBuf, ParamStore), Failure> {
+    let mode = run_file.config.mode.name();
+    let Some(path) = path else {
+        return Err(run_file.invalid(format!(
+            "mode `{mode}` needs a checkpoint: set `checkpoint` (written by mode `train`)"
+        )));
+    };
+    let path = run_file.resolve(key, path);
+    let params = checkpoint::load(&path, &compiled.inference.params).map_err(|err| {
+        let failure = checkpoint_failure(err);
+        match failure.exit {
+            2 => Failure::usage(format!(
+                "{} (train first, with mode: train)",
+                failure.message
+            )),
+            _ => failure,
+        }
+    })?;
+    Ok((path, params))
+}
+
+fn evaluate(
+    run_file: &LoadedRunFile,
+    compiled: Compiled,
+    out: &Out,
+    started: Instant,
+) -> Result<(), Failure> {
+    let config = &run_file.config;
+    let (checkpoint_path, params) = load_checkpoint(
+        run_file,
+        "checkpoint",
+        config.checkpoint.as_ref(),
+        &compiled,
+    )?;
+    let Some(test) = load_pair(run_file, &compiled, "test", config.data.test_limit)? else {
+        return Err(
+            run_file.invalid("mode `evaluate` needs `data.test_images` and `data.test_labels`")
+        );
+    };
+    let mut classifier = Classifier::new(compiled.inference).map_err(train_failure)?;
+    let evaluation = classifier
+        .evaluate(&params, &test, config.batch_size)
+        .map_err(train_failure)?;
+    let show_accuracy = config.metrics.contains(&MetricName::Accuracy);
+    out.line(format!(
+        "Test on {} images: {}",
+        grouped(test.len()),
+        metrics_line("test_", &evaluation, show_accuracy)
+    ));
+    out.json(json!({
+        "mode": "evaluate",
+        "test_loss": evaluation.loss,
+        "test_accuracy": evaluation.accuracy,
+        "examples": evaluation.examples,
+        "checkpoint": checkpoint_path.display().to_string(),
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    }));
+    Ok(())
+}
+
+/// Whether `path` holds a PNG (by its signature, falling back to the extension).
+fn is_png(path: &Path) -> bool {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    let mut head = [0u8; 8];
+    match std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)) {
+        Ok(()) => head == SIGNATURE,
+        Err(_) => path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png")),
+    }
+}
+
+fn predict(
+    run_file: &LoadedRunFile,
+    compiled: Compiled,
+    out: &Out,
+    started: Instant,
+) -> Result<(), Failure> {
+    let config = &run_file.config;
+    let (checkpoint_key, checkpoint_path) = match &config.predict.checkpoint {
+        Some(path) => ("predict.checkpoint", Some(path)),
+        None => ("checkpoint", config.checkpoint.as_ref()),
+    };
+    let (checkpoint_path, params) =
+        load_checkpoint(run_file, checkpoint_key, checkpoint_path, &compiled)?;
+    let count = config.predict.count;
+
+    // Gather inputs: (name, image [h, w, c], true label if known).
+    let mut names = Vec::new();
+    let mut images: Vec<Tensor> = Vec::new();
+    let mut labels: Vec<Option<usize>> = Vec::new();
+    if config.predict.inputs.is_empty() {
+        let Some(test) = load_pair(run_file, &compiled, "test", Some(count))? else {
+            return Err(run_file.invalid(
+                "mode `predict` needs `predict.inputs` (PNG or IDX files) or `data.test_images`",
+            ));
+        };
+        let file = config
+            .data
+            .test_images
+            .as_ref()
+            .map(|p| run_file.resolve("data.test_images", p).display().to_string())
+            .unwrap_or_default();
+        for (i, image) in test.images.outer_iter().enumerate() {
+            names.push(format!("{file}[{i}]"));
+            images.push(image.to_owned());
+            labels.push(Some(test.labels[i]));
+        }
+    } else {
+        let [height, width, channels] = compiled.input_shape[..] else {
+            return Err(run_file.invalid(format!(
+                "the model input shape {:?} is not an image [height, width, channels]",
+                compiled.input_shape
+            )));
+        };
+        for (i, input) in config.predict.inputs.iter().enumerate() {
+            let key = format!("predict.inputs[{i}]");
+            let path = run_file.resolve("predict.inputs", input);
+            if is_png(&path) {
+                if channels != 1 {
+                    return Err(run_file.invalid(format!(
+                        "`{}`: PNG inputs are read as grey images, but the model expects {channels} channels",
+                        path.display()
+                    )));
+                }
+                let image = data::image::read_png(&path, height, width)
+                    .map_err(|err| data_failure(run_file, &key, err))?;
+                names.push(path.display().to_string());
+                images.push(image);
+                labels.push(None);
+            } else {
+                let all = data::idx::read_images(&path)
+                    .map_err(|err| data_failure(run_file, &key, err))?;
+                if &all.shape()[1..] != compiled.input_shape.as_slice() {
+                    return Err(run_file.invalid(format!(
+                        "`{}` holds images of shape {:?} but the model expects {:?}",
+                        path.display(),
+                        &all.shape()[1..],
+                        compiled.input_shape
+                    )));
+                }
+                for (k, image) in all.outer_iter().take(count).enumerate() {
+                    names.push(format!("{}[{k}]", path.display()));
+                    images.push(image.to_owned());
+                    labels.push(None);
+                }
+            }
+        }
+    }
+    let mut shape = vec![images.len()];
+    shape.extend_from_slice(&compiled.input_shape);
+    let flat: Vec<f32> = images.iter().flat_map(|t| t.iter().copied()).collect();
+    let batch = Tensor::from_shape_vec(shape, flat)
+        .map_err(|err| Failure::invalid(format!("inputs do not form a batch: {err}")))?;
+
+    let mut classifier = Classifier::new(compiled.inference).map_err(train_failure)?;
+    let probabilities = classifier
+        .predict(&params, &batch, config.batch_size)
+        .map_err(train_failure)?;
+    let mut predictions = Vec::new();
+    for (i, row) in probabilities.outer_iter().enumerate() {
+        let class = cnnc_runtime::metrics::argmax(row.iter().copied()).unwrap_or(0);
+        let probability = row[class];
+        let class_name = &compiled.class_names[class];
+        let mut line = format!("{}: {class_name} ({:.1}%)", names[i], probability * 100.0);
+        if let Some(label) = labels[i] {
+            let mark = if label == class { "correct" } else { "wrong" };
+            line += &format!("  [label: {}, {mark}]", compiled.class_names[label]);
+        }
+        out.line(line);
+        predictions.push(json!({
+            "input": names[i],
+            "class": class,
+            "class_name": class_name,
+            "probability": probability,
+            "probabilities": row.iter().copied().collect::<Vec<f32>>(),
+            "label": labels[i],
+        }));
+    }
+    out.json(json!({
+        "mode": "predict",
+        "checkpoint": checkpoint_path.display().to_string(),
+        "class_names": compiled.class_names,
+        "predictions": predictions,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    }));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(1_413_834), "1,413,834");
+    }
 }

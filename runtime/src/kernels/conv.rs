@@ -1,0 +1,470 @@
+//! 2-D convolution (NHWC input, HWIO kernel) by im2col + GEMM.
+//!
+//! Forward: the output `[batch * out_h * out_w, filters]` is computed in fixed
+//! blocks of output pixels (rows). For each block, in parallel: im2col the
+//! block's input patches into a per-thread buffer `[rows, kh*kw*cin]`, multiply
+//! by the kernel viewed as `[kh*kw*cin, filters]` (single-threaded GEMM), then
+//! the fused epilogue adds the bias and applies the activation to the block
+//! while it is still in cache.
+//!
+//! Backward (`dz = dy ⊙ act'(y)`, computed from the saved output `y`):
+//! - `d kernel = Σ_blocks im2col(x)ᵀ × dz` and `d bias = Σ_rows dz`, as partial
+//!   sums over fixed row groups added in group order (deterministic);
+//! - `d x = col2im(dz × kernelᵀ)`, parallel over groups of whole images so the
+//!   scatter-add of overlapping patches never races.
+//!
+//! Padding is explicit zero padding (TensorFlow's `same` rule already applied
+//! by the compiler): padded positions contribute zeros to the GEMM.
+
+use super::activation::{activation_backward_rows, add_rows_into, bias_activation_rows};
+use super::gemm::{matmul, matmul_rhs, MatRef, Parallelism, Rhs};
+use super::scratch::with_scratch;
+use super::{check_len, window_output_size, KernelError};
+use cnnc_compiler::graph::ir::Conv2dAttrs;
+use cnnc_compiler::model::Activation;
+use rayon::prelude::*;
+
+/// Target number of floats in one im2col block (rows × patch length).
+const COL_BLOCK_FLOATS: usize = 96 * 1024;
+/// Target im2col floats per weight-gradient block: larger than forward
+/// blocks, since each block re-reads and re-writes the whole `[patch, filters]`
+/// partial gradient.
+const DW_BLOCK_FLOATS: usize = 384 * 1024;
+/// Bounds on the number of output pixels in one block.
+const MIN_BLOCK_ROWS: usize = 64;
+const MAX_BLOCK_ROWS: usize = 512;
+/// Minimum rows per weight-gradient partial sum, and maximum number of partials.
+const MIN_GROUP_ROWS: usize = 1024;
+const MAX_GROUPS: usize = 16;
+
+/// Geometry of a batched 2-D convolution.
+///
+/// Input `[batch, in_h, in_w, in_channels]`, kernel
+/// `[kernel_h, kernel_w, in_channels, filters]`, output
+/// `[batch, out_h, out_w, filters]` with
+/// `out = floor((in + pad_before + pad_after - kernel) / stride) + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_channels: usize,
+    pub filters: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl Conv2dShape {
+    /// Geometry for `batch` inputs of `in_h × in_w × attrs.in_channels`.
+    pub fn new(
+        attrs: &Conv2dAttrs,
+        batch: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Conv2dShape, KernelError> {
+        let [kh, kw] = attrs.kernel_size;
+        let [sh, sw] = attrs.strides;
+        let p = attrs.pads;
+        let out_h = window_output_size(in_h, kh, sh, p.top, p.bottom)?;
+        let out_w = window_output_size(in_w, kw, sw, p.left, p.right)?;
+        if attrs.in_channels == 0 || attrs.filters == 0 {
+            return Err(KernelError::Geometry(
+                "in_channels and filters must be positive".into(),
+            ));
+        }
+        Ok(Conv2dShape {
+            batch,
+            in_h,
+            in_w,
+            in_channels: attrs.in_channels,
+            filters: attrs.filters,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_top: p.top,
+            pad_left: p.left,
+            out_h,
+            out_w,
+        })
+    }
+
+    /// `batch * in_h * in_w * in_channels`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.image_len()
+    }
+    /// Values in one input image, `in_h * in_w * in_channels`.
+    pub fn image_len(&self) -> usize {
+        self.in_h * self.in_w * self.in_channels
+    }
+    /// `batch * out_h * out_w * filters`.
+    pub fn output_len(&self) -> usize {
+        self.rows() * self.filters
+    }
+    /// `kernel_h * kernel_w * in_channels * filters`.
+    pub fn kernel_len(&self) -> usize {
+        self.patch_len() * self.filters
+    }
+    /// Length of one im2col row, `kernel_h * kernel_w * in_channels`.
+    pub fn patch_len(&self) -> usize {
+        self.kernel_h * self.kernel_w * self.in_channels
+    }
+    /// Output pixels per image, `out_h * out_w`.
+    pub fn out_pixels(&self) -> usize {
+        self.out_h * self.out_w
+    }
+    /// Total output pixels (GEMM rows), `batch * out_h * out_w`.
+    pub fn rows(&self) -> usize {
+        self.batch * self.out_pixels()
+    }
+    /// Multiply-adds of the forward pass.
+    pub fn macs(&self) -> usize {
+        self.rows() * self.patch_len() * self.filters
+    }
+
+    /// A 1×1, stride-1, unpadded conv: the input rows are already the im2col rows.
+    fn is_pointwise(&self) -> bool {
+        self.kernel_h == 1
+            && self.kernel_w == 1
+            && self.stride_h == 1
+            && self.stride_w == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && self.out_h == self.in_h
+            && self.out_w == self.in_w
+    }
+
+    /// Output pixels per im2col/GEMM block (independent of the thread count).
+    fn block_rows(&self) -> usize {
+        (COL_BLOCK_FLOATS / self.patch_len().max(1)).clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS)
+    }
+
+    /// Output pixels per weight-gradient block (independent of the thread count).
+    fn dw_block_rows(&self) -> usize {
+        (DW_BLOCK_FLOATS / self.patch_len().max(1)).clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS)
+    }
+
+    /// Rows per weight-gradient partial sum (independent of the thread count).
+    fn group_rows(&self) -> usize {
+        let rows = self.rows();
+        let mut groups = 1;
+        while groups * 2 <= MAX_GROUPS && rows / (groups * 2) >= MIN_GROUP_ROWS {
+            groups *= 2;
+        }
+        rows.div_ceil(groups).max(1)
+    }
+}
+
+/// `dst.copy_from_slice(src)`, with short lengths (small channel counts, e.g.
+/// a 7-wide single-channel kernel row) copied by fixed-size moves instead of
+/// a `memcpy` call per run.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => {
+                    let s: &[f32; $n] = src.try_into().expect("equal lengths");
+                    let d: &mut [f32; $n] = dst.try_into().expect("equal lengths");
+                    *d = *s;
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+}
+
+/// Writes the im2col rows of output pixels `r0 .. r0 + rows` (global index
+/// `(n * out_h + oy) * out_w + ox`) into `col` (`[rows, patch_len]`, patch in
+/// `(ky, kx, c)` order to match the HWIO kernel). Out-of-image taps are zero.
+fn im2col(s: &Conv2dShape, x: &[f32], r0: usize, rows: usize, col: &mut [f32]) {
+    let c = s.in_channels;
+    let k = s.patch_len();
+    let kwc = s.kernel_w * c;
+    let opix = s.out_pixels();
+    let (mut n, rem) = (r0 / opix, r0 % opix);
+    let (mut oy, mut ox) = (rem / s.out_w, rem % s.out_w);
+    for row in col[..rows * k].chunks_exact_mut(k) {
+        let img = &x[n * s.image_len()..(n + 1) * s.image_len()];
+        let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
+        let row_inside = ix0 >= 0 && ix0 as usize + s.kernel_w <= s.in_w;
+        for (ky, dst) in row.chunks_exact_mut(kwc).enumerate() {
+            let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+            if iy < 0 || iy as usize >= s.in_h {
+                dst.fill(0.0);
+                continue;
+            }
+            let line = &img[iy as usize * s.in_w * c..(iy as usize + 1) * s.in_w * c];
+            if row_inside {
+                let start = ix0 as usize * c;
+                copy_run(dst, &line[start..start + kwc]);
+            } else {
+                for (kx, d) in dst.chunks_exact_mut(c).enumerate() {
+                    let ix = ix0 + kx as isize;
+                    if ix < 0 || ix as usize >= s.in_w {
+                        d.fill(0.0);
+                    } else {
+                        copy_run(d, &line[ix as usize * c..(ix as usize + 1) * c]);
+                    }
+                }
+            }
+        }
+        ox += 1;
+        if ox == s.out_w {
+            ox = 0;
+            oy += 1;
+            if oy == s.out_h {
+                oy = 0;
+                n += 1;
+            }
+        }
+    }
+}
+
+/// Adds the im2col-layout gradient `col` (`[rows, patch_len]`, rows `r0..`)
+/// back into the input gradient `dx`, whose first image is `n0`
+/// (the inverse scatter of [`im2col`]).
+fn col2im_add(s: &Conv2dShape, col: &[f32], r0: usize, rows: usize, dx: &mut [f32], n0: usize) {
+    let c = s.in_channels;
+    let k = s.patch_len();
+    let kwc = s.kernel_w * c;
+    let opix = s.out_pixels();
+    let (mut n, rem) = (r0 / opix, r0 % opix);
+    let (mut oy, mut ox) = (rem / s.out_w, rem % s.out_w);
+    let il = s.image_len();
+    for row in col[..rows * k].chunks_exact(k) {
+        let img = &mut dx[(n - n0) * il..(n - n0 + 1) * il];
+        let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
+        let row_inside = ix0 >= 0 && ix0 as usize + s.kernel_w <= s.in_w;
+        for (ky, src) in row.chunks_exact(kwc).enumerate() {
+            let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+            if iy < 0 || iy as usize >= s.in_h {
+                continue;
+            }
+            let line = &mut img[iy as usize * s.in_w * c..(iy as usize + 1) * s.in_w * c];
+            if row_inside {
+                let start = ix0 as usize * c;
+                for (d, v) in line[start..start + kwc].iter_mut().zip(src) {
+                    *d += v;
+                }
+            } else {
+                for (kx, sv) in src.chunks_exact(c).enumerate() {
+                    let ix = ix0 + kx as isize;
+                    if ix >= 0 && (ix as usize) < s.in_w {
+                        let d = &mut line[ix as usize * c..(ix as usize + 1) * c];
+                        for (d, v) in d.iter_mut().zip(sv) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+        ox += 1;
+        if ox == s.out_w {
+            ox = 0;
+            oy += 1;
+            if oy == s.out_h {
+                oy = 0;
+                n += 1;
+            }
+        }
+    }
+}
+
+/// Fused convolution forward: `y = act(conv(x, kernel) + bias)`.
+///
+/// `x`: `[batch, in_h, in_w, in_channels]`; `kernel`:
+/// `[kernel_h, kernel_w, in_channels, filters]`; `bias`: `[filters]`;
+/// `y`: `[batch, out_h, out_w, filters]` (overwritten). Bias and activation
+/// are applied per row block right after the block's GEMM.
+pub fn conv2d_forward(
+    s: &Conv2dShape,
+    x: &[f32],
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_len("conv2d input", s.input_len(), x.len())?;
+    check_len("conv2d kernel", s.kernel_len(), kernel.len())?;
+    check_len("conv2d output", s.output_len(), y.len())?;
+    if let Some(b) = bias {
+        check_len("conv2d bias", s.filters, b.len())?;
+    }
+    let (k, f) = (s.patch_len(), s.filters);
+    let block = s.block_rows();
+    // The kernel is packed once and shared by every block.
+    let w = Rhs::new(MatRef::row_major(kernel, k, f));
+    y.par_chunks_mut(block * f)
+        .enumerate()
+        .for_each(|(bi, yblk)| {
+            let r0 = bi * block;
+            let rows = yblk.len() / f;
+            if s.is_pointwise() {
+                let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
+                matmul_rhs(a, &w, yblk, f, false);
+            } else {
+                with_scratch(rows * k, |col| {
+                    im2col(s, x, r0, rows, col);
+                    matmul_rhs(MatRef::row_major(col, rows, k), &w, yblk, f, false);
+                });
+            }
+            bias_activation_rows(yblk, f, bias, act);
+        });
+    Ok(())
+}
+
+/// Convolution backward for `y = act(conv(x, kernel) + bias)`.
+///
+/// `y` is the saved forward output and `dy` = d loss / d y, both
+/// `[batch, out_h, out_w, filters]`. On return `dy` holds
+/// `dz = dy ⊙ act'(y)` (d loss / d pre-activation). Each requested gradient is
+/// overwritten: `dx` `[batch, in_h, in_w, in_channels]`, `dkernel`
+/// `[kernel_h, kernel_w, in_channels, filters]`, `dbias` `[filters]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    s: &Conv2dShape,
+    x: &[f32],
+    kernel: &[f32],
+    y: &[f32],
+    act: Activation,
+    dy: &mut [f32],
+    dx: Option<&mut [f32]>,
+    dkernel: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+) -> Result<(), KernelError> {
+    check_len("conv2d input", s.input_len(), x.len())?;
+    check_len("conv2d kernel", s.kernel_len(), kernel.len())?;
+    check_len("conv2d output", s.output_len(), y.len())?;
+    check_len("conv2d output gradient", s.output_len(), dy.len())?;
+    if let Some(d) = dx.as_deref() {
+        check_len("conv2d input gradient", s.input_len(), d.len())?;
+    }
+    if let Some(d) = dkernel.as_deref() {
+        check_len("conv2d kernel gradient", s.kernel_len(), d.len())?;
+    }
+    if let Some(d) = dbias.as_deref() {
+        check_len("conv2d bias gradient", s.filters, d.len())?;
+    }
+    let (k, f) = (s.patch_len(), s.filters);
+    let block = s.block_rows();
+
+    // Pass 1: dz in place, plus partial d kernel / d bias per fixed row group.
+    let want_dk = dkernel.is_some();
+    let want_db = dbias.is_some();
+    if want_dk || want_db || act != Activation::Linear {
+        let group = s.group_rows();
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dy
+            .par_chunks_mut(group * f)
+            .zip(y.par_chunks(group * f))
+            .enumerate()
+            .map(|(gi, (dz, yg))| {
+                let mut db = Vec::new();
+                if want_db && act == Activation::Relu {
+                    // One pass: dz = dy ⊙ [y > 0] and its column sums.
+                    db = vec![0.0f32; f];
+                    for (dr, yr) in dz.chunks_exact_mut(f).zip(yg.chunks_exact(f)) {
+                        for ((d, &yv), acc) in dr.iter_mut().zip(yr).zip(db.iter_mut()) {
+                            *d = if yv > 0.0 { *d } else { 0.0 };
+                            *acc += *d;
+                        }
+                    }
+                } else {
+                    activation_backward_rows(act, yg, dz, f);
+                    if want_db {
+                        db = vec![0.0f32; f];
+                        add_rows_into(dz, f, &mut db);
+                    }
+                }
+                let mut dk = Vec::new();
+                if want_dk {
+                    dk = vec![0.0f32; k * f];
+                    let g0 = gi * group;
+                    let block = s.dw_block_rows();
+                    for (bi, dzb) in dz.chunks(block * f).enumerate() {
+                        let r0 = g0 + bi * block;
+                        let rows = dzb.len() / f;
+                        let d = MatRef::row_major(dzb, rows, f);
+                        if s.is_pointwise() {
+                            let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
+                            matmul(a.t(), d, &mut dk, f, bi > 0, Parallelism::None);
+                        } else {
+                            with_scratch(rows * k, |col| {
+                                im2col(s, x, r0, rows, col);
+                                let a = MatRef::row_major(col, rows, k);
+                                matmul(a.t(), d, &mut dk, f, bi > 0, Parallelism::None);
+                            });
+                        }
+                    }
+                }
+                (dk, db)
+            })
+            .collect();
+        if let Some(out) = dkernel {
+            sum_partials(partials.iter().map(|p| p.0.as_slice()), out);
+        }
+        if let Some(out) = dbias {
+            sum_partials(partials.iter().map(|p| p.1.as_slice()), out);
+        }
+    }
+
+    // Pass 2: d x = col2im(dz × kernelᵀ), parallel over groups of whole images.
+    if let Some(dx) = dx {
+        let dz: &[f32] = dy;
+        let wt = Rhs::new(MatRef::row_major(kernel, k, f).t());
+        let opix = s.out_pixels();
+        let il = s.image_len();
+        if opix == 0 || il == 0 {
+            dx.fill(0.0);
+            return Ok(());
+        }
+        let imgs = (block / opix).max(1);
+        dx.par_chunks_mut(imgs * il)
+            .enumerate()
+            .for_each(|(ti, dxc)| {
+                let n0 = ti * imgs;
+                let nimg = dxc.len() / il;
+                let (t0, t1) = (n0 * opix, (n0 + nimg) * opix);
+                if s.is_pointwise() {
+                    let d = MatRef::row_major(&dz[t0 * f..t1 * f], t1 - t0, f);
+                    matmul_rhs(d, &wt, dxc, k, false);
+                    return;
+                }
+                dxc.fill(0.0);
+                let mut r0 = t0;
+                while r0 < t1 {
+                    let rows = block.min(t1 - r0);
+                    let d = MatRef::row_major(&dz[r0 * f..(r0 + rows) * f], rows, f);
+                    with_scratch(rows * k, |col| {
+                        matmul_rhs(d, &wt, col, k, false);
+                        col2im_add(s, col, r0, rows, dxc, n0);
+                    });
+                    r0 += rows;
+                }
+            });
+    }
+    Ok(())
+}
+
+/// `out = Σ partials` added in iteration order (deterministic).
+pub(crate) fn sum_partials<'a>(mut partials: impl Iterator<Item = &'a [f32]>, out: &mut [f32]) {
+    match partials.next() {
+        Some(first) => out.copy_from_slice(first),
+        None => {
+            out.fill(0.0);
+            return;
+        }
+    }
+    for p in partials {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+}

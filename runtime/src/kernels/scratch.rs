@@ -1,0 +1,26 @@
+//! Per-thread scratch buffers reused across calls (no per-call allocation once
+//! warmed up). Contents are never read before being written, so reuse cannot
+//! change results.
+
+use std::cell::RefCell;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a scratch slice of exactly `len` floats (contents unspecified).
+/// Falls back to a fresh allocation if the thread's buffer is already in use.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => {
+            let mut buf = vec![0.0f32; len];
+            f(&mut buf)
+        }
+    })
+}
