@@ -165,6 +165,10 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     let (graph, rewrites) = optimize(graph, target);
     let input_shape = graph.node(graph.input).shape.clone();
     let param_count = graph.param_count();
+    if let Err(err) = crate::memory::check_fits(&graph, args.batch_size, target == Target::Training) {
+        eprintln!("error: {err}");
+        return ExitCode::from(1);
+    }
 
     let total = args.warmup + args.steps;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -264,39 +268,34 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         last_loss,
         rewrites: rewrites.len(),
     };
-    match args.format {
+    let text = match args.format {
         BenchFormat::Json => match serde_json::to_string(&result) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => format!("{line}\n"),
             Err(err) => {
                 eprintln!("error: cannot serialize the result: {err}");
                 return ExitCode::from(2);
             }
         },
-        BenchFormat::Text => print_text(&result, &path),
-    }
-    ExitCode::SUCCESS
+        BenchFormat::Text => text_report(&result, &path),
+    };
+    crate::output::write_stdout(&text)
 }
 
-fn print_text(r: &BenchResult, path: &str) {
-    println!(
-        "{path}: {} ({} params, {} rewrites)",
-        r.workload, r.params, r.rewrites
-    );
-    println!("  threads      {}", r.threads);
-    println!("  data         {}", r.data);
-    println!(
-        "  steps        {} timed after {} warm-up",
-        r.steps, r.warmup
-    );
-    println!("  images/s     {:.1}", r.images_per_s);
-    println!("  ms/batch     {:.3}", r.ms_per_batch);
+fn text_report(r: &BenchResult, path: &str) -> String {
+    let mut out = format!("{path}: {} ({} params, {} rewrites)\n", r.workload, r.params, r.rewrites);
+    out += &format!("  threads      {}\n", r.threads);
+    out += &format!("  data         {}\n", r.data);
+    out += &format!("  steps        {} timed after {} warm-up\n", r.steps, r.warmup);
+    out += &format!("  images/s     {:.1}\n", r.images_per_s);
+    out += &format!("  ms/batch     {:.3}\n", r.ms_per_batch);
     match r.peak_rss_mb {
-        Some(mb) => println!("  peak RSS     {mb:.1} MB"),
-        None => println!("  peak RSS     n/a"),
+        Some(mb) => out += &format!("  peak RSS     {mb:.1} MB\n"),
+        None => out += "  peak RSS     n/a\n",
     }
     if let Some(loss) = r.last_loss {
-        println!("  last loss    {loss:.4}");
+        out += &format!("  last loss    {loss:.4}\n");
     }
+    out
 }
 
 /// `$FASHION_MNIST_DIR`, else the first of `../shared/data/fashion-mnist` and

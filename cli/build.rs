@@ -37,15 +37,19 @@ pub struct BuildArgs {
     /// What to print.
     #[arg(long, value_enum, default_value_t = Emit::Summary)]
     pub emit: Emit,
-    /// Which graph to optimize for, with `--emit graph`.
-    #[arg(long, value_enum, default_value_t = GraphTarget::Inference)]
-    pub target: GraphTarget,
+    /// Which graph to optimize for, with `--emit graph` (default: inference).
+    #[arg(long, value_enum)]
+    pub target: Option<GraphTarget>,
     /// With `--emit graph`: the unoptimized (lowered) graph, no passes.
     #[arg(long)]
     pub no_optimize: bool,
 }
 
 pub fn execute(args: BuildArgs) -> ExitCode {
+    if args.emit != Emit::Graph && (args.target.is_some() || args.no_optimize) {
+        eprintln!("error: --target and --no-optimize apply to the op graph: add `--emit graph`");
+        return ExitCode::from(2);
+    }
     let path = args.file.display().to_string();
     let source = match std::fs::read_to_string(&args.file) {
         Ok(source) => source,
@@ -57,7 +61,7 @@ pub fn execute(args: BuildArgs) -> ExitCode {
     let model = match cnnc_compiler::check_source(&source) {
         Ok(model) => model,
         Err(diagnostics) => {
-            let color = std::io::stderr().is_terminal();
+            let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             eprint!("{}", cnnc_compiler::render_diagnostics(&diagnostics, &path, &source, color));
             return ExitCode::from(1);
         }
@@ -70,7 +74,7 @@ pub fn execute(args: BuildArgs) -> ExitCode {
             let (graph, rewrites) = if args.no_optimize {
                 (graph, Vec::new())
             } else {
-                let target = match args.target {
+                let target = match args.target.unwrap_or(GraphTarget::Inference) {
                     GraphTarget::Inference => passes::Target::Inference,
                     GraphTarget::Training => passes::Target::Training,
                 };
@@ -82,11 +86,8 @@ pub fn execute(args: BuildArgs) -> ExitCode {
             }
         }
     };
-    print!("{text}");
-    if !text.ends_with('\n') {
-        println!();
-    }
-    ExitCode::SUCCESS
+    let newline = if text.ends_with('\n') { "" } else { "\n" };
+    crate::output::write_stdout(&format!("{text}{newline}"))
 }
 
 fn pretty(value: &serde_json::Value) -> String {

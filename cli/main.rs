@@ -6,6 +6,8 @@
 
 mod bench;
 mod build;
+mod memory;
+mod output;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -33,11 +35,14 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// More worker threads than this only adds start-up and scheduling cost.
+const MAX_THREADS: usize = 1024;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
-        if threads == 0 {
-            eprintln!("error: --threads must be at least 1");
+        if threads == 0 || threads > MAX_THREADS {
+            eprintln!("error: --threads must be between 1 and {MAX_THREADS}, found {threads}");
             return ExitCode::from(2);
         }
         if let Err(err) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {

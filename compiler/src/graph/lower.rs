@@ -132,15 +132,8 @@ impl Builder {
             }
             LayerKind::MaxPool2d {
                 pool_size, strides, ..
-            } => {
-                let attrs = Pool2dAttrs {
-                    pool_size: *pool_size,
-                    strides: *strides,
-                    pads,
-                };
-                self.push(Op::MaxPool2d { attrs }, vec![input], shape, name)
             }
-            LayerKind::AvgPool2d {
+            | LayerKind::AvgPool2d {
                 pool_size, strides, ..
             } => {
                 let attrs = Pool2dAttrs {
@@ -148,7 +141,12 @@ impl Builder {
                     strides: *strides,
                     pads,
                 };
-                self.push(Op::AvgPool2d { attrs }, vec![input], shape, name)
+                let op = if matches!(layer.kind, LayerKind::MaxPool2d { .. }) {
+                    Op::MaxPool2d { attrs }
+                } else {
+                    Op::AvgPool2d { attrs }
+                };
+                self.push(op, vec![input], shape, name)
             }
             LayerKind::Flatten => self.push(Op::Flatten, vec![input], shape, name),
             LayerKind::Dropout { rate } => self.push(Op::Dropout { rate: *rate }, vec![input], shape, name),
