@@ -3,15 +3,11 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cnnc runs")
-}
+mod common;
+use common::cnnc;
+
 
 fn json(args: &[&str]) -> Value {
     let out = cnnc(args);

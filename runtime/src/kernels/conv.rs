@@ -18,7 +18,7 @@
 
 use super::activation::{activation_backward_rows, add_rows_into, bias_activation_rows};
 use super::gemm::{matmul, matmul_rhs, MatRef, Parallelism, Rhs};
-use super::scratch::with_scratch;
+use super::scratch::{with_partials, with_scratch};
 use super::{check_len, window_output_size, KernelError};
 use cnnc_compiler::graph::ir::Conv2dAttrs;
 use cnnc_compiler::model::Activation;
@@ -31,8 +31,12 @@ const COL_BLOCK_FLOATS: usize = 96 * 1024;
 /// partial gradient.
 const DW_BLOCK_FLOATS: usize = 384 * 1024;
 /// Bounds on the number of output pixels in one block.
-const MIN_BLOCK_ROWS: usize = 64;
-const MAX_BLOCK_ROWS: usize = 512;
+const MIN_BLOCK_ROWS: usize = 56;
+const MAX_BLOCK_ROWS: usize = 504;
+/// Blocks are whole multiples of the GEMM micro-kernel's row count (14, see
+/// `sgemm::MR`): a partial panel is computed zero-padded, so e.g. an 85-row
+/// block would waste 13 of 98 rows of work.
+const ROW_QUANTUM: usize = 14;
 /// Minimum rows per weight-gradient partial sum, and maximum number of partials.
 const MIN_GROUP_ROWS: usize = 1024;
 const MAX_GROUPS: usize = 16;
@@ -142,12 +146,35 @@ impl Conv2dShape {
 
     /// Output pixels per im2col/GEMM block (independent of the thread count).
     fn block_rows(&self) -> usize {
-        (COL_BLOCK_FLOATS / self.patch_len().max(1)).clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS)
+        let rows =
+            (COL_BLOCK_FLOATS / self.patch_len().max(1)).clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS);
+        rows / ROW_QUANTUM * ROW_QUANTUM
+    }
+
+    /// Whole images per input-gradient task: about one block of rows, and if
+    /// possible a multiple of [`ROW_QUANTUM`] rows (e.g. 2 images of 7×7).
+    fn images_per_task(&self) -> usize {
+        let opix = self.out_pixels().max(1);
+        let block = self.block_rows().max(1);
+        let imgs = (block / opix).max(1);
+        // Smallest image count whose rows are a whole number of panels
+        // (always found: 14 images qualify).
+        let unit = (1..=ROW_QUANTUM)
+            .find(|m| (m * opix).is_multiple_of(ROW_QUANTUM))
+            .unwrap_or(1);
+        let rounded = (imgs / unit).max(1) * unit;
+        if rounded * opix <= 2 * block.max(opix) {
+            rounded
+        } else {
+            imgs
+        }
     }
 
     /// Output pixels per weight-gradient block (independent of the thread count).
     fn dw_block_rows(&self) -> usize {
-        (DW_BLOCK_FLOATS / self.patch_len().max(1)).clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS)
+        let rows =
+            (DW_BLOCK_FLOATS / self.patch_len().max(1)).clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS);
+        rows / ROW_QUANTUM * ROW_QUANTUM
     }
 
     /// Rows per weight-gradient partial sum (independent of the thread count).
@@ -361,58 +388,65 @@ pub fn conv2d_backward(
     let want_db = dbias.is_some();
     if want_dk || want_db || act != Activation::Linear {
         let group = s.group_rows();
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dy
-            .par_chunks_mut(group * f)
-            .zip(y.par_chunks(group * f))
-            .enumerate()
-            .map(|(gi, (dz, yg))| {
-                let mut db = Vec::new();
-                if want_db && act == Activation::Relu {
-                    // One pass: dz = dy ⊙ [y > 0] and its column sums.
-                    db = vec![0.0f32; f];
-                    for (dr, yr) in dz.chunks_exact_mut(f).zip(yg.chunks_exact(f)) {
-                        for ((d, &yv), acc) in dr.iter_mut().zip(yr).zip(db.iter_mut()) {
-                            *d = if yv > 0.0 { *d } else { 0.0 };
-                            *acc += *d;
+        let groups = s.rows().div_ceil(group);
+        // Per group: d kernel partial (`k * f`, if wanted) then d bias partial
+        // (`f`), in a buffer reused across calls.
+        let dk_len = if want_dk { k * f } else { 0 };
+        let db_len = if want_db { f } else { 0 };
+        let stride = (dk_len + db_len).max(1);
+        with_partials(groups * stride, |partials| {
+            partials
+                .par_chunks_mut(stride)
+                .zip(dy.par_chunks_mut(group * f).zip(y.par_chunks(group * f)))
+                .enumerate()
+                .for_each(|(gi, (part, (dz, yg)))| {
+                    let (dk, rest) = part.split_at_mut(dk_len);
+                    let db = &mut rest[..db_len];
+                    if want_db && act == Activation::Relu {
+                        // One pass: dz = dy ⊙ [y > 0] and its column sums.
+                        db.fill(0.0);
+                        for (dr, yr) in dz.chunks_exact_mut(f).zip(yg.chunks_exact(f)) {
+                            for ((d, &yv), acc) in dr.iter_mut().zip(yr).zip(db.iter_mut()) {
+                                *d = if yv > 0.0 { *d } else { 0.0 };
+                                *acc += *d;
+                            }
+                        }
+                    } else {
+                        activation_backward_rows(act, yg, dz, f);
+                        if want_db {
+                            db.fill(0.0);
+                            add_rows_into(dz, f, db);
                         }
                     }
-                } else {
-                    activation_backward_rows(act, yg, dz, f);
-                    if want_db {
-                        db = vec![0.0f32; f];
-                        add_rows_into(dz, f, &mut db);
-                    }
-                }
-                let mut dk = Vec::new();
-                if want_dk {
-                    dk = vec![0.0f32; k * f];
-                    let g0 = gi * group;
-                    let block = s.dw_block_rows();
-                    for (bi, dzb) in dz.chunks(block * f).enumerate() {
-                        let r0 = g0 + bi * block;
-                        let rows = dzb.len() / f;
-                        let d = MatRef::row_major(dzb, rows, f);
-                        if s.is_pointwise() {
-                            let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
-                            matmul(a.t(), d, &mut dk, f, bi > 0, Parallelism::None);
-                        } else {
-                            with_scratch(rows * k, |col| {
-                                im2col(s, x, r0, rows, col);
-                                let a = MatRef::row_major(col, rows, k);
-                                matmul(a.t(), d, &mut dk, f, bi > 0, Parallelism::None);
-                            });
+                    if want_dk {
+                        // The first block overwrites the partial, later ones add.
+                        let g0 = gi * group;
+                        let block = s.dw_block_rows();
+                        for (bi, dzb) in dz.chunks(block * f).enumerate() {
+                            let r0 = g0 + bi * block;
+                            let rows = dzb.len() / f;
+                            let d = MatRef::row_major(dzb, rows, f);
+                            if s.is_pointwise() {
+                                let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
+                                matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
+                            } else {
+                                with_scratch(rows * k, |col| {
+                                    im2col(s, x, r0, rows, col);
+                                    let a = MatRef::row_major(col, rows, k);
+                                    matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
+                                });
+                            }
                         }
                     }
-                }
-                (dk, db)
-            })
-            .collect();
-        if let Some(out) = dkernel {
-            sum_partials(partials.iter().map(|p| p.0.as_slice()), out);
-        }
-        if let Some(out) = dbias {
-            sum_partials(partials.iter().map(|p| p.1.as_slice()), out);
-        }
+                });
+            let parts = || partials.chunks_exact(stride).take(groups);
+            if let Some(out) = dkernel {
+                sum_partials(parts().map(|p| &p[..dk_len]), out);
+            }
+            if let Some(out) = dbias {
+                sum_partials(parts().map(|p| &p[dk_len..dk_len + db_len]), out);
+            }
+        });
     }
 
     // Pass 2: d x = col2im(dz × kernelᵀ), parallel over groups of whole images.
@@ -425,7 +459,7 @@ pub fn conv2d_backward(
             dx.fill(0.0);
             return Ok(());
         }
-        let imgs = (block / opix).max(1);
+        let imgs = s.images_per_task();
         dx.par_chunks_mut(imgs * il)
             .enumerate()
             .for_each(|(ti, dxc)| {

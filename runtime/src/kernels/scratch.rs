@@ -6,12 +6,30 @@ use std::cell::RefCell;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with a scratch slice of exactly `len` floats (contents unspecified).
 /// Falls back to a fresh allocation if the thread's buffer is already in use.
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => {
+            let mut buf = vec![0.0f32; len];
+            f(&mut buf)
+        }
+    })
+}
+
+/// Like [`with_scratch`] but from a second per-thread buffer, for partial sums
+/// held by the calling thread while its rayon tasks use [`with_scratch`].
+pub(crate) fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);

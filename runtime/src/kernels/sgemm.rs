@@ -29,6 +29,9 @@ const MC: usize = MR * 24;
 thread_local! {
     static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Storage of dropped [`PackedB`]s, reused by the next [`pack_b`] on this
+    /// thread (a conv kernel is packed once per layer per pass).
+    static PACKED_POOL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether the AVX-512 path can run on this CPU.
@@ -42,6 +45,19 @@ pub struct PackedB {
     data: Vec<f32>,
     k: usize,
     n: usize,
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        let _ = PACKED_POOL.try_with(|p| {
+            if let Ok(mut v) = p.try_borrow_mut() {
+                if v.capacity() < data.capacity() {
+                    *v = data;
+                }
+            }
+        });
+    }
 }
 
 impl PackedB {
@@ -61,7 +77,13 @@ fn n_panels(n: usize) -> usize {
 /// (length `kb`), panel `jp` starts at `p0 * n_pad + jp * kb * NR` and holds
 /// `b[p0 + p, jp * NR + c]` at `p * NR + c` (zero beyond `n`).
 pub fn pack_b(b: MatRef<'_>) -> PackedB {
-    let mut data = Vec::new();
+    let mut data = PACKED_POOL
+        .try_with(|p| {
+            p.try_borrow_mut()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
     pack_b_into(b, &mut data);
     PackedB {
         data,
@@ -343,7 +365,7 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate:
             };
             pack_b_into(b, &mut pb.data);
             gemm_packed(a, &pb, c, ldc, accumulate);
-            *buf = pb.data;
+            *buf = std::mem::take(&mut pb.data);
         }
         Err(_) => gemm_packed(a, &pack_b(b), c, ldc, accumulate),
     })
