@@ -16,7 +16,7 @@ mod values;
 pub use shape::{window_output, AxisOutput};
 pub use suggest::did_you_mean;
 
-use crate::diagnostics::{line_col, Diagnostic};
+use crate::diagnostics::{Diagnostic, LineIndex};
 use crate::model::{Layer, LayerKind, Model, Padding, Pads2d, Span};
 use crate::syntax::{ChannelOp, InputStmt, LayerStmt, ModelAst, Statement, ValueKind};
 use layers::{bind, lookup, resolve, unknown_layer, LayerDef, Resolved};
@@ -40,6 +40,7 @@ pub fn check_model(ast: &ModelAst, source: &str) -> Result<Model, Vec<Diagnostic
         },
         names: HashMap::new(),
         counters: HashMap::new(),
+        lines: LineIndex::new(source),
     };
     let model = checker.model(ast);
     let mut diags = checker.ctx.diags;
@@ -101,11 +102,13 @@ struct Checker<'s> {
     names: HashMap<String, (Span, bool)>,
     /// Keras-style counters of generated names, per prefix.
     counters: HashMap<&'static str, usize>,
+    /// Line starts of the source, for "at line N" in notes.
+    lines: LineIndex,
 }
 
 impl Checker<'_> {
     fn line(&self, span: Span) -> usize {
-        line_col(self.ctx.source, span.start).0
+        self.lines.line(span.start)
     }
 
     fn model(&mut self, ast: &ModelAst) -> Option<Model> {
@@ -250,16 +253,7 @@ impl Checker<'_> {
                     let inner = given.trim_start_matches(['[', '(']).trim_end_matches([']', ')']);
                     format!("add the channel axis (1 for grayscale, 3 for RGB): `input [{inner}, 1]`")
                 }
-                4 => {
-                    let rest: Vec<&str> = given
-                        .trim_start_matches(['[', '('])
-                        .trim_end_matches([']', ')'])
-                        .split(',')
-                        .skip(1)
-                        .map(str::trim)
-                        .collect();
-                    format!("leave out the batch dimension: `input [{}]`", rest.join(", "))
-                }
+                4 => rank4_help(&dims),
                 _ => "write `input [height, width, channels]` (or `input [features]` for a flat input)".to_string(),
             };
             let d = Diagnostic::error(
@@ -623,10 +617,20 @@ impl Checker<'_> {
                 .collect::<Vec<_>>()
                 .join("; "),
         };
-        let fix = if what == "kernel" {
-            "use `padding=same`, a smaller `kernel_size`, or fewer pooling layers before this one"
+        let param = if what == "kernel" {
+            "kernel_size"
         } else {
-            "use `padding=same`, a smaller `pool_size`, or remove this layer"
+            "pool_size"
+        };
+        let from_input = incoming.origin.what.starts_with("the `input`");
+        let fix = if from_input {
+            format!("use `padding=same`, a smaller `{param}`, or a larger input")
+        } else if what == "kernel" {
+            format!(
+                "use `padding=same`, a smaller `{param}`, or fewer pooling or strided layers before this one"
+            )
+        } else {
+            format!("use `padding=same`, a smaller `{param}`, or remove this layer")
         };
         let primary = res.window_span.unwrap_or(l.keyword.span);
         let d = Diagnostic::error(
@@ -649,6 +653,36 @@ impl Checker<'_> {
         .with_help(fix);
         self.ctx.diags.push(d);
         None
+    }
+}
+
+/// The fix for a 4-dimensional input shape. The batch dimension comes
+/// first (NHWC), so `[32, 28, 28, 1]` becomes `[28, 28, 1]`; but when the
+/// first two dimensions are equal and the next two are not
+/// (`[28, 28, 1, 1]`: height and width come first) the shape has an extra
+/// trailing axis instead, and the two last dimensions are merged into one
+/// channel axis.
+fn rank4_help(dims: &[Option<usize>]) -> String {
+    let generic = "shapes are per example: write `input [height, width, channels]`, without the batch dimension";
+    let Some(d) = dims.iter().copied().collect::<Option<Vec<usize>>>() else {
+        return generic.to_string();
+    };
+    let [d0, d1, d2, d3] = d[..] else {
+        return generic.to_string();
+    };
+    // `[n, h, h, c]`: a batch of square images (also `[32, 32, 32, 3]`).
+    let batch_first = d1 == d2 || d0 != d1 || d0 == 1;
+    if !batch_first {
+        match d2.checked_mul(d3) {
+            Some(c) => format!(
+                "the first two dimensions look like height and width, and one example has a single channel axis: write `input [{d0}, {d1}, {c}]`"
+            ),
+            None => generic.to_string(),
+        }
+    } else {
+        format!(
+            "a 4-dimensional shape looks like it includes the batch dimension (the first one); write the shape of one example, [height, width, channels]: `input [{d1}, {d2}, {d3}]`"
+        )
     }
 }
 

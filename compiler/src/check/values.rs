@@ -82,8 +82,13 @@ impl Ctx<'_> {
                 "channel expressions (`in`, `in * N`, `in / N`) are only allowed for `filters`",
             );
         }
-        let help =
-            help.or_else(|| Some(format!("for example `{param} = {}`", example_value(param))));
+        let help = help.or_else(|| {
+            Some(if param == "input" {
+                "write each dimension as a positive integer, e.g. `input [28, 28, 1]`".to_string()
+            } else {
+                format!("for example `{param} = {}`", example_value(param))
+            })
+        });
         self.push(d.with_help_opt(help));
     }
 
@@ -166,10 +171,14 @@ impl Ctx<'_> {
     fn too_large(&mut self, v: &Value, param: &str) {
         let d = Diagnostic::error("E0005", format!("`{param}` is too large"))
             .with_label(v.span, "this number does not fit in 64 bits")
-            .with_help(format!(
-                "use a realistic value, e.g. `{param}={}`",
-                example_value(param)
-            ));
+            .with_help(if param == "input" {
+                "use realistic sizes, e.g. `input [28, 28, 1]`".to_string()
+            } else {
+                format!(
+                    "use a realistic value, e.g. `{param}={}`",
+                    example_value(param)
+                )
+            });
         self.push(d);
     }
 

@@ -239,6 +239,125 @@ fn next_token(source: &str, pos: usize) -> Token {
     }
 }
 
+/// The innermost bracket opened before `pos` and not closed before it
+/// (skipping comments and strings): its offset and character.
+fn innermost_open(source: &str, pos: usize) -> Option<(usize, char)> {
+    let mut stack: Vec<(usize, char)> = Vec::new();
+    let mut in_comment = false;
+    let mut in_string = false;
+    for (i, c) in source[..pos.min(source.len())].char_indices() {
+        if in_comment {
+            in_comment = c != '\n';
+            continue;
+        }
+        if in_string {
+            in_string = !(c == '"' || c == '\n');
+            continue;
+        }
+        match c {
+            '#' => in_comment = true,
+            '"' => in_string = true,
+            '(' | '[' | '{' => stack.push((i, c)),
+            ')' | ']' | '}' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.pop()
+}
+
+fn closer_of(open: char) -> char {
+    match open {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    }
+}
+
+/// What the innermost open bracket holds, for "add `)` to close ...".
+fn bracket_role(source: &str, open_at: usize, open: char) -> &'static str {
+    let before = source[..open_at].trim_end();
+    match open {
+        '{' => "the model body",
+        '[' if before.ends_with("input") => "the input shape",
+        '(' if before.ends_with(is_ident_char) => "the argument list",
+        _ => "the tuple",
+    }
+}
+
+/// Help for an unexpected punctuation character `c` (the token `found`).
+/// Never suggests removing a bracket that closes something, nor a `.` or
+/// `-` whose removal would give a different valid number.
+fn punct_help(source: &str, found: &Token, c: char, expected_text: &str) -> Option<String> {
+    let after = &source[found.span.end..];
+    let before = &source[..found.span.start];
+    match c {
+        ')' | ']' | '}' => match innermost_open(source, found.span.start) {
+            Some((_, '{')) if c != '}' => Some(format!(
+                "remove this `{c}`: there is no `{}` for it to close",
+                if c == ')' { '(' } else { '[' }
+            )),
+            Some((at, open)) if closer_of(open) != c => {
+                let role = bracket_role(source, at, open);
+                Some(format!(
+                    "add `{}` to close {role} before this `{c}`",
+                    closer_of(open)
+                ))
+            }
+            Some(_) => Some(format!("expected {expected_text} before this `{c}`")),
+            None => Some(format!("remove this `{c}`: there is no bracket for it to close")),
+        },
+        '.' if after.starts_with(|d: char| d.is_ascii_digit()) => {
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            Some(format!(
+                "write a digit before the decimal point: `0.{digits}`"
+            ))
+        }
+        '.' if before.ends_with(|d: char| d.is_ascii_digit()) => number_help(source, found.span.start),
+        '-' | '+' => Some(
+            "a value is a number (such as `-1` or `0.5`), a name, a string or a tuple; arithmetic is only allowed in `in * N` and `in / N`"
+                .to_string(),
+        ),
+        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2018}' | '\u{2019}' => {
+            Some("use plain ASCII double quotes `\"` around strings".to_string())
+        }
+        c if !c.is_ascii() && c.is_alphanumeric() => Some(format!(
+            "names are made of ASCII letters, digits and `_`: replace `{c}`"
+        )),
+        // Punctuation with a meaning in the language: removing it could
+        // give another valid program, so say what was expected instead.
+        ',' | '=' | '*' | '/' | '.' | '(' | '[' | '{' => Some(format!(
+            "expected {expected_text} here; remove {} if it is a typo",
+            found.describe
+        )),
+        _ => Some(format!("remove {}", found.describe)),
+    }
+}
+
+/// Help for a number cut at a `.` with no digits after it (`10.`), where
+/// `at` is the offset just after the number. `None` when the text before
+/// `at` is not such a number.
+fn number_help(source: &str, at: usize) -> Option<String> {
+    let before = &source[..at];
+    let body = before.strip_suffix('.')?;
+    let digits_start = body
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_digit())
+        .last()
+        .map(|(i, _)| i)?;
+    let int = &body[digits_start..];
+    let sign = if body[..digits_start].ends_with('-') {
+        "-"
+    } else {
+        ""
+    };
+    Some(format!(
+        "a decimal point needs digits after it: write `{sign}{int}.0`, or `{sign}{int}` for an integer"
+    ))
+}
+
 /// Converts a pest error into an `E0001` diagnostic: "expected `,` or `)`,
 /// found `activation`", labelled at the offending token, with a hint where
 /// a common mistake is recognisable.
@@ -363,8 +482,25 @@ pub fn syntax_error(source: &str, err: &pest::error::Error<Rule>) -> Diagnostic 
         help = Some("a channel expression is `in`, `in * N` or `in / N`".to_string());
     }
 
-    if help.is_none() && matches!(found.kind, TokenKind::Punct(_)) {
-        help = Some(format!("remove {}", found.describe));
+    if let TokenKind::Punct(c) = found.kind {
+        help = help.or_else(|| punct_help(source, &found, c, &expected_text));
+    }
+    if help.is_none() {
+        if let Some((at, open)) = innermost_open(source, found.span.start) {
+            let closer = closer_of(open);
+            if has(&format!("`{closer}`")) {
+                let role = bracket_role(source, at, open);
+                help = Some(format!("add `{closer}` to close {role}"));
+            }
+        }
+    }
+    // `dense(10.)`: the number stops before the `.`, which is then taken
+    // as the start of a fraction that has no digits.
+    if let Some(h) = previous_token_end(source, found.span.start)
+        .filter(|p| p.end == found.span.start)
+        .and_then(|p| number_help(source, p.end))
+    {
+        help = Some(h);
     }
 
     let mut d = Diagnostic::error("E0001", message);
