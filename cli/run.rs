@@ -22,10 +22,23 @@
 //! predict: { inputs: [shirt.png], count: 10 }
 //! ```
 //!
-//! The schema, defaults and `--set` rules are in [`config`]. Exit codes: 0 on
-//! success; 1 when the run file, the spec, the data or a checkpoint is
-//! invalid, or training diverges; 2 for usage errors (a malformed `--set`,
-//! a file that cannot be read).
+//! The schema, defaults and `--set` rules are in [`config`]. `optimizer` may
+//! also be a bare name (`optimizer: adam`) for that optimizer's defaults.
+//!
+//! The output of the last layer, before a final softmax, is treated as
+//! logits (like Keras's `from_logits=True`): training and evaluation compute
+//! the cross-entropy from it, and predict reports softmax(logits) as the
+//! probabilities, whether or not the spec ends in `softmax`.
+//!
+//! Training checks before it starts that `checkpoint` and `history` are
+//! writable files distinct from every input, then saves both right after the
+//! last epoch, before the test evaluation.
+//!
+//! Exit codes: 0 on success (also when stdout is closed early, as by
+//! `| head`); 1 when the run file, the spec, the data or a checkpoint is
+//! invalid, training diverges, or output cannot be written; 2 for usage
+//! errors (a malformed `--set`, a file that cannot be read, a `.cnn` spec
+//! given instead of a run file).
 
 mod config;
 mod progress;
@@ -40,7 +53,7 @@ use cnnc_runtime::train::{Classifier, Evaluation, FitConfig, History, TrainError
 use config::{LoadedRunFile, MetricName, RunMode};
 use progress::{KerasProgress, Sink};
 use serde_json::json;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -56,7 +69,10 @@ pub enum Format {
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The YAML run file.
+    /// The YAML run file (e.g. specs/fashion_mnist.yaml), not the .cnn spec.
+    ///
+    /// The output of the last layer, before a final softmax, is treated as
+    /// logits (like Keras's from_logits=True); predict reports softmax(logits).
     pub file: PathBuf,
     /// Override a run-file field (repeatable), e.g. `--set epochs=1`,
     /// `--set optimizer.learning_rate=0.05`, `--set data.train_images=/path`.
@@ -95,20 +111,41 @@ impl Failure {
             rendered: false,
         }
     }
+
+    /// Stop quietly with exit 0: the reader of stdout has gone (`| head`).
+    pub fn quiet() -> Failure {
+        Failure {
+            exit: 0,
+            message: String::new(),
+            rendered: true,
+        }
+    }
 }
 
 pub fn execute(args: RunArgs) -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if failure.exit == 0 => ExitCode::SUCCESS,
         Err(failure) => {
-            if failure.rendered {
-                eprint!("{}", failure.message);
+            // Never panic on a closed stderr either.
+            let mut stderr = std::io::stderr().lock();
+            let _ = if failure.rendered {
+                write!(stderr, "{}", failure.message)
             } else {
-                eprintln!("error: {}", failure.message);
-            }
+                writeln!(stderr, "error: {}", failure.message)
+            };
             ExitCode::from(failure.exit)
         }
     }
+}
+
+/// Writes `text` to stdout: a closed pipe is a quiet stop (exit 0), any
+/// other error (a full disk, `> /dev/full`) a failure (exit 1).
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    crate::output::try_write_stdout(text).map_err(|err| match err {
+        crate::output::StdoutError::Closed => Failure::quiet(),
+        crate::output::StdoutError::Failed(err) => Failure::invalid(format!("cannot write to standard output: {err}")),
+    })
 }
 
 /// Prints human-readable lines to stdout in text mode, to stderr in JSON mode
@@ -118,20 +155,23 @@ struct Out {
 }
 
 impl Out {
-    fn line(&self, text: impl std::fmt::Display) {
+    fn line(&self, text: impl std::fmt::Display) -> Result<(), Failure> {
         match self.format {
-            Format::Text => println!("{text}"),
-            Format::Json => eprintln!("{text}"),
+            Format::Text => write_stdout(&format!("{text}\n")),
+            Format::Json => {
+                // Progress notes only: a closed stderr must not stop the run.
+                let _ = writeln!(std::io::stderr(), "{text}");
+                Ok(())
+            }
         }
     }
 
-    fn json(&self, value: serde_json::Value) {
+    fn json(&self, value: serde_json::Value) -> Result<(), Failure> {
         if self.format == Format::Json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
-            );
+            let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+            write_stdout(&format!("{text}\n"))?;
         }
+        Ok(())
     }
 }
 
@@ -153,12 +193,17 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
     };
     let config = &run_file.config;
     if config.batch_size == 0 {
-        return Err(run_file.invalid("batch_size must be at least 1"));
+        return Err(run_file.invalid_at(
+            "batch_size",
+            "batch_size must be at least 1 (Keras's default is 32)",
+        ));
     }
-    config
-        .optimizer
-        .validate()
-        .map_err(|err| run_file.invalid(format!("optimizer: {err}")))?;
+    config.optimizer.validate().map_err(|err| match &err {
+        cnnc_runtime::optim::OptimError::BadSetting { field, .. } => {
+            run_file.invalid_at(&format!("optimizer.{field}"), format!("optimizer: {err}"))
+        }
+        _ => run_file.invalid_at("optimizer", format!("optimizer: {err}")),
+    })?;
     let compiled = compile(&run_file)?;
     match config.mode {
         RunMode::Train => train(&run_file, compiled, &out, args.format, started),
@@ -199,11 +244,15 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
     };
     let class_names = match &run_file.config.data.class_names {
         Some(names) if names.len() != classes => {
-            return Err(run_file.invalid(format!(
-                "data.class_names has {} names but the model `{}` has {classes} classes",
-                names.len(),
-                model.name
-            )))
+            return Err(run_file.invalid_at(
+                "data.class_names",
+                format!(
+                    "data.class_names has {} but the model `{}` has {}; give one name per class, in label order",
+                    plural(names.len(), "name"),
+                    model.name,
+                    plural(classes, "class")
+                ),
+            ))
         }
         Some(names) => names.clone(),
         None => (0..classes).map(|c| c.to_string()).collect(),
@@ -216,6 +265,15 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
         classes,
         class_names,
     })
+}
+
+/// `1 class`, `2 classes`, `1 name`, `3 names`.
+fn plural(n: usize, noun: &str) -> String {
+    match (n, noun.ends_with('s')) {
+        (1, _) => format!("1 {noun}"),
+        (_, true) => format!("{n} {noun}es"),
+        _ => format!("{n} {noun}s"),
+    }
 }
 
 /// Maps a data error to a failure naming the run-file field.
@@ -271,10 +329,14 @@ fn load_pair(
         }
     };
     let mut dataset = Dataset::load_idx(&images, &labels).map_err(|err| {
-        let key = if err.path() == Some(labels.as_path()) {
-            &labels_key
-        } else {
-            &images_key
+        // Blame by the kind of file that was expected where the error says
+        // (the same path may be given for both keys).
+        let key = match &err {
+            DataError::BadMagic { kind: "labels", .. } => &labels_key,
+            DataError::BadMagic { .. } => &images_key,
+            _ if err.path() == Some(images.as_path()) => &images_key,
+            _ if err.path() == Some(labels.as_path()) => &labels_key,
+            _ => &images_key,
         };
         data_failure(run_file, key, err)
     })?;
@@ -309,6 +371,161 @@ fn grouped(n: usize) -> String {
     out
 }
 
+/// Whether two paths name the same file: by canonical path when both exist,
+/// else by absolute lexical path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(_), Err(_)) => match (std::path::absolute(a), std::path::absolute(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        },
+        // One exists and the other does not: different files.
+        _ => false,
+    }
+}
+
+/// The output paths of mode `train` (`checkpoint`, `history`), resolved.
+fn outputs(run_file: &LoadedRunFile) -> Vec<(&'static str, PathBuf)> {
+    let config = &run_file.config;
+    let mut out = Vec::new();
+    if let Some(p) = &config.checkpoint {
+        out.push(("checkpoint", run_file.resolve("checkpoint", p)));
+    }
+    if let Some(p) = &config.history {
+        out.push(("history", run_file.resolve("history", p)));
+    }
+    out
+}
+
+/// Before training: `history` ends in `.json` or `.csv`; the outputs are
+/// neither an input (spec, run file, data) nor each other; they are not
+/// folders (nor is the `.tmp` file they are written through) and their
+/// folders exist or can be created.
+fn check_outputs(run_file: &LoadedRunFile) -> Result<(), Failure> {
+    let config = &run_file.config;
+    let outputs = outputs(run_file);
+    for (key, path) in &outputs {
+        if *key == "history"
+            && !path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("json") || e.eq_ignore_ascii_case("csv"))
+        {
+            return Err(run_file.invalid_at(
+                key,
+                format!(
+                    "history `{}` must end in .json or .csv (the format is chosen by the extension)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let mut inputs: Vec<(String, PathBuf)> = vec![
+        ("the run file".to_string(), run_file.path.clone()),
+        (
+            "the spec (`spec`)".to_string(),
+            run_file.resolve("spec", &config.spec),
+        ),
+    ];
+    let data = &config.data;
+    for (key, value) in [
+        ("data.train_images", &data.train_images),
+        ("data.train_labels", &data.train_labels),
+        ("data.test_images", &data.test_images),
+        ("data.test_labels", &data.test_labels),
+    ] {
+        if let Some(p) = value {
+            inputs.push((format!("`{key}`"), run_file.resolve(key, p)));
+        }
+    }
+    for (key, path) in &outputs {
+        for (what, input) in &inputs {
+            if same_file(path, input) {
+                return Err(run_file.invalid_at(
+                    key,
+                    format!(
+                        "`{key}` is `{}`, the same file as {what}: training would overwrite it; \
+                         choose another path",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if let [(_, checkpoint), (_, history)] = &outputs[..] {
+        if same_file(checkpoint, history) {
+            return Err(run_file.invalid_at(
+                "history",
+                format!(
+                    "`history` and `checkpoint` are the same file `{}`; give them different paths",
+                    history.display()
+                ),
+            ));
+        }
+    }
+    for (key, path) in &outputs {
+        let temporary = checkpoint::temporary_path(path);
+        for target in [path, &temporary] {
+            if target.is_dir() {
+                return Err(run_file.invalid_at(
+                    key,
+                    format!(
+                        "`{key}` would write `{}`, which is a folder; give a file path \
+                         (e.g. out/model.safetensors), or remove the folder",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|err| {
+                // Name the part of the path that is a file, if that is why.
+                let why = parent
+                    .ancestors()
+                    .find(|a| a.is_file())
+                    .map(|file| format!("`{}` is a file, not a folder", file.display()))
+                    .unwrap_or_else(|| err.to_string());
+                run_file.invalid_at(
+                    key,
+                    format!(
+                        "cannot create the folder `{}` for `{key}`: {why}; choose another path",
+                        parent.display()
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// An empty data set is an error naming the key that emptied it.
+fn check_not_empty(
+    run_file: &LoadedRunFile,
+    prefix: &str,
+    limit: Option<usize>,
+    dataset: &Dataset,
+) -> Result<(), Failure> {
+    if !dataset.is_empty() {
+        return Ok(());
+    }
+    Err(if limit == Some(0) {
+        let key = format!("data.{prefix}_limit");
+        run_file.invalid_at(
+            &key,
+            format!(
+                "`{key}` is 0, which leaves no {prefix} images; remove it or set it to 1 or more"
+            ),
+        )
+    } else {
+        let key = format!("data.{prefix}_images");
+        run_file.invalid_at(
+            &key,
+            format!("`{key}` holds no images; point it at a non-empty IDX file"),
+        )
+    })
+}
+
 fn train(
     run_file: &LoadedRunFile,
     compiled: Compiled,
@@ -317,22 +534,39 @@ fn train(
     started: Instant,
 ) -> Result<(), Failure> {
     let config = &run_file.config;
+    if config.epochs == 0 {
+        return Err(run_file.invalid_at(
+            "epochs",
+            "epochs is 0: mode `train` would save untrained weights over `checkpoint`; \
+             set epochs to 1 or more (to measure a saved checkpoint, use mode: evaluate)",
+        ));
+    }
+    check_outputs(run_file)?;
     let Some(full) = load_pair(run_file, &compiled, "train", config.data.train_limit)? else {
         return Err(
             run_file.invalid("mode `train` needs `data.train_images` and `data.train_labels`")
         );
     };
+    check_not_empty(run_file, "train", config.data.train_limit, &full)?;
     let test = load_pair(run_file, &compiled, "test", config.data.test_limit)?;
+    if let Some(test) = &test {
+        check_not_empty(run_file, "test", config.data.test_limit, test)?;
+    }
     let (train_set, validation) = full
         .split_validation(config.data.validation_split.0)
-        .map_err(|err| run_file.invalid(format!("data.validation_split: {err}")))?;
+        .map_err(|err| {
+            run_file.invalid_at(
+                "data.validation_split",
+                format!("data.validation_split: {err}"),
+            )
+        })?;
 
     let params = ParamStore::init(&compiled.training, config.seed);
     let parameter_count = compiled.training.param_count();
     let mut trainer =
         Trainer::new(compiled.training, compiled.inference, params).map_err(train_failure)?;
     let mut optimizer = Optimizer::new(config.optimizer, &trainer.graph().params)
-        .map_err(|err| run_file.invalid(format!("optimizer: {err}")))?;
+        .map_err(|err| run_file.invalid_at("optimizer", format!("optimizer: {err}")))?;
 
     out.line(format!(
         "Training `{}` ({} parameters) on {} images, validating on {}; {}, {}, batch_size {}, seed {}",
@@ -344,7 +578,7 @@ fn train(
         config.loss.name(),
         config.batch_size,
         config.seed
-    ));
+    ))?;
     let sink = match format {
         Format::Text => Sink::Stdout,
         Format::Json => Sink::Stderr,
@@ -372,6 +606,32 @@ fn train(
         )
         .map_err(train_failure)?;
 
+    // Save first, so that nothing later (the test set, a closed stdout) can
+    // lose the trained weights.
+    let checkpoint_path = config
+        .checkpoint
+        .as_ref()
+        .map(|p| run_file.resolve("checkpoint", p));
+    if let Some(path) = &checkpoint_path {
+        checkpoint::save(path, &trainer.graph().params, trainer.params())
+            .map_err(checkpoint_failure)?;
+    }
+    let history_path = config
+        .history
+        .as_ref()
+        .map(|p| run_file.resolve("history", p));
+    if let Some(path) = &history_path {
+        history.save(path).map_err(|err| {
+            Failure::invalid(format!("cannot write history `{}`: {err}", path.display()))
+        })?;
+    }
+    if let Some(path) = &checkpoint_path {
+        out.line(format!("Saved checkpoint to {}", path.display()))?;
+    }
+    if let Some(path) = &history_path {
+        out.line(format!("Saved history to {}", path.display()))?;
+    }
+
     let test_metrics = match &test {
         Some(test) => {
             let evaluation = trainer
@@ -381,33 +641,14 @@ fn train(
                 "Test on {} images: {}",
                 grouped(test.len()),
                 metrics_line("test_", &evaluation, show_accuracy)
-            ));
+            ))?;
             Some(evaluation)
         }
         None => None,
     };
 
-    let checkpoint_path = config
-        .checkpoint
-        .as_ref()
-        .map(|p| run_file.resolve("checkpoint", p));
-    if let Some(path) = &checkpoint_path {
-        checkpoint::save(path, &trainer.graph().params, trainer.params())
-            .map_err(checkpoint_failure)?;
-        out.line(format!("Saved checkpoint to {}", path.display()));
-    }
-    let history_path = config
-        .history
-        .as_ref()
-        .map(|p| run_file.resolve("history", p));
-    if let Some(path) = &history_path {
-        history.save(path).map_err(|err| {
-            Failure::usage(format!("cannot write history `{}`: {err}", path.display()))
-        })?;
-        out.line(format!("Saved history to {}", path.display()));
-    }
     let wall_seconds = started.elapsed().as_secs_f64();
-    out.line(format!("Done in {wall_seconds:.1}s"));
+    out.line(format!("Done in {wall_seconds:.1}s"))?;
     out.json(train_json(
         &history,
         test_metrics.as_ref(),
@@ -419,8 +660,7 @@ fn train(
             validation.len(),
             test.as_ref().map_or(0, Dataset::len),
         ],
-    ));
-    Ok(())
+    ))
 }
 
 fn metrics_line(prefix: &str, evaluation: &Evaluation, show_accuracy: bool) -> String {
@@ -501,6 +741,7 @@ fn evaluate(
             run_file.invalid("mode `evaluate` needs `data.test_images` and `data.test_labels`")
         );
     };
+    check_not_empty(run_file, "test", config.data.test_limit, &test)?;
     let mut classifier = Classifier::new(compiled.inference).map_err(train_failure)?;
     let evaluation = classifier
         .evaluate(&params, &test, config.batch_size)
@@ -510,7 +751,7 @@ fn evaluate(
         "Test on {} images: {}",
         grouped(test.len()),
         metrics_line("test_", &evaluation, show_accuracy)
-    ));
+    ))?;
     out.json(json!({
         "mode": "evaluate",
         "test_loss": evaluation.loss,
@@ -518,20 +759,23 @@ fn evaluate(
         "examples": evaluation.examples,
         "checkpoint": checkpoint_path.display().to_string(),
         "wall_seconds": started.elapsed().as_secs_f64(),
-    }));
-    Ok(())
+    }))
 }
 
-/// Whether `path` holds a PNG (by its signature, falling back to the extension).
+/// Whether `path` is to be read as a PNG: it is named `.png` (a file so
+/// named without the PNG signature is then reported as "not a PNG file"),
+/// or it starts with the PNG signature whatever its name.
 fn is_png(path: &Path) -> bool {
-    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
-    let mut head = [0u8; 8];
-    match std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)) {
-        Ok(()) => head == SIGNATURE,
-        Err(_) => path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("png")),
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        return true;
     }
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head == data::image::PNG_SIGNATURE)
 }
 
 fn predict(
@@ -548,6 +792,12 @@ fn predict(
     let (checkpoint_path, params) =
         load_checkpoint(run_file, checkpoint_key, checkpoint_path, &compiled)?;
     let count = config.predict.count;
+    if count == 0 {
+        return Err(run_file.invalid_at(
+            "predict.count",
+            "predict.count is 0, so there is nothing to classify; set it to 1 or more",
+        ));
+    }
 
     // Gather inputs: (name, image [h, w, c], true label if known).
     let mut names = Vec::new();
@@ -563,7 +813,12 @@ fn predict(
             .data
             .test_images
             .as_ref()
-            .map(|p| run_file.resolve("data.test_images", p).display().to_string())
+            .map(|p| {
+                run_file
+                    .resolve("data.test_images", p)
+                    .display()
+                    .to_string()
+            })
             .unwrap_or_default();
         for (i, image) in test.images.outer_iter().enumerate() {
             names.push(format!("{file}[{i}]"));
@@ -631,7 +886,7 @@ fn predict(
             let mark = if label == class { "correct" } else { "wrong" };
             line += &format!("  [label: {}, {mark}]", compiled.class_names[label]);
         }
-        out.line(line);
+        out.line(line)?;
         predictions.push(json!({
             "input": names[i],
             "class": class,
@@ -647,8 +902,7 @@ fn predict(
         "class_names": compiled.class_names,
         "predictions": predictions,
         "wall_seconds": started.elapsed().as_secs_f64(),
-    }));
-    Ok(())
+    }))
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
+
+mod common;
+use common::{cnnc, sample};
 
 const CLASS_NAMES: [&str; 10] = [
     "T-shirt/top",
@@ -30,26 +33,6 @@ const SMALL_SPEC: &str = "model small {
   dense(10, activation=softmax)
 }
 ";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sample(name: &str) -> String {
-    root()
-        .join("data/fashion-mnist-sample")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("cnnc runs")
-}
 
 fn stdout_json(out: &Output) -> Value {
     assert!(
@@ -308,12 +291,14 @@ fn text_output_is_keras_style_when_piped() {
             lines[2]
         );
     }
+    // The checkpoint and history are saved before the test evaluation.
+    assert!(lines[3].starts_with("Saved checkpoint to "), "{text}");
+    assert!(lines[4].starts_with("Saved history to "), "{text}");
     assert!(
-        lines[3].starts_with("Test on 1,000 images: test_loss: "),
+        lines[5].starts_with("Test on 1,000 images: test_loss: "),
         "{text}"
     );
-    assert!(lines[3].contains(" - test_accuracy: "));
-    assert!(text.contains("Saved checkpoint to "));
+    assert!(lines[5].contains(" - test_accuracy: "));
 }
 
 #[test]

@@ -148,6 +148,71 @@ impl Default for PredictConfig {
     }
 }
 
+/// Reads `optimizer:` as a mapping (`{ name: adam, learning_rate: 0.002 }`)
+/// or a bare name (`adam`, the Keras `optimizer="adam"` idiom) meaning the
+/// defaults. A bad setting is reported as `optimizer.<field>: ...` so the
+/// message can be located in the text (serde_yaml buffers this section and
+/// loses positions).
+fn optimizer_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OptimizerConfig, D::Error> {
+    use serde::de::Error;
+    let value = Value::deserialize(deserializer)?;
+    let value = match value {
+        Value::String(name) => {
+            let mut map = serde_yaml::Mapping::new();
+            map.insert(Value::from("name"), Value::String(name));
+            Value::Mapping(map)
+        }
+        Value::Mapping(map) => Value::Mapping(map),
+        Value::Null => {
+            return Err(D::Error::custom(
+                "optimizer: found an empty value, expected `sgd`, `adam` or a mapping like \
+                 `{ name: adam, learning_rate: 0.001 }`",
+            ))
+        }
+        _ => {
+            return Err(D::Error::custom(
+                "optimizer: expected `sgd`, `adam` or a mapping like \
+                 `{ name: adam, learning_rate: 0.001 }`",
+            ))
+        }
+    };
+    match serde_yaml::from_value::<OptimizerConfig>(value.clone()) {
+        Ok(config) => Ok(config),
+        Err(err) => {
+            let message = message_without_location(&err);
+            // Find the field at fault: the first one that fails alone with the name.
+            if let Value::Mapping(map) = &value {
+                let name = map.get(Value::from("name")).cloned();
+                for (key, field) in map {
+                    let Some(key) = key.as_str().filter(|k| *k != "name") else {
+                        continue;
+                    };
+                    let mut single = serde_yaml::Mapping::new();
+                    if let Some(name) = &name {
+                        single.insert(Value::from("name"), name.clone());
+                    }
+                    single.insert(Value::from(key), field.clone());
+                    if let Err(err) =
+                        serde_yaml::from_value::<OptimizerConfig>(Value::Mapping(single))
+                    {
+                        let single_message = message_without_location(&err);
+                        if !single_message.starts_with("unknown field")
+                            && !single_message.contains("variant")
+                        {
+                            return Err(D::Error::custom(format!(
+                                "optimizer.{key}: {single_message}"
+                            )));
+                        }
+                    }
+                }
+            }
+            Err(D::Error::custom(format!("optimizer: {message}")))
+        }
+    }
+}
+
 fn default_predict_count() -> usize {
     10
 }
@@ -178,7 +243,8 @@ pub struct RunFile {
     pub mode: RunMode,
     #[serde(default)]
     pub data: DataConfig,
-    #[serde(default = "default_optimizer")]
+    /// `{ name: sgd, ... }`, or just `sgd` / `adam` for the defaults.
+    #[serde(default = "default_optimizer", deserialize_with = "optimizer_setting")]
     pub optimizer: OptimizerConfig,
     #[serde(default)]
     pub loss: LossName,
@@ -209,15 +275,16 @@ pub struct LoadedRunFile {
     base: PathBuf,
     /// Dotted keys set with `--set` (their paths resolve against the current directory).
     overridden: BTreeSet<String>,
+    /// The `--set KEY=VALUE` arguments, as given.
+    sets: Vec<String>,
+    /// The run file's text, to locate keys in messages.
+    text: String,
 }
 
 impl LoadedRunFile {
     /// Resolves the path at dotted `key` (e.g. `data.train_images`).
     pub fn resolve(&self, key: &str, path: &Path) -> PathBuf {
-        let from_command_line = self
-            .overridden
-            .iter()
-            .any(|k| key == k || key.starts_with(&format!("{k}.")));
+        let from_command_line = self.is_overridden(key);
         if path.is_absolute() || from_command_line {
             path.to_path_buf()
         } else {
@@ -228,6 +295,44 @@ impl LoadedRunFile {
     /// A run-file error (exit 1) naming the run file.
     pub fn invalid(&self, message: impl std::fmt::Display) -> Failure {
         Failure::invalid(format!("{}: {message}", self.path.display()))
+    }
+
+    /// Whether dotted `key` (or a section above it) was set with `--set`.
+    pub fn is_overridden(&self, key: &str) -> bool {
+        self.overridden
+            .iter()
+            .any(|k| key == k || key.starts_with(&format!("{k}.")))
+    }
+
+    /// A run-file error (exit 1) about the value at dotted `key`: names the
+    /// `--set` that gave it, or shows its line in the file.
+    pub fn invalid_at(&self, key: &str, message: impl std::fmt::Display) -> Failure {
+        let shown = self.path.display();
+        if self.is_overridden(key) {
+            let set = self
+                .sets
+                .iter()
+                .rev()
+                .find(|s| {
+                    s.split_once('=').is_some_and(|(k, _)| {
+                        let k = k.trim();
+                        key == k || key.starts_with(&format!("{k}."))
+                    })
+                })
+                .cloned()
+                .unwrap_or_else(|| key.to_string());
+            return Failure::invalid(format!("{shown} (with --set {set}): {message}"));
+        }
+        match key_location(&self.text, key) {
+            Some((line, column)) => Failure::invalid(located(
+                &format!("invalid run file: {message}"),
+                &shown.to_string(),
+                &self.text,
+                line,
+                column,
+            )),
+            None => self.invalid(message),
+        }
     }
 }
 
@@ -261,11 +366,25 @@ pub fn load(path: &Path, sets: &[String]) -> Result<LoadedRunFile, Failure> {
         Failure::usage(format!("cannot read run file `{}`: {err}", path.display()))
     })?;
     let shown = path.display().to_string();
+    if looks_like_spec(path, &text) {
+        let yaml = path.with_extension("yaml");
+        let example = if yaml.is_file() {
+            yaml.display().to_string()
+        } else {
+            "specs/fashion_mnist.yaml".to_string()
+        };
+        return Err(Failure::usage(format!(
+            "`{shown}` looks like a .cnn spec; `cnnc run` takes a YAML run file \
+             (spec, data, optimizer, epochs, ...); see {example}\n  \
+             help: to check or compile a spec, use `cnnc build {shown}`"
+        )));
+    }
     let mut value: Value =
         serde_yaml::from_str(&text).map_err(|err| yaml_error(&err, &shown, &text))?;
     if value.is_null() {
         value = Value::Mapping(Default::default());
     }
+    let file_value = value.clone();
     let mut overridden = BTreeSet::new();
     for set in sets {
         let key = apply_set(&mut value, set)?;
@@ -274,21 +393,33 @@ pub fn load(path: &Path, sets: &[String]) -> Result<LoadedRunFile, Failure> {
     let config: RunFile = match serde_yaml::from_value(value) {
         Ok(config) => config,
         Err(merged_error) => {
-            // Locate the error in the file if the file alone has it; otherwise
-            // it came from a `--set`.
-            return Err(match serde_yaml::from_str::<RunFile>(&text) {
-                Err(file_error) if same_error(&file_error, &merged_error) => {
-                    yaml_error(&file_error, &shown, &text)
+            // Blame the first `--set` after which the error appears; when
+            // there is none, the file alone has it: locate it in the text.
+            let mut partial = file_value.clone();
+            let mut culprit = None;
+            let mut previous = serde_yaml::from_value::<RunFile>(partial.clone()).err();
+            for set in sets {
+                apply_set(&mut partial, set)?;
+                let now = serde_yaml::from_value::<RunFile>(partial.clone()).err();
+                let changed = match (&previous, &now) {
+                    (_, None) => false,
+                    (None, Some(_)) => true,
+                    (Some(before), Some(after)) => before.to_string() != after.to_string(),
+                };
+                if changed {
+                    culprit = Some(set.as_str());
                 }
+                previous = now;
+            }
+            return Err(match (culprit, serde_yaml::from_str::<RunFile>(&text)) {
+                (None, Err(file_error)) => yaml_error(&file_error, &shown, &text),
                 _ => {
-                    let message = message_without_location(&merged_error);
+                    let message = humanize(&message_without_location(&merged_error));
                     let help = suggestion(&message)
                         .map(|s| format!("\n  help: did you mean `{s}`?"))
                         .unwrap_or_default();
-                    Failure::invalid(format!(
-                        "{shown} (with --set {}): {message}{help}",
-                        sets.join(" --set ")
-                    ))
+                    let set = culprit.map_or_else(|| sets.join(" --set "), str::to_string);
+                    Failure::invalid(format!("{shown} (with --set {set}): {message}{help}"))
                 }
             });
         }
@@ -299,7 +430,101 @@ pub fn load(path: &Path, sets: &[String]) -> Result<LoadedRunFile, Failure> {
         path: path.to_path_buf(),
         base,
         overridden,
+        sets: sets.to_vec(),
+        text,
     })
+}
+
+/// Whether a file given as a run file is a `.cnn` model spec instead.
+fn looks_like_spec(path: &Path, text: &str) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("cnn"))
+    {
+        return true;
+    }
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('#'))
+        .unwrap_or("");
+    first.starts_with("model ") && !first.contains(':')
+}
+
+/// The line (1-based) and column of the key at dotted `key` (e.g.
+/// `optimizer.learning_rate`, `data.class_names`) in the YAML `text`:
+/// the top-level key at indentation 0, then the last component inside its
+/// block (indented lines) or on its line (a flow mapping `{ a: 1 }`). A
+/// lexical search (serde_yaml's `Value` carries no positions), good enough
+/// for run files.
+pub fn key_location(text: &str, key: &str) -> Option<(usize, usize)> {
+    let segments: Vec<&str> = key.split('.').collect();
+    let is_key_at = |line: &str, name: &str, at: usize| {
+        line[at..]
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            && (at == 0 || {
+                let before = line[..at].trim_end();
+                before.is_empty() || before.ends_with('{') || before.ends_with(',')
+            })
+    };
+    let find_in = |line: &str, name: &str| {
+        line.match_indices(name)
+            .map(|(i, _)| i)
+            .find(|&i| is_key_at(line, name, i))
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let top = lines
+        .iter()
+        .position(|l| !l.starts_with([' ', '\t', '#']) && find_in(l, segments[0]) == Some(0))?;
+    if segments.len() == 1 {
+        return Some((top + 1, 1));
+    }
+    let last = segments[segments.len() - 1];
+    let line = lines[top];
+    if let Some(column) = line
+        .find(':')
+        .and_then(|c| find_in(&line[c..], last).map(|i| i + c))
+    {
+        return Some((top + 1, column + 1));
+    }
+    for (i, line) in lines.iter().enumerate().skip(top + 1) {
+        if !line.is_empty() && !line.starts_with([' ', '\t', '#']) {
+            break;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if let Some(column) = find_in(line, last).filter(|&c| c >= indent) {
+            return Some((i + 1, column + 1));
+        }
+    }
+    Some((top + 1, 1))
+}
+
+/// Replaces Rust type names in serde messages by words.
+pub fn humanize(message: &str) -> String {
+    let mut out = message.to_string();
+    for (from, to) in [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("unit value", "an empty value"),
+        ("expected a path string", "expected a file path"),
+    ] {
+        out = out.replace(from, to);
+    }
+    if let Some(start) = out.find("expected internally tagged enum") {
+        out.replace_range(
+            start..,
+            "expected a mapping with a `name` (sgd or adam), e.g. { name: adam, learning_rate: 0.001 }",
+        );
+    }
+    if let Some(start) = out.find("expected struct ") {
+        out.replace_range(start.., "expected a mapping (`key: value` lines)");
+    }
+    out
 }
 
 /// Applies one `KEY=VALUE` (dotted key, YAML value) to the tree; returns the key.
@@ -322,9 +547,12 @@ fn apply_set(root: &mut Value, set: &str) -> Result<String, Failure> {
     let mut node = root;
     for (i, segment) in segments.iter().enumerate() {
         let Value::Mapping(map) = node else {
-            return Err(usage(&format!(
-                "`{}` is not a section (it holds a single value)",
-                segments[..i].join(".")
+            // Well-formed, but names a field that does not exist: a run-file
+            // error like an unknown field (exit 1).
+            return Err(Failure::invalid(format!(
+                "--set `{set}`: `{}` is not a section (it holds a single value), so it has no field `{}`",
+                segments[..i].join("."),
+                segments[i]
             )));
         };
         let entry = map
@@ -353,38 +581,74 @@ fn message_without_location(err: &serde_yaml::Error) -> String {
     }
 }
 
-/// Whether the error from the file alone is the one of the merged tree
-/// (the file's message may carry a `path: ` prefix the merged one lacks).
-fn same_error(file_error: &serde_yaml::Error, merged_error: &serde_yaml::Error) -> bool {
-    let file = message_without_location(file_error);
-    let merged = message_without_location(merged_error);
-    file == merged || file.ends_with(&format!(": {merged}"))
-}
-
 /// Renders a YAML error with the file, line and column, the source line and
 /// a "did you mean" for unknown fields and names.
 fn yaml_error(err: &serde_yaml::Error, path: &str, text: &str) -> Failure {
-    let message = message_without_location(err);
+    let message = humanize(&message_without_location(err));
     let mut out = format!("invalid run file: {message}");
     let location = err
         .location()
         .map(|loc| (loc.line(), loc.column()))
-        .map(|(line, column)| better_location(&message, text, line).unwrap_or((line, column)));
-    if let Some((line, column)) = location {
-        let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
-        let number = line.to_string();
-        let pad = " ".repeat(number.len());
-        out += &format!(
-            "\n{pad}--> {path}:{line}:{column}\n{pad} |\n{number} | {line_text}\n{pad} | {}^",
-            " ".repeat(column.saturating_sub(1))
-        );
-    } else {
-        out += &format!("\n  --> {path}");
+        .map(|(line, column)| {
+            better_location(&message, text, line)
+                .or_else(|| keyed_location(&message, text, line))
+                .or_else(|| duplicate_location(&message, text))
+                .unwrap_or((line, column))
+        });
+    match location {
+        Some((line, column)) => out = located(&out, path, text, line, column),
+        None => out += &format!("\n  --> {path}"),
     }
     if let Some(s) = suggestion(&message) {
         out += &format!("\n  help: did you mean `{s}`?");
     }
     Failure::invalid(out)
+}
+
+/// For "duplicate entry with key \"x\"" (reported at the start of the
+/// mapping): the last line with that key at the same indentation as its first.
+fn duplicate_location(message: &str, text: &str) -> Option<(usize, usize)> {
+    let key = message
+        .split_once("duplicate entry with key \"")?
+        .1
+        .split_once('"')?
+        .0;
+    let mut found = text.lines().enumerate().filter_map(|(i, l)| {
+        let indent = l.len() - l.trim_start().len();
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            .then_some((i + 1, indent + 1))
+    });
+    let first = found.next()?;
+    found.filter(|&(_, column)| column == first.1).last()
+}
+
+/// `message` followed by `--> file:line:column`, the source line and a caret.
+fn located(message: &str, path: &str, text: &str, line: usize, column: usize) -> String {
+    let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    let number = line.to_string();
+    let pad = " ".repeat(number.len());
+    format!(
+        "{message}\n{pad}--> {path}:{line}:{column}\n{pad} |\n{number} | {line_text}\n{pad} | {}^",
+        " ".repeat(column.saturating_sub(1))
+    )
+}
+
+/// For a message starting with a dotted key (`optimizer.learning_rate: ...`)
+/// whose reported line does not hold that key (serde_yaml's position for
+/// buffered sections): the key's line in the text.
+fn keyed_location(message: &str, text: &str, line: usize) -> Option<(usize, usize)> {
+    let (key, _) = message.split_once(": ")?;
+    if key.is_empty() || key.contains(' ') {
+        return None;
+    }
+    let last = key.rsplit('.').next()?;
+    let reported = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    if reported.contains(&format!("{last}:")) {
+        return None;
+    }
+    key_location(text, key)
 }
 
 /// serde_yaml reports errors inside internally tagged sections (the
@@ -441,10 +705,14 @@ mod tests {
     #[test]
     fn bad_sets_are_usage_errors() {
         let mut value: Value = serde_yaml::from_str("epochs: 3\n").unwrap();
-        for bad in ["epochs", "=3", "a..b=1", "epochs.x=1"] {
+        for bad in ["epochs", "=3", "a..b=1", "epochs=[1"] {
             let err = apply_set(&mut value, bad).unwrap_err();
             assert_eq!(err.exit, 2, "{bad}");
         }
+        // Well-formed but naming a field that does not exist: exit 1, as an
+        // unknown field in the file.
+        let err = apply_set(&mut value, "epochs.x=1").unwrap_err();
+        assert_eq!(err.exit, 1);
     }
 
     #[test]
@@ -475,6 +743,62 @@ mod tests {
             better_location("unknown field `spec`, expected `x`", text, 1),
             None
         );
+    }
+
+    #[test]
+    fn keys_are_located_in_the_text() {
+        let text = "spec: a.cnn\noptimizer:\n  name: sgd\n  learning_rate: -1\nbatch_size: 0\n\
+                    data:\n  class_names: [a]\nhistory: h.json\nx: { momentum: 2 }\n";
+        assert_eq!(key_location(text, "batch_size"), Some((5, 1)));
+        assert_eq!(key_location(text, "optimizer.learning_rate"), Some((4, 3)));
+        assert_eq!(key_location(text, "data.class_names"), Some((7, 3)));
+        assert_eq!(key_location(text, "x.momentum"), Some((9, 6)));
+        // A key missing under its section: the section's line.
+        assert_eq!(key_location(text, "optimizer.momentum"), Some((2, 1)));
+        assert_eq!(key_location(text, "epochs"), None);
+    }
+
+    #[test]
+    fn rust_type_names_become_words() {
+        assert_eq!(
+            humanize("epochs: invalid value: integer `-1`, expected usize"),
+            "epochs: invalid value: integer `-1`, expected a whole number >= 0"
+        );
+        assert_eq!(
+            humanize("seed: invalid type: unit value, expected u64"),
+            "seed: invalid type: an empty value, expected a whole number >= 0"
+        );
+        assert_eq!(
+            humanize("invalid type: string \"x\", expected struct RunFile"),
+            "invalid type: string \"x\", expected a mapping (`key: value` lines)"
+        );
+        assert!(!humanize("expected internally tagged enum OptimizerConfig").contains("enum"));
+    }
+
+    #[test]
+    fn bare_optimizer_names_mean_the_defaults() {
+        let config: RunFile = serde_yaml::from_str("spec: a.cnn\noptimizer: adam\n").unwrap();
+        assert_eq!(
+            config.optimizer,
+            OptimizerConfig::Adam(cnnc_runtime::optim::AdamConfig::default())
+        );
+        let config: RunFile = serde_yaml::from_str("spec: a.cnn\noptimizer: sgd\n").unwrap();
+        assert_eq!(config.optimizer, OptimizerConfig::Sgd(SgdConfig::default()));
+        let err = serde_yaml::from_str::<RunFile>(
+            "spec: a.cnn\noptimizer: {name: sgd, momentum: 0.5, learning_rate: x}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("optimizer.learning_rate: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn specs_are_not_run_files() {
+        assert!(looks_like_spec(Path::new("a.cnn"), ""));
+        assert!(looks_like_spec(Path::new("a.txt"), "// m\nmodel tiny {\n"));
+        assert!(!looks_like_spec(Path::new("a.yaml"), "spec: a.cnn\n"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub enum CheckpointError {
     },
 
     /// The file is not a valid safetensors file.
-    #[error("`{}` is not a valid safetensors checkpoint: {message}", path.display())]
+    #[error("cannot read checkpoint `{}`: {message}", path.display())]
     Format { path: PathBuf, message: String },
 
     /// The values do not line up with the parameter list (a caller bug).
@@ -114,7 +114,7 @@ pub fn save(path: &Path, params: &[Param], values: &ParamStore) -> Result<(), Ch
         let view = TensorView::new(Dtype::F32, value.shape().to_vec(), data).map_err(|err| {
             CheckpointError::Format {
                 path: path.to_path_buf(),
-                message: format!("`{}`: {err:?}", param.name),
+                message: format!("`{}`: {}", param.name, describe_safetensors(&err)),
             }
         })?;
         views.push((param.name.clone(), view));
@@ -123,7 +123,7 @@ pub fn save(path: &Path, params: &[Param], values: &ParamStore) -> Result<(), Ch
     let buffer =
         safetensors::serialize(views, &Some(metadata)).map_err(|err| CheckpointError::Format {
             path: path.to_path_buf(),
-            message: format!("{err:?}"),
+            message: describe_safetensors(&err),
         })?;
 
     let io = |action, source| CheckpointError::Io {
@@ -152,6 +152,52 @@ pub fn save(path: &Path, params: &[Param], values: &ParamStore) -> Result<(), Ch
     Ok(())
 }
 
+/// A safetensors error in words (the crate's `Display` is its `Debug`).
+/// Header layout per the safetensors format: 8-byte little-endian header
+/// length, then that many bytes of JSON, then the tensor data.
+pub fn describe_safetensors(err: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match err {
+        E::HeaderTooLarge => {
+            "not a safetensors file or truncated: header too large (its first 8 bytes \
+             announce a header of over 100 MB)"
+                .to_string()
+        }
+        E::HeaderTooSmall => {
+            "not a safetensors file or truncated: the file is shorter than the 8-byte header length"
+                .to_string()
+        }
+        E::InvalidHeaderLength => {
+            "not a safetensors file or truncated: the header length is larger than the file"
+                .to_string()
+        }
+        E::InvalidHeader => "not a safetensors file: the header is not UTF-8 text".to_string(),
+        E::InvalidHeaderStart => {
+            "not a safetensors file: the header does not start with `{`".to_string()
+        }
+        E::InvalidHeaderDeserialization => {
+            "not a safetensors file: the header is not valid JSON".to_string()
+        }
+        E::JsonError(err) => format!("the header is not valid JSON: {err}"),
+        E::TensorNotFound(name) => format!("no tensor named `{name}`"),
+        E::TensorInvalidInfo => {
+            "a tensor's shape and dtype do not match its data offsets".to_string()
+        }
+        E::InvalidOffset(name) => {
+            format!("the data offsets of tensor `{name}` are invalid (truncated file?)")
+        }
+        E::IoError(err) => err.to_string(),
+        E::InvalidTensorView(dtype, shape, size) => {
+            format!("a {dtype:?} tensor of shape {shape:?} cannot hold {size} bytes")
+        }
+        E::MetadataIncompleteBuffer => {
+            "the tensor data does not cover the rest of the file (truncated or padded file?)"
+                .to_string()
+        }
+        E::ValidationOverflow => "a tensor's shape or size overflows (corrupt header)".to_string(),
+    }
+}
+
 /// Loads a checkpoint for `params`, checking that the file holds exactly the
 /// model's tensors with the model's shapes (F32); every difference is listed
 /// in [`CheckpointError::Mismatch`].
@@ -163,7 +209,7 @@ pub fn load(path: &Path, params: &[Param]) -> Result<ParamStore, CheckpointError
     })?;
     let file = SafeTensors::deserialize(&buffer).map_err(|err| CheckpointError::Format {
         path: path.to_path_buf(),
-        message: format!("{err:?}"),
+        message: describe_safetensors(&err),
     })?;
     let tensors: BTreeMap<String, TensorView<'_>> = file.tensors().into_iter().collect();
 

@@ -238,8 +238,8 @@ pub struct Evaluation {
 /// What the evaluation graph outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Output {
-    /// Logits; `softmax_removed` says the original graph ended in softmax
-    /// (which [`Classifier::predict`] then applies).
+    /// Logits; `softmax_removed` says the original graph ended in softmax.
+    /// [`Classifier::predict`] applies the softmax either way.
     Logits { softmax_removed: bool },
     /// Probabilities from a softmax that could not be cut off.
     Probabilities,
@@ -357,9 +357,12 @@ impl Classifier {
         })
     }
 
-    /// Model outputs for `images` (`[n, height, width, channels]`): class
-    /// probabilities `[n, classes]` for a model ending in softmax, the raw
-    /// outputs otherwise (as Keras's `predict`).
+    /// Class probabilities `[n, classes]` for `images`
+    /// (`[n, height, width, channels]`). The output of the last layer, before
+    /// a final softmax, is treated as logits, as in training (like Keras's
+    /// `from_logits=True`): a model without a trailing softmax gets one
+    /// applied here, so the rows always sum to 1 and are consistent with
+    /// the loss that [`Classifier::evaluate`] reports.
     pub fn predict(
         &mut self,
         params: &ParamStore,
@@ -376,11 +379,7 @@ impl Classifier {
             let end = (start + batch_size).min(n);
             let batch = images.slice_axis(Axis(0), (start..end).into()).to_owned();
             let mut output = self.executor.try_forward(params, &batch, Mode::Inference)?;
-            if self.output
-                == (Output::Logits {
-                    softmax_removed: true,
-                })
-            {
+            if let Output::Logits { .. } = self.output {
                 output = loss::softmax(&output)?;
             }
             if output.shape() != [end - start, self.classes] {

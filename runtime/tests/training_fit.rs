@@ -232,6 +232,46 @@ fn zero_parameters_give_uniform_predictions() {
 }
 
 #[test]
+fn predict_treats_a_model_without_softmax_as_logits() {
+    // Same linear model, no final softmax: its output is logits (as in
+    // training), so predict returns softmax(logits) = exp(z_k) / sum_j exp(z_j),
+    // the probabilities whose -ln(p[y]) evaluate reports as the loss.
+    let (_, inference) = graphs("model logits { input [4, 4, 1] flatten dense(4) }");
+    let params = ParamStore::init(&inference, 5);
+    let data = quadrants(6, 10);
+    let mut full = cnnc_runtime::executor::Executor::new(inference.clone());
+    let logits = full
+        .try_forward(
+            &params,
+            &data.images,
+            cnnc_runtime::executor::Mode::Inference,
+        )
+        .unwrap();
+    let mut classifier = Classifier::new(inference).unwrap();
+    let probabilities = classifier.predict(&params, &data.images, 4).unwrap();
+    assert_eq!(probabilities.shape(), &[6, 4]);
+    let mut loss = 0.0f64;
+    for (i, (row, z)) in probabilities
+        .outer_iter()
+        .zip(logits.outer_iter())
+        .enumerate()
+    {
+        let sum: f32 = z.iter().map(|v| v.exp()).sum();
+        for (p, v) in row.iter().zip(z.iter()) {
+            assert!(*p >= 0.0);
+            assert!((p - v.exp() / sum).abs() < 1e-6, "{p} vs softmax of {v}");
+        }
+        assert!((row.sum() - 1.0).abs() < 1e-6);
+        loss -= f64::from(row[data.labels[i]]).ln();
+    }
+    let evaluation = classifier.evaluate(&params, &data, 4).unwrap();
+    assert!(
+        (evaluation.loss - loss / 6.0).abs() < 1e-5,
+        "{evaluation:?} vs {loss}"
+    );
+}
+
+#[test]
 fn classifier_cuts_the_softmax_and_predict_restores_it() {
     let (_, inference) = graphs(LINEAR);
     assert!(matches!(inference.node(inference.output).op, Op::Softmax));

@@ -48,6 +48,20 @@ pub enum DataError {
         found: u64,
     },
 
+    /// A gzip file whose decompressed data is shorter than its IDX header says
+    /// (the gzip stream itself ended cleanly, e.g. a concatenation cut at a
+    /// member boundary, or data compressed from a truncated file).
+    #[error(
+        "`{}` is truncated: the decompressed data has {found} bytes, \
+         the header announces {expected}",
+        path.display()
+    )]
+    TruncatedGzip {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+
     /// The file has bytes after the data its header announces.
     #[error(
         "`{}` has {extra} bytes after the {expected} bytes its header announces",
@@ -92,6 +106,10 @@ pub enum DataError {
         classes: usize,
     },
 
+    /// A file given as a PNG that lacks the PNG signature.
+    #[error("`{}` is not a PNG file (it starts with {start})", path.display())]
+    NotPng { path: PathBuf, start: String },
+
     /// A PNG file could not be decoded.
     #[error("`{}` is not a readable PNG image: {message}", path.display())]
     Png { path: PathBuf, message: String },
@@ -117,10 +135,12 @@ impl DataError {
             | DataError::Gzip { path, .. }
             | DataError::BadMagic { path, .. }
             | DataError::Truncated { path, .. }
+            | DataError::TruncatedGzip { path, .. }
             | DataError::TrailingBytes { path, .. }
             | DataError::ImageSize { path, .. }
             | DataError::LabelOutOfRange { path, .. }
             | DataError::Png { path, .. }
+            | DataError::NotPng { path, .. }
             | DataError::PngFormat { path, .. } => Some(path),
             DataError::CountMismatch { images_path, .. } => Some(images_path),
             DataError::SplitTooLarge { .. } | DataError::BadFraction(_) => None,

@@ -27,6 +27,11 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Reads a whole file, decompressing it if it starts with the gzip magic bytes.
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
+    read_flagged(path).map(|(bytes, _)| bytes)
+}
+
+/// [`read_maybe_gzip`], also saying whether the file was gzip.
+fn read_flagged(path: &Path) -> Result<(Vec<u8>, bool), DataError> {
     let raw = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -39,9 +44,9 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Ok(decoded)
+        Ok((decoded, true))
     } else {
-        Ok(raw)
+        Ok((raw, false))
     }
 }
 
@@ -49,14 +54,30 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
 /// `[n, rows, cols, 1]` (NHWC, one grey channel) with pixels scaled from
 /// `0..=255` to `[0, 1]` (`x / 255`, as the book's `X_train / 255.`).
 pub fn read_images(path: &Path) -> Result<Tensor, DataError> {
-    let bytes = read_maybe_gzip(path)?;
-    parse_images(&bytes, path)
+    let (bytes, gzip) = read_flagged(path)?;
+    parse_images(&bytes, path).map_err(|err| decompressed(err, gzip))
+}
+
+/// For a gzip file, a truncation is about the decompressed data, not the file.
+fn decompressed(err: DataError, gzip: bool) -> DataError {
+    match err {
+        DataError::Truncated {
+            path,
+            expected,
+            found,
+        } if gzip => DataError::TruncatedGzip {
+            path,
+            expected,
+            found,
+        },
+        other => other,
+    }
 }
 
 /// Reads an IDX label file (raw or gzip): one class index per example.
 pub fn read_labels(path: &Path) -> Result<Vec<usize>, DataError> {
-    let bytes = read_maybe_gzip(path)?;
-    parse_labels(&bytes, path)
+    let (bytes, gzip) = read_flagged(path)?;
+    parse_labels(&bytes, path).map_err(|err| decompressed(err, gzip))
 }
 
 /// Parses decompressed IDX image bytes; `path` is only used in errors.
@@ -302,6 +323,30 @@ mod tests {
         let err = read_labels(&cut).unwrap_err();
         assert!(matches!(err, DataError::Gzip { .. }), "{err}");
         assert!(err.to_string().contains("labels-cut.gz"));
+
+        // A complete gzip stream of a cut IDX file: the decompressed size is
+        // reported as such. Header 8 bytes + 3 labels = 11; cut to 10.
+        let short = dir.join("labels-short.gz");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&bytes[..10]).unwrap();
+        std::fs::write(&short, encoder.finish().unwrap()).unwrap();
+        let err = read_labels(&short).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::TruncatedGzip {
+                    expected: 11,
+                    found: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("the decompressed data has 10 bytes, the header announces 11"),
+            "{err}"
+        );
 
         let missing = read_labels(&dir.join("nope")).unwrap_err();
         assert!(matches!(missing, DataError::Io { .. }));

@@ -21,6 +21,63 @@ pub fn read_png(path: &Path, height: usize, width: usize) -> Result<Tensor, Data
     decode_png(&bytes, path, height, width)
 }
 
+/// The 8-byte signature every PNG file starts with (PNG spec, section 5.2).
+pub const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+
+/// The first bytes of a file in words: hex, plus the text if printable,
+/// and what they are when recognised (gzip, IDX).
+fn describe_start(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "nothing: the file is empty".to_string();
+    }
+    let head = &bytes[..bytes.len().min(8)];
+    let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = format!("bytes {}", hex.join(" "));
+    if head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        out += &format!(", text \"{}\"", String::from_utf8_lossy(head));
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        out += ", gzip data";
+    } else if head.starts_with(&[0, 0, 8]) {
+        out += ", an IDX file";
+    }
+    out
+}
+
+/// A PNG decoding error in words (the `png` crate's messages show some
+/// values with `Debug`, e.g. `ChunkType { type: IDAT, critical: true, .. }`).
+fn png_message(err: &png::DecodingError) -> String {
+    match err {
+        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file ends early (truncated?)".to_string()
+        }
+        png::DecodingError::IoError(io) => io.to_string(),
+        png::DecodingError::LimitsExceeded => "the image is too large to decode".to_string(),
+        other => {
+            let text = other.to_string();
+            if text.contains("CorruptFlateStream") || text.contains("Inflate") {
+                return "the compressed pixel data is corrupt".to_string();
+            }
+            strip_chunk_debug(&text)
+        }
+    }
+}
+
+/// `ChunkType { type: IDAT, critical: true, private: false, .. }` -> `IDAT`.
+fn strip_chunk_debug(text: &str) -> String {
+    const OPEN: &str = "ChunkType { type: ";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        out += &rest[..start];
+        let after = &rest[start + OPEN.len()..];
+        let name_end = after.find([',', ' ', '}']).unwrap_or(after.len());
+        out += &after[..name_end];
+        rest = after.find('}').map_or("", |close| &after[close + 1..]);
+    }
+    out += rest;
+    out
+}
+
 /// Decodes PNG bytes (see [`read_png`]); `path` is only used in errors.
 pub fn decode_png(
     bytes: &[u8],
@@ -28,9 +85,15 @@ pub fn decode_png(
     height: usize,
     width: usize,
 ) -> Result<Tensor, DataError> {
+    if !bytes.starts_with(&PNG_SIGNATURE) {
+        return Err(DataError::NotPng {
+            path: path.to_path_buf(),
+            start: describe_start(bytes),
+        });
+    }
     let png_error = |err: png::DecodingError| DataError::Png {
         path: path.to_path_buf(),
-        message: err.to_string(),
+        message: png_message(&err),
     };
     let mut decoder = png::Decoder::new(bytes);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
@@ -171,8 +234,35 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_a_png_error() {
+    fn garbage_is_not_a_png() {
         let err = decode_png(b"not a png", Path::new("bad.png"), 28, 28).unwrap_err();
-        assert!(matches!(err, DataError::Png { .. }), "{err}");
+        assert!(matches!(err, DataError::NotPng { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(
+                "not a PNG file (it starts with bytes 6e 6f 74 20 61 20 70 6e, text \"not a pn\")"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("magic"), "{message}");
+    }
+
+    #[test]
+    fn truncated_png_is_described_in_words() {
+        // The signature alone: the IHDR chunk is missing.
+        let err = decode_png(&PNG_SIGNATURE, Path::new("cut.png"), 28, 28).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, DataError::Png { .. }), "{message}");
+        assert!(!message.contains('{'), "no Debug structs: {message}");
+    }
+
+    #[test]
+    fn chunk_types_lose_their_debug_form() {
+        assert_eq!(
+            strip_chunk_debug(
+                "ChunkType { type: IDAT, critical: true } chunk appeared before IHDR chunk"
+            ),
+            "IDAT chunk appeared before IHDR chunk"
+        );
     }
 }
