@@ -165,7 +165,8 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     let (graph, rewrites) = optimize(graph, target);
     let input_shape = graph.node(graph.input).shape.clone();
     let param_count = graph.param_count();
-    if let Err(err) = crate::memory::check_fits(&graph, args.batch_size, target == Target::Training) {
+    if let Err(err) = crate::memory::check_fits(&graph, args.batch_size, target == Target::Training)
+    {
         eprintln!("error: {err}");
         return ExitCode::from(1);
     }
@@ -282,10 +283,16 @@ pub fn execute(args: BenchArgs) -> ExitCode {
 }
 
 fn text_report(r: &BenchResult, path: &str) -> String {
-    let mut out = format!("{path}: {} ({} params, {} rewrites)\n", r.workload, r.params, r.rewrites);
+    let mut out = format!(
+        "{path}: {} ({} params, {} rewrites)\n",
+        r.workload, r.params, r.rewrites
+    );
     out += &format!("  threads      {}\n", r.threads);
     out += &format!("  data         {}\n", r.data);
-    out += &format!("  steps        {} timed after {} warm-up\n", r.steps, r.warmup);
+    out += &format!(
+        "  steps        {} timed after {} warm-up\n",
+        r.steps, r.warmup
+    );
     out += &format!("  images/s     {:.1}\n", r.images_per_s);
     out += &format!("  ms/batch     {:.3}\n", r.ms_per_batch);
     match r.peak_rss_mb {

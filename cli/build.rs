@@ -62,7 +62,10 @@ pub fn execute(args: BuildArgs) -> ExitCode {
         Ok(model) => model,
         Err(diagnostics) => {
             let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            eprint!("{}", cnnc_compiler::render_diagnostics(&diagnostics, &path, &source, color));
+            eprint!(
+                "{}",
+                cnnc_compiler::render_diagnostics(&diagnostics, &path, &source, color)
+            );
             return ExitCode::from(1);
         }
     };

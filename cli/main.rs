@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             eprintln!("error: --threads must be between 1 and {MAX_THREADS}, found {threads}");
             return ExitCode::from(2);
         }
-        if let Err(err) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        if let Err(err) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
             eprintln!("error: could not start {threads} worker threads: {err}");
             return ExitCode::from(2);
         }

@@ -17,7 +17,10 @@ pub enum StdoutError {
 /// Writes `text` to stdout and flushes.
 pub fn try_write_stdout(text: &str) -> Result<(), StdoutError> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutError::Closed),
         Err(err) => Err(StdoutError::Failed(err)),

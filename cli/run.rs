@@ -144,7 +144,9 @@ pub fn execute(args: RunArgs) -> ExitCode {
 fn write_stdout(text: &str) -> Result<(), Failure> {
     crate::output::try_write_stdout(text).map_err(|err| match err {
         crate::output::StdoutError::Closed => Failure::quiet(),
-        crate::output::StdoutError::Failed(err) => Failure::invalid(format!("cannot write to standard output: {err}")),
+        crate::output::StdoutError::Failed(err) => {
+            Failure::invalid(format!("cannot write to standard output: {err}"))
+        }
     })
 }
 

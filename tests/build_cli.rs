@@ -8,10 +8,13 @@ use std::process::Output;
 mod common;
 use common::cnnc;
 
-
 fn json(args: &[&str]) -> Value {
     let out = cnnc(args);
-    assert!(out.status.success(), "cnnc {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cnnc {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("valid JSON on stdout")
 }
 
@@ -38,13 +41,23 @@ fn summary_json_matches_keras_totals() {
     let layers = summary["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 14);
     assert_eq!(layers[0]["name"], "conv2d");
-    assert_eq!(layers[0]["output_shape"], serde_json::json!([null, 28, 28, 64]));
+    assert_eq!(
+        layers[0]["output_shape"],
+        serde_json::json!([null, 28, 28, 64])
+    );
     assert_eq!(layers[8]["output_shape"], serde_json::json!([null, 2304]));
 }
 
 #[test]
 fn inference_graph_fuses_conv_bias_relu_and_drops_dropout() {
-    let graph = json(&["build", "specs/fashion_mnist.cnn", "--emit", "graph", "--format", "json"]);
+    let graph = json(&[
+        "build",
+        "specs/fashion_mnist.cnn",
+        "--emit",
+        "graph",
+        "--format",
+        "json",
+    ]);
     let ops = graph["ops"].as_array().unwrap();
     let names: Vec<&str> = ops.iter().map(|op| op["op"].as_str().unwrap()).collect();
     assert_eq!(
@@ -67,7 +80,10 @@ fn inference_graph_fuses_conv_bias_relu_and_drops_dropout() {
         ]
     );
     for op in ops.iter().filter(|op| op["op"] == "fused_conv2d") {
-        assert_eq!(op["fused"], serde_json::json!(["conv2d", "bias_add", "relu"]));
+        assert_eq!(
+            op["fused"],
+            serde_json::json!(["conv2d", "bias_add", "relu"])
+        );
         assert_eq!(op["rule"], "ConvBiasActivationFusion");
     }
     assert_eq!(ops[12]["fused"], serde_json::json!(["matmul", "bias_add"]));
@@ -87,7 +103,12 @@ fn training_graph_keeps_dropout() {
         "--format",
         "json",
     ]);
-    let dropouts = graph["ops"].as_array().unwrap().iter().filter(|op| op["op"] == "dropout").count();
+    let dropouts = graph["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["op"] == "dropout")
+        .count();
     assert_eq!(dropouts, 2);
 }
 
@@ -95,7 +116,10 @@ fn training_graph_keeps_dropout() {
 fn optimized_graph_snapshot() {
     let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--emit", "graph"]);
     assert!(out.status.success());
-    insta::assert_snapshot!("fashion_mnist_inference_graph", String::from_utf8_lossy(&out.stdout));
+    insta::assert_snapshot!(
+        "fashion_mnist_inference_graph",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -107,7 +131,10 @@ fn bad_spec_exits_1_with_located_error() {
     let out = cnnc(&["build", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.cnn:3"), "error should name file and line:\n{stderr}");
+    assert!(
+        stderr.contains("bad.cnn:3"),
+        "error should name file and line:\n{stderr}"
+    );
 }
 
 #[test]

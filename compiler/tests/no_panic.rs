@@ -146,7 +146,10 @@ fn mutated_specs_never_panic() {
     .unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     // `CNNC_FUZZ_ITERS=1000000 cargo test --test no_panic` for a longer run.
-    let iters = std::env::var("CNNC_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let iters = std::env::var("CNNC_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
     for _ in 0..iters {
         let src = mutate(&mut rng, &base);
         check_one(&src);

@@ -11,7 +11,11 @@ pub fn root() -> &'static Path {
 
 /// Absolute path of a file of the shipped Fashion-MNIST sample.
 pub fn sample(name: &str) -> String {
-    root().join("data/fashion-mnist-sample").join(name).display().to_string()
+    root()
+        .join("data/fashion-mnist-sample")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 /// Runs the `cnnc` binary with `args` from the repository root.

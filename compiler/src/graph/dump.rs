@@ -31,7 +31,10 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
                 pads_text(&attrs.pads),
                 param(*kernel)
             );
-            if let Op::FusedConv2d { bias, activation, .. } = op {
+            if let Op::FusedConv2d {
+                bias, activation, ..
+            } = op
+            {
                 if let Some(b) = bias {
                     s += &format!(" bias={}", param(*b));
                 }
@@ -41,7 +44,10 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
         }
         Op::MatMul { units, kernel } | Op::FusedMatMul { units, kernel, .. } => {
             let mut s = format!("units={units} kernel={}", param(*kernel));
-            if let Op::FusedMatMul { bias, activation, .. } = op {
+            if let Op::FusedMatMul {
+                bias, activation, ..
+            } = op
+            {
                 if let Some(b) = bias {
                     s += &format!(" bias={}", param(*b));
                 }

@@ -62,7 +62,14 @@ impl Builder {
     }
 
     /// Appends `bias_add` (if `use_bias`) and the activation after `node`.
-    fn epilogue(&mut self, layer: &Layer, mut node: NodeId, channels: usize, use_bias: bool, activation: Activation) -> NodeId {
+    fn epilogue(
+        &mut self,
+        layer: &Layer,
+        mut node: NodeId,
+        channels: usize,
+        use_bias: bool,
+        activation: Activation,
+    ) -> NodeId {
         let shape = layer.output_shape.clone();
         if use_bias {
             let bias = self.param(format!("{}/bias", layer.name), vec![channels], Init::Zeros);
@@ -76,7 +83,12 @@ impl Builder {
         match activation {
             Activation::Linear => node,
             Activation::Softmax => self.push(Op::Softmax, vec![node], shape, &layer.name),
-            other => self.push(Op::Activation { activation: other }, vec![node], shape, &layer.name),
+            other => self.push(
+                Op::Activation { activation: other },
+                vec![node],
+                shape,
+                &layer.name,
+            ),
         }
     }
 
@@ -127,7 +139,15 @@ impl Builder {
                         fan_out: *units,
                     },
                 );
-                let matmul = self.push(Op::MatMul { units: *units, kernel }, vec![input], shape, name);
+                let matmul = self.push(
+                    Op::MatMul {
+                        units: *units,
+                        kernel,
+                    },
+                    vec![input],
+                    shape,
+                    name,
+                );
                 self.epilogue(layer, matmul, *units, *use_bias, *activation)
             }
             LayerKind::MaxPool2d {
@@ -149,7 +169,9 @@ impl Builder {
                 self.push(op, vec![input], shape, name)
             }
             LayerKind::Flatten => self.push(Op::Flatten, vec![input], shape, name),
-            LayerKind::Dropout { rate } => self.push(Op::Dropout { rate: *rate }, vec![input], shape, name),
+            LayerKind::Dropout { rate } => {
+                self.push(Op::Dropout { rate: *rate }, vec![input], shape, name)
+            }
             LayerKind::Activation { activation } => self.activation(layer, input, *activation),
         }
     }

@@ -23,7 +23,10 @@ impl Pass for DropoutElimination {
                 let source = node.inputs[0];
                 rewrites.push(Rewrite {
                     rule: self.name(),
-                    description: format!("removed dropout `{}` (rate {rate}): identity at inference", node.layer),
+                    description: format!(
+                        "removed dropout `{}` (rate {rate}): identity at inference",
+                        node.layer
+                    ),
                 });
                 editor.remove_and_redirect(id, source);
             }

@@ -26,7 +26,9 @@ impl Pass for ConvBiasActivationFusion {
         let mut rewrites = Vec::new();
         for i in 0..editor.len() {
             let head = NodeId(i);
-            if !editor.is_live(head) || !matches!(editor.node(head).op, Op::Conv2d { .. } | Op::MatMul { .. }) {
+            if !editor.is_live(head)
+                || !matches!(editor.node(head).op, Op::Conv2d { .. } | Op::MatMul { .. })
+            {
                 continue;
             }
             let readers = editor.consumers();
@@ -77,10 +79,18 @@ impl Pass for ConvBiasActivationFusion {
                 },
                 _ => continue,
             };
-            let parts: Vec<String> = chain.iter().map(|id| editor.node(*id).op.name().to_string()).collect();
+            let parts: Vec<String> = chain
+                .iter()
+                .map(|id| editor.node(*id).op.name().to_string())
+                .collect();
             rewrites.push(Rewrite {
                 rule: self.name(),
-                description: format!("fused {} of `{}` into {}", parts.join(" + "), head_node.layer, op.name()),
+                description: format!(
+                    "fused {} of `{}` into {}",
+                    parts.join(" + "),
+                    head_node.layer,
+                    op.name()
+                ),
             });
             let fused = Node {
                 op,

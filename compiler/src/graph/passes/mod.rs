@@ -44,7 +44,10 @@ pub trait Pass {
 pub fn pipeline(target: Target) -> Vec<Box<dyn Pass>> {
     match target {
         Target::Training => vec![Box::new(ConvBiasActivationFusion)],
-        Target::Inference => vec![Box::new(DropoutElimination), Box::new(ConvBiasActivationFusion)],
+        Target::Inference => vec![
+            Box::new(DropoutElimination),
+            Box::new(ConvBiasActivationFusion),
+        ],
     }
 }
 

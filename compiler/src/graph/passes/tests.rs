@@ -3,7 +3,7 @@
 use super::*;
 use crate::graph::ir::{Conv2dAttrs, Graph, Init, Node, NodeId, Op, Param, ParamId};
 use crate::graph::lower::lower;
-use crate::model::{Activation, Layer, LayerKind, Model, Pads2d, Padding, Span};
+use crate::model::{Activation, Layer, LayerKind, Model, Padding, Pads2d, Span};
 
 fn layer(name: &str, kind: LayerKind, input: &[usize], output: &[usize]) -> Layer {
     Layer {
@@ -62,17 +62,30 @@ fn lowering_emits_primitive_ops_in_keras_order() {
     assert_eq!(
         op_names(&graph),
         [
-            "input", "conv2d", "bias_add", "relu", "flatten", "matmul", "bias_add", "relu", "dropout", "matmul",
-            "bias_add", "softmax"
+            "input", "conv2d", "bias_add", "relu", "flatten", "matmul", "bias_add", "relu",
+            "dropout", "matmul", "bias_add", "softmax"
         ]
     );
     let names: Vec<&str> = graph.params.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        ["conv2d/kernel", "conv2d/bias", "dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
+        [
+            "conv2d/kernel",
+            "conv2d/bias",
+            "dense/kernel",
+            "dense/bias",
+            "dense_1/kernel",
+            "dense_1/bias"
+        ]
     );
     assert_eq!(graph.params[0].shape, [3, 3, 1, 2]);
-    assert_eq!(graph.params[0].init, Init::GlorotUniform { fan_in: 9, fan_out: 18 });
+    assert_eq!(
+        graph.params[0].init,
+        Init::GlorotUniform {
+            fan_in: 9,
+            fan_out: 18
+        }
+    );
     assert_eq!(graph.params[2].shape, [32, 8]);
     assert_eq!(graph.params[1].init, Init::Zeros);
 }
@@ -80,7 +93,17 @@ fn lowering_emits_primitive_ops_in_keras_order() {
 #[test]
 fn inference_pipeline_fuses_and_drops_dropout() {
     let (graph, rewrites) = optimize(lower(&small_model()), Target::Inference);
-    assert_eq!(op_names(&graph), ["input", "fused_conv2d", "flatten", "fused_matmul", "fused_matmul", "softmax"]);
+    assert_eq!(
+        op_names(&graph),
+        [
+            "input",
+            "fused_conv2d",
+            "flatten",
+            "fused_matmul",
+            "fused_matmul",
+            "softmax"
+        ]
+    );
     assert_eq!(graph.nodes[1].fused, ["conv2d", "bias_add", "relu"]);
     assert_eq!(graph.nodes[3].fused, ["matmul", "bias_add", "relu"]);
     // softmax is not element-wise: the last dense fuses only its bias.
@@ -93,7 +116,10 @@ fn inference_pipeline_fuses_and_drops_dropout() {
             ..
         }
     ));
-    assert_eq!(graph.nodes[1].rule.as_deref(), Some("ConvBiasActivationFusion"));
+    assert_eq!(
+        graph.nodes[1].rule.as_deref(),
+        Some("ConvBiasActivationFusion")
+    );
     assert_eq!(graph.output, NodeId(5));
     // Inputs were renumbered consistently.
     for (i, node) in graph.nodes.iter().enumerate().skip(1) {
@@ -116,7 +142,15 @@ fn training_pipeline_keeps_dropout() {
     let (graph, _) = optimize(lower(&small_model()), Target::Training);
     assert_eq!(
         op_names(&graph),
-        ["input", "fused_conv2d", "flatten", "fused_matmul", "dropout", "fused_matmul", "softmax"]
+        [
+            "input",
+            "fused_conv2d",
+            "flatten",
+            "fused_matmul",
+            "dropout",
+            "fused_matmul",
+            "softmax"
+        ]
     );
 }
 
@@ -147,9 +181,22 @@ fn conv_chain(extra: Vec<Node>, output: usize) -> Graph {
     };
     let mut nodes = vec![
         node(Op::Input, &[], &[4, 4, 1]),
-        node(Op::Conv2d { attrs, kernel: ParamId(0) }, &[0], &[4, 4, 2]),
+        node(
+            Op::Conv2d {
+                attrs,
+                kernel: ParamId(0),
+            },
+            &[0],
+            &[4, 4, 2],
+        ),
         node(Op::BiasAdd { bias: ParamId(1) }, &[1], &[4, 4, 2]),
-        node(Op::Activation { activation: Activation::Relu }, &[2], &[4, 4, 2]),
+        node(
+            Op::Activation {
+                activation: Activation::Relu,
+            },
+            &[2],
+            &[4, 4, 2],
+        ),
     ];
     nodes.extend(extra);
     Graph {
@@ -177,9 +224,18 @@ fn conv_chain(extra: Vec<Node>, output: usize) -> Graph {
 #[test]
 fn no_activation_fusion_when_pre_activation_has_another_reader() {
     // node 4 also reads the bias_add output (the pre-activation value).
-    let extra = vec![node(Op::Activation { activation: Activation::Sigmoid }, &[2], &[4, 4, 2])];
+    let extra = vec![node(
+        Op::Activation {
+            activation: Activation::Sigmoid,
+        },
+        &[2],
+        &[4, 4, 2],
+    )];
     let (graph, _) = ConvBiasActivationFusion.run(conv_chain(extra, 3));
-    assert_eq!(op_names(&graph), ["input", "fused_conv2d", "relu", "sigmoid"]);
+    assert_eq!(
+        op_names(&graph),
+        ["input", "fused_conv2d", "relu", "sigmoid"]
+    );
     assert_eq!(graph.nodes[1].fused, ["conv2d", "bias_add"]);
     assert_eq!(graph.nodes[2].inputs, [NodeId(1)]);
     assert_eq!(graph.nodes[3].inputs, [NodeId(1)]);
@@ -187,9 +243,18 @@ fn no_activation_fusion_when_pre_activation_has_another_reader() {
 
 #[test]
 fn no_fusion_when_conv_output_has_another_reader() {
-    let extra = vec![node(Op::Activation { activation: Activation::Tanh }, &[1], &[4, 4, 2])];
+    let extra = vec![node(
+        Op::Activation {
+            activation: Activation::Tanh,
+        },
+        &[1],
+        &[4, 4, 2],
+    )];
     let (graph, rewrites) = ConvBiasActivationFusion.run(conv_chain(extra, 3));
-    assert_eq!(op_names(&graph), ["input", "conv2d", "bias_add", "relu", "tanh"]);
+    assert_eq!(
+        op_names(&graph),
+        ["input", "conv2d", "bias_add", "relu", "tanh"]
+    );
     assert!(rewrites.is_empty());
 }
 
@@ -208,6 +273,10 @@ fn dropout_elimination_rewires_readers() {
     assert!(!op_names(&graph).contains(&"dropout"));
     assert_eq!(rewrites.len(), 1);
     // The matmul after the dropout now reads the relu before it.
-    let matmul = graph.nodes.iter().rposition(|n| n.op.name() == "matmul").unwrap();
+    let matmul = graph
+        .nodes
+        .iter()
+        .rposition(|n| n.op.name() == "matmul")
+        .unwrap();
     assert_eq!(graph.node(graph.nodes[matmul].inputs[0]).op.name(), "relu");
 }
