@@ -465,7 +465,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cnnc-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pixels: Vec<u8> = (0..3u8)
-            .flat_map(|i| std::iter::repeat(50 * i).take(28 * 28))
+            .flat_map(|i| std::iter::repeat_n(50 * i, 28 * 28))
             .collect();
         let images = cnnc_runtime::data::idx::encode_images(3, 28, 28, &pixels);
         let labels = cnnc_runtime::data::idx::encode_labels(&[7, 8, 9]);
