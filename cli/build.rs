@@ -17,6 +17,8 @@ pub enum Emit {
     Summary,
     /// The optimized op graph.
     Graph,
+    /// Graphviz DOT of the model (layers, shapes on the edges): `| dot -Tpng > model.png`.
+    Dot,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,11 @@ pub fn execute(args: BuildArgs) -> ExitCode {
     let text = match (args.emit, args.format) {
         (Emit::Summary, Format::Text) => cnnc_compiler::summary::render_text(&model),
         (Emit::Summary, Format::Json) => pretty(&cnnc_compiler::summary::to_json(&model)),
+        (Emit::Dot, Format::Text) => cnnc_compiler::dot::render(&model),
+        (Emit::Dot, Format::Json) => {
+            eprintln!("error: `--emit dot` writes DOT text; drop `--format json`");
+            return ExitCode::from(2);
+        }
         (Emit::Graph, format) => {
             let graph = lower::lower(&model);
             let (graph, rewrites) = if args.no_optimize {

@@ -143,3 +143,34 @@ fn missing_file_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.cnn"));
     assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs").exists());
 }
+
+#[test]
+fn dot_snapshot_has_a_node_per_layer_and_shapes_on_edges() {
+    let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--emit", "dot"]);
+    assert!(out.status.success());
+    let dot = String::from_utf8_lossy(&out.stdout).into_owned();
+    // A box for the input and each of the 14 layers, a plain `output` node, and
+    // one edge into each layer and one into the output.
+    let nodes = dot
+        .lines()
+        .filter(|l| l.contains("[label=") && !l.contains(" -> "))
+        .count();
+    assert_eq!(nodes, 15);
+    assert!(dot.contains("  output [shape=plaintext"));
+    assert_eq!(dot.matches(" -> ").count(), 15);
+    assert!(dot.contains("n8 -> n9 [label=\" (None, 3, 3, 256)\"]"));
+    insta::assert_snapshot!("fashion_mnist_dot", dot);
+}
+
+#[test]
+fn dot_has_no_json_form() {
+    let out = cnnc(&[
+        "build",
+        "specs/fashion_mnist.cnn",
+        "--emit",
+        "dot",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -6,12 +6,14 @@
 //! - [`check`]: name resolution, Keras defaults, argument validation and shape
 //!   inference, producing a [`model::Model`] or located [`diagnostics::Diagnostic`]s;
 //! - [`summary`]: the Keras-style `model.summary()` table and its JSON form;
+//! - [`dot`]: a Graphviz picture of the model;
 //! - [`graph`]: lowering to primitive ops ([`graph::lower`]) and the optimization passes ([`graph::passes`]).
 //!
 //! This crate never depends on the runtime.
 
 pub mod check;
 pub mod diagnostics;
+pub mod dot;
 pub mod graph;
 pub mod model;
 pub mod summary;
