@@ -43,7 +43,7 @@ fn arguments(layer: &Layer) -> String {
                 parts.push(format!("strides={}x{}", strides[0], strides[1]));
             }
             parts.push(format!("padding={}", padding_name(*padding)));
-            parts.push(format!("activation={}", activation.name()));
+            parts.push(format!("activation={}", activation.spec()));
             parts.join(", ")
         }
         LayerKind::MaxPool2d {
@@ -66,11 +66,17 @@ fn arguments(layer: &Layer) -> String {
         LayerKind::Dense {
             units, activation, ..
         } => {
-            format!("units={units}, activation={}", activation.name())
+            format!("units={units}, activation={}", activation.spec())
         }
         LayerKind::Dropout { rate } => format!("rate={rate}"),
-        LayerKind::Activation { activation } => activation.name().to_string(),
-        LayerKind::Flatten => String::new(),
+        LayerKind::Activation { activation } => activation.spec(),
+        LayerKind::Flatten | LayerKind::GlobalAvgPool2d | LayerKind::GlobalMaxPool2d => {
+            String::new()
+        }
+        LayerKind::ZeroPadding2d { padding } => format!(
+            "padding=(({}, {}), ({}, {}))",
+            padding.top, padding.bottom, padding.left, padding.right
+        ),
     }
 }
 

@@ -43,7 +43,10 @@ pub struct Pads2d {
 }
 
 /// An activation function, by its Keras name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+///
+/// `Eq` holds because the checker only admits finite `alpha` /
+/// `negative_slope` values (never NaN).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
     /// Identity (Keras `linear`, the default).
@@ -53,6 +56,32 @@ pub enum Activation {
     Tanh,
     /// Softmax over the last axis.
     Softmax,
+    /// `min(max(x, 0), 6)` (Keras `relu6`).
+    Relu6,
+    /// Exponential linear unit (Clevert et al. 2015; Keras `elu` / `ELU`):
+    /// `x` for `x > 0`, `alpha * (exp(x) - 1)` otherwise. `alpha >= 0`
+    /// (Keras's default 1.0 for both the activation and the layer).
+    Elu {
+        #[serde(serialize_with = "f32_shortest")]
+        alpha: f32,
+    },
+    /// Leaky ReLU (Maas et al. 2013): `x` for `x >= 0`, `negative_slope * x`
+    /// otherwise, `negative_slope >= 0`. The activation name `leaky_relu`
+    /// uses Keras's `keras.activations.leaky_relu` default 0.2; the
+    /// `leaky_relu` layer uses `keras.layers.LeakyReLU`'s default 0.3.
+    #[serde(rename = "leaky_relu")]
+    LeakyRelu {
+        #[serde(serialize_with = "f32_shortest")]
+        negative_slope: f32,
+    },
+}
+
+impl Eq for Activation {}
+
+/// Serializes an f32 as the f64 with the same shortest decimal form, so that
+/// JSON shows `0.2` rather than `0.20000000298023224`.
+fn f32_shortest<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(f64::from(*v)))
 }
 
 impl Activation {
@@ -64,16 +93,38 @@ impl Activation {
             Activation::Sigmoid => "sigmoid",
             Activation::Tanh => "tanh",
             Activation::Softmax => "softmax",
+            Activation::Relu6 => "relu6",
+            Activation::Elu { .. } => "elu",
+            Activation::LeakyRelu { .. } => "leaky_relu",
         }
     }
 
-    /// All activations, for "did you mean" suggestions and docs.
-    pub const ALL: [Activation; 5] = [
+    /// The name with its argument, if it has one: `elu(alpha=1)`,
+    /// `leaky_relu(negative_slope=0.3)`, `relu`.
+    pub fn spec(self) -> String {
+        match self {
+            Activation::Elu { alpha } => format!("elu(alpha={alpha})"),
+            Activation::LeakyRelu { negative_slope } => {
+                format!("leaky_relu(negative_slope={negative_slope})")
+            }
+            other => other.name().to_string(),
+        }
+    }
+
+    /// All activations with the defaults of their Keras activation
+    /// functions (`elu` alpha 1.0, `leaky_relu` negative_slope 0.2), for
+    /// `activation=` names, "did you mean" suggestions and docs.
+    pub const ALL: [Activation; 8] = [
         Activation::Linear,
         Activation::Relu,
         Activation::Sigmoid,
         Activation::Tanh,
         Activation::Softmax,
+        Activation::Relu6,
+        Activation::Elu { alpha: 1.0 },
+        Activation::LeakyRelu {
+            negative_slope: 0.2,
+        },
     ];
 
     /// Parses a Keras activation name.
@@ -122,6 +173,15 @@ pub enum LayerKind {
     Dropout { rate: f32 },
     /// A stand-alone activation layer.
     Activation { activation: Activation },
+    /// `[h, w, c]` -> `[c]`: the mean over all `h x w` pixels of each channel
+    /// (Keras `GlobalAveragePooling2D` with `keepdims=False`).
+    GlobalAvgPool2d,
+    /// `[h, w, c]` -> `[c]`: the maximum over all `h x w` pixels of each
+    /// channel (Keras `GlobalMaxPooling2D` with `keepdims=False`).
+    GlobalMaxPool2d,
+    /// `[h, w, c]` -> `[top + h + bottom, left + w + right, c]` with zeros
+    /// around the image (Keras `ZeroPadding2D`).
+    ZeroPadding2d { padding: Pads2d },
 }
 
 impl LayerKind {
@@ -135,6 +195,9 @@ impl LayerKind {
             LayerKind::Dense { .. } => "Dense",
             LayerKind::Dropout { .. } => "Dropout",
             LayerKind::Activation { .. } => "Activation",
+            LayerKind::GlobalAvgPool2d => "GlobalAveragePooling2D",
+            LayerKind::GlobalMaxPool2d => "GlobalMaxPooling2D",
+            LayerKind::ZeroPadding2d { .. } => "ZeroPadding2D",
         }
     }
 
@@ -148,6 +211,9 @@ impl LayerKind {
             LayerKind::Dense { .. } => "dense",
             LayerKind::Dropout { .. } => "dropout",
             LayerKind::Activation { .. } => "activation",
+            LayerKind::GlobalAvgPool2d => "global_average_pooling2d",
+            LayerKind::GlobalMaxPool2d => "global_max_pooling2d",
+            LayerKind::ZeroPadding2d { .. } => "zero_padding2d",
         }
     }
 }
@@ -166,8 +232,8 @@ pub struct Layer {
     pub input_shape: Vec<usize>,
     /// Per-example output shape (NHWC without batch).
     pub output_shape: Vec<usize>,
-    /// Padding actually applied (conv and pooling only), computed with
-    /// TensorFlow's `same` rule.
+    /// Padding actually applied (conv and pooling: computed with
+    /// TensorFlow's `same` rule; zero padding: its `padding` argument).
     pub pads: Option<Pads2d>,
     /// Trainable parameter count (weights + biases).
     pub params: usize,

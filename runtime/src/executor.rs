@@ -20,11 +20,15 @@ use crate::kernels::{
     dropout_apply, dropout_mask, matmul_backward, matmul_forward, max_pool2d_backward,
     max_pool2d_forward, Conv2dShape, KernelError, MatMulShape, Pool2dShape,
 };
+use crate::kernels::{
+    global_avg_pool2d_backward, global_avg_pool2d_forward, global_max_pool2d_backward,
+    global_max_pool2d_forward, zero_padding2d_backward, zero_padding2d_forward, ImageShape,
+};
 use crate::params::{ParamError, ParamStore};
 use crate::tensor::Tensor;
 use cnnc_compiler::graph::ir::{Conv2dAttrs, Pool2dAttrs};
 use cnnc_compiler::graph::{Graph, NodeId, Op, ParamId};
-use cnnc_compiler::model::Activation;
+use cnnc_compiler::model::{Activation, Pads2d};
 use ndarray::{CowArray, IxDyn};
 
 /// Training or inference.
@@ -119,6 +123,26 @@ enum Step {
     Dropout {
         rate: f32,
     },
+    GlobalAvgPool {
+        in_shape: [usize; 3],
+    },
+    GlobalMaxPool {
+        in_shape: [usize; 3],
+    },
+    ZeroPad {
+        pads: Pads2d,
+        in_shape: [usize; 3],
+    },
+}
+
+/// The batched image geometry of an `[h, w, c]` example shape.
+fn image(batch: usize, [height, width, channels]: [usize; 3]) -> ImageShape {
+    ImageShape {
+        batch,
+        height,
+        width,
+        channels,
+    }
 }
 
 /// The validated execution plan of a graph.
@@ -274,6 +298,16 @@ impl Plan {
                 },
                 Op::Flatten => Step::Flatten,
                 Op::Dropout { rate } => Step::Dropout { rate: *rate },
+                Op::GlobalAvgPool2d => Step::GlobalAvgPool {
+                    in_shape: spatial("global_avg_pool2d")?,
+                },
+                Op::GlobalMaxPool2d => Step::GlobalMaxPool {
+                    in_shape: spatial("global_max_pool2d")?,
+                },
+                Op::ZeroPadding2d { pads } => Step::ZeroPad {
+                    pads: *pads,
+                    in_shape: spatial("zero_padding2d")?,
+                },
             };
             // Shape checks per step.
             match &step {
@@ -339,6 +373,13 @@ impl Plan {
                 Step::Flatten => {
                     expect_shape(vec![in_shape.iter().product()])?;
                     storage[i] = storage[src];
+                }
+                Step::GlobalAvgPool { in_shape } | Step::GlobalMaxPool { in_shape } => {
+                    expect_shape(vec![in_shape[2]])?;
+                }
+                Step::ZeroPad { pads, in_shape } => {
+                    let o = image(1, *in_shape).padded(pads);
+                    expect_shape(vec![o.height, o.width, o.channels])?;
                 }
             }
             let own_trainable = node
@@ -692,6 +733,21 @@ impl Executor {
                     let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
                     avg_pool2d_forward(&s, x, &mut out).map_err(kerr)?;
                 }
+                Step::GlobalAvgPool { in_shape } => {
+                    global_avg_pool2d_forward(&image(batch, *in_shape), x, &mut out)
+                        .map_err(kerr)?;
+                }
+                Step::GlobalMaxPool { in_shape } => {
+                    let mut am = std::mem::take(&mut st.argmax[i]);
+                    am.resize(len, 0);
+                    global_max_pool2d_forward(&image(batch, *in_shape), x, &mut out, &mut am)
+                        .map_err(kerr)?;
+                    st.argmax[i] = am;
+                }
+                Step::ZeroPad { pads, in_shape } => {
+                    zero_padding2d_forward(&image(batch, *in_shape), pads, x, &mut out)
+                        .map_err(kerr)?;
+                }
                 Step::Flatten => unreachable!("skipped above"),
                 Step::Dropout { rate } => match mode {
                     Mode::Train { seed } => {
@@ -931,6 +987,25 @@ impl Executor {
                         let [h, w, c] = *in_shape;
                         let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
                         avg_pool2d_backward(&s, &dy, &mut dx).map_err(kerr)?;
+                    }
+                }
+                Step::GlobalAvgPool { in_shape } => {
+                    if need_dx {
+                        global_avg_pool2d_backward(&image(batch, *in_shape), &dy, &mut dx)
+                            .map_err(kerr)?;
+                    }
+                }
+                Step::GlobalMaxPool { in_shape } => {
+                    if need_dx {
+                        let s = image(batch, *in_shape);
+                        global_max_pool2d_backward(&s, &st.argmax[i], &dy, &mut dx)
+                            .map_err(kerr)?;
+                    }
+                }
+                Step::ZeroPad { pads, in_shape } => {
+                    if need_dx {
+                        zero_padding2d_backward(&image(batch, *in_shape), pads, &dy, &mut dx)
+                            .map_err(kerr)?;
                     }
                 }
             }

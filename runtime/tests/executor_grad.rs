@@ -282,3 +282,111 @@ fn backward_into_reuses_buffers_and_matches_backward() {
     ex.forward_into(&p, &x2, TRAIN, &mut out).unwrap();
     assert_eq!(out, y2);
 }
+
+/// conv (3×3, 3 filters) -> bias -> `act` -> flatten -> matmul 4 -> bias ->
+/// `act`, on [5, 5, 2] inputs; fused or unfused.
+fn act_graph(act: Activation, fused: bool) -> Graph {
+    let mut g = GraphBuilder::new(&[5, 5, 2]);
+    if fused {
+        g.conv(3, [3, 3], [1, 1], true, Some((true, act)));
+    } else {
+        g.conv(3, [3, 3], [1, 1], true, None);
+        g.bias();
+        g.act(act);
+    }
+    g.flatten();
+    if fused {
+        g.matmul(4, Some((true, act)));
+    } else {
+        g.matmul(4, None);
+        g.bias();
+        g.act(act);
+    }
+    g.build()
+}
+
+const NEW_ACTS: [Activation; 3] = [
+    Activation::Relu6,
+    Activation::Elu { alpha: 1.0 },
+    Activation::LeakyRelu {
+        negative_slope: 0.3,
+    },
+];
+
+#[test]
+fn relu6_elu_leaky_relu_graph_gradients_fused_and_unfused() {
+    for act in NEW_ACTS {
+        for fused in [false, true] {
+            let g = act_graph(act, fused);
+            // Inputs scaled by 4 so that relu6 also reaches its upper clamp.
+            let mut x = tensor(&[2, 5, 5, 2], 41);
+            x.mapv_inplace(|v| 4.0 * v);
+            let p = params_for(&g, 40);
+            check_graph_grads(g, p, &x, TRAIN, 1e-3, 25);
+        }
+    }
+}
+
+#[test]
+fn relu6_elu_leaky_relu_fused_matches_unfused() {
+    for act in NEW_ACTS {
+        let (gu, gf) = (act_graph(act, false), act_graph(act, true));
+        let p = params_for(&gu, 42);
+        let mut x = tensor(&[3, 5, 5, 2], 43);
+        x.mapv_inplace(|v| 4.0 * v);
+        let (mut eu, mut ef) = (Executor::new(gu), Executor::new(gf));
+        let yu = eu.forward(&p, &x, TRAIN);
+        let yf = ef.forward(&p, &x, TRAIN);
+        assert_close(slice(&yf), slice(&yu), 1e-5, &format!("{act:?} output"));
+        let w = tensor(yu.shape(), 44);
+        let gu = eu.backward(&p, &w);
+        let gf = ef.backward(&p, &w);
+        for (a, b) in gf.iter().zip(&gu) {
+            assert_close(slice(a), slice(b), 1e-5, &format!("{act:?} gradient"));
+        }
+    }
+}
+
+/// zero_padding2d ((1, 0), (2, 1)) -> conv (3×3, 4, valid, bias, elu) ->
+/// global average or max pooling -> matmul 3 -> bias, on [5, 4, 2] inputs:
+/// shapes [6, 7, 2] -> [4, 5, 4] -> [4] -> [3].
+fn global_pool_graph(max: bool) -> Graph {
+    use cnnc_compiler::graph::Op;
+    use cnnc_compiler::model::Pads2d;
+    let mut g = GraphBuilder::new(&[5, 4, 2]);
+    let pads = Pads2d {
+        top: 1,
+        bottom: 0,
+        left: 2,
+        right: 1,
+    };
+    g.push(Op::ZeroPadding2d { pads }, vec![6, 7, 2]);
+    g.conv(
+        4,
+        [3, 3],
+        [1, 1],
+        false,
+        Some((true, Activation::Elu { alpha: 1.0 })),
+    );
+    let op = if max {
+        Op::GlobalMaxPool2d
+    } else {
+        Op::GlobalAvgPool2d
+    };
+    g.push(op, vec![4]);
+    g.matmul(3, None);
+    g.bias();
+    g.build()
+}
+
+#[test]
+fn zero_padding_and_global_pooling_graph_gradients() {
+    for max in [false, true] {
+        let g = global_pool_graph(max);
+        let p = params_for(&g, 50);
+        let mut ex = Executor::new(g.clone());
+        let y = ex.forward(&p, &tensor(&[3, 5, 4, 2], 51), TRAIN);
+        assert_eq!(y.shape(), &[3, 3]);
+        check_graph_grads(g, p, &tensor(&[3, 5, 4, 2], 51), TRAIN, 1e-3, 30);
+    }
+}

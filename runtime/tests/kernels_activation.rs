@@ -9,11 +9,20 @@ use cnnc_runtime::kernels::{
 };
 use kernels_support::*;
 
-const ELEMENTWISE: [Activation; 4] = [
+const ELEMENTWISE: [Activation; 9] = [
     Activation::Linear,
     Activation::Relu,
     Activation::Sigmoid,
     Activation::Tanh,
+    Activation::Relu6,
+    Activation::Elu { alpha: 1.0 },
+    Activation::Elu { alpha: 0.5 },
+    Activation::LeakyRelu {
+        negative_slope: 0.2,
+    },
+    Activation::LeakyRelu {
+        negative_slope: 0.3,
+    },
 ];
 
 #[test]
@@ -32,6 +41,44 @@ fn activations_match_formulas() {
     let mut v = vec![0.0, -1.0];
     activation_forward_inplace(Activation::Relu, &mut v, 2).unwrap();
     assert_eq!(v, vec![0.0, 0.0]);
+}
+
+#[test]
+fn relu6_elu_leaky_relu_hand_values() {
+    // relu6: clamp to [0, 6].
+    let mut v = vec![-2.0, 0.0, 3.5, 6.0, 7.25];
+    activation_forward_inplace(Activation::Relu6, &mut v, 5).unwrap();
+    assert_eq!(v, vec![0.0, 0.0, 3.5, 6.0, 6.0]);
+    // elu(alpha = 1): elu(2) = 2, elu(0) = 0, elu(-ln 2) = 1/2 - 1 = -1/2;
+    // with alpha = 2, elu(-ln 2) = -1.
+    let ln2 = 2.0f32.ln();
+    let mut v = vec![2.0, 0.0, -ln2];
+    activation_forward_inplace(Activation::Elu { alpha: 1.0 }, &mut v, 3).unwrap();
+    assert_close(&v, &[2.0, 0.0, -0.5], 1e-6, "elu");
+    let mut v = vec![-ln2];
+    activation_forward_inplace(Activation::Elu { alpha: 2.0 }, &mut v, 1).unwrap();
+    assert_close(&v, &[-1.0], 1e-6, "elu alpha 2");
+    // leaky_relu(slope 0.3): -10 -> -3, 4 -> 4.
+    let leaky = Activation::LeakyRelu {
+        negative_slope: 0.3,
+    };
+    let mut v = vec![-10.0, 4.0, 0.0];
+    activation_forward_inplace(leaky, &mut v, 3).unwrap();
+    assert_close(&v, &[-3.0, 4.0, 0.0], 1e-6, "leaky_relu");
+    // Derivatives from the outputs: relu6' = [0 < y < 6]; elu' = y + alpha
+    // for y <= 0 (at x = -ln 2: e^x = 1/2); leaky' = slope for y <= 0.
+    let y = vec![0.0, 3.0, 6.0];
+    let mut dy = vec![1.0, 1.0, 1.0];
+    activation_backward_inplace(Activation::Relu6, &y, &mut dy, 3).unwrap();
+    assert_eq!(dy, vec![0.0, 1.0, 0.0]);
+    let y = vec![2.0, -0.5];
+    let mut dy = vec![3.0, 3.0];
+    activation_backward_inplace(Activation::Elu { alpha: 1.0 }, &y, &mut dy, 2).unwrap();
+    assert_close(&dy, &[3.0, 1.5], 1e-6, "elu'");
+    let y = vec![-3.0, 4.0];
+    let mut dy = vec![2.0, 2.0];
+    activation_backward_inplace(leaky, &y, &mut dy, 2).unwrap();
+    assert_close(&dy, &[0.6, 2.0], 1e-6, "leaky_relu'");
 }
 
 #[test]

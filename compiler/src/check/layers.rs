@@ -5,7 +5,7 @@
 use super::suggest::did_you_mean;
 use super::values::{Ctx, FilterExpr};
 use crate::diagnostics::Diagnostic;
-use crate::model::{Activation, LayerKind, Padding, Span};
+use crate::model::{Activation, LayerKind, Padding, Pads2d, Span};
 use crate::syntax::{LayerStmt, Value};
 
 /// What a keyword builds.
@@ -21,6 +21,13 @@ pub(crate) enum Family {
     ActivationLayer,
     /// `relu`, `softmax`, ...: an activation layer with a fixed function.
     Bare(Activation),
+    GlobalAvgPool,
+    GlobalMaxPool,
+    ZeroPadding,
+    /// `elu(alpha=1.0)` (Keras `ELU`).
+    Elu,
+    /// `leaky_relu(negative_slope=0.3)` (Keras `LeakyReLU`).
+    LeakyRelu,
 }
 
 /// One layer keyword of the language.
@@ -115,11 +122,63 @@ pub(crate) const LAYERS: &[LayerDef] = &[
         signature: "activation(activation, name=...)",
         example: "activation(relu)",
     },
+    LayerDef {
+        keyword: "global_average_pooling2d",
+        family: Family::GlobalAvgPool,
+        params: &[],
+        positional: 0,
+        required: 0,
+        default_name: "global_average_pooling2d",
+        signature: "global_average_pooling2d(name=...)",
+        example: "global_average_pooling2d",
+    },
+    LayerDef {
+        keyword: "global_max_pooling2d",
+        family: Family::GlobalMaxPool,
+        params: &[],
+        positional: 0,
+        required: 0,
+        default_name: "global_max_pooling2d",
+        signature: "global_max_pooling2d(name=...)",
+        example: "global_max_pooling2d",
+    },
+    LayerDef {
+        keyword: "zero_padding2d",
+        family: Family::ZeroPadding,
+        params: &["padding"],
+        positional: 1,
+        required: 0,
+        default_name: "zero_padding2d",
+        signature: "zero_padding2d(padding=1, name=...)",
+        example: "zero_padding2d(1)",
+    },
     bare("relu", Activation::Relu, "relu(name=...)"),
     bare("softmax", Activation::Softmax, "softmax(name=...)"),
     bare("sigmoid", Activation::Sigmoid, "sigmoid(name=...)"),
     bare("tanh", Activation::Tanh, "tanh(name=...)"),
     bare("linear", Activation::Linear, "linear(name=...)"),
+    bare("relu6", Activation::Relu6, "relu6(name=...)"),
+    LayerDef {
+        keyword: "elu",
+        family: Family::Elu,
+        params: &["alpha"],
+        positional: 1,
+        required: 0,
+        default_name: "elu",
+        signature: "elu(alpha=1.0, name=...)",
+        example: "elu(1.0)",
+    },
+    LayerDef {
+        keyword: "leaky_relu",
+        family: Family::LeakyRelu,
+        params: &["negative_slope"],
+        positional: 1,
+        required: 0,
+        // Keras 3 snake-cases the class name `LeakyReLU` this way.
+        default_name: "leaky_re_lu",
+        signature: "leaky_relu(negative_slope=0.3, name=...)",
+        example: "leaky_relu(0.3)",
+    },
 ];
 
 const fn bare(keyword: &'static str, a: Activation, signature: &'static str) -> LayerDef {
@@ -148,6 +207,17 @@ const ALIASES: &[(&str, &str)] = &[
     ("linear2d", "dense"),
     ("fullyconnected", "dense"),
     ("relu", "relu"),
+    ("leakyrelu", "leaky_relu"),
+    ("globalaveragepooling2d", "global_average_pooling2d"),
+    ("globalavgpool2d", "global_average_pooling2d"),
+    ("globalavgpool", "global_average_pooling2d"),
+    ("globalaveragepool", "global_average_pooling2d"),
+    ("adaptiveavgpool2d", "global_average_pooling2d"),
+    ("globalmaxpooling2d", "global_max_pooling2d"),
+    ("globalmaxpool2d", "global_max_pooling2d"),
+    ("globalmaxpool", "global_max_pooling2d"),
+    ("zeropadding2d", "zero_padding2d"),
+    ("zeropad2d", "zero_padding2d"),
 ];
 
 /// Keras layers the language does not have (normalised spelling).
@@ -160,18 +230,13 @@ const UNSUPPORTED: &[&str] = &[
     "conv2dtranspose",
     "separableconv2d",
     "depthwiseconv2d",
-    "globalaveragepooling2d",
-    "globalmaxpooling2d",
-    "zeropadding2d",
     "upsampling2d",
     "reshape",
     "lstm",
     "gru",
     "simplernn",
     "embedding",
-    "leakyrelu",
     "prelu",
-    "elu",
     "attention",
     "multiheadattention",
 ];
@@ -193,6 +258,7 @@ const UNSUPPORTED_ARGS: &[&str] = &[
     "trainable",
     "dtype",
     "input_shape",
+    "keepdims",
 ];
 
 /// The definition of `keyword`, if it is a layer keyword.
@@ -532,6 +598,37 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> R
             Some(LayerKind::Activation { activation })
         }
         Family::Bare(activation) => Some(LayerKind::Activation { activation }),
+        Family::GlobalAvgPool => Some(LayerKind::GlobalAvgPool2d),
+        Family::GlobalMaxPool => Some(LayerKind::GlobalMaxPool2d),
+        Family::ZeroPadding => {
+            let padding = match get("padding") {
+                Some(v) => ctx.zero_padding(v),
+                None => Some(Pads2d {
+                    top: 1,
+                    bottom: 1,
+                    left: 1,
+                    right: 1,
+                }),
+            };
+            padding.map(|padding| LayerKind::ZeroPadding2d { padding })
+        }
+        Family::Elu => {
+            // An invalid alpha does not change shapes: keep checking with the default.
+            let alpha = get("alpha")
+                .and_then(|v| ctx.non_negative_number(v, "alpha", p))
+                .unwrap_or(1.0);
+            Some(LayerKind::Activation {
+                activation: Activation::Elu { alpha },
+            })
+        }
+        Family::LeakyRelu => {
+            let negative_slope = get("negative_slope")
+                .and_then(|v| ctx.non_negative_number(v, "negative_slope", p))
+                .unwrap_or(0.3);
+            Some(LayerKind::Activation {
+                activation: Activation::LeakyRelu { negative_slope },
+            })
+        }
     };
     // A missing dropout rate or activation does not change shapes.
     let shape_preserving = matches!(def.family, Family::Dropout | Family::ActivationLayer);

@@ -492,6 +492,43 @@ impl Checker<'_> {
                     flops,
                 })
             }
+            LayerKind::GlobalAvgPool2d | LayerKind::GlobalMaxPool2d => {
+                let [_, _, c] = self.image_input(l, name, incoming)?;
+                Some(Inferred {
+                    kind,
+                    output: vec![c],
+                    pads: None,
+                    params: 0,
+                    flops: 0,
+                })
+            }
+            LayerKind::ZeroPadding2d { padding } => {
+                let [h, w, c] = self.image_input(l, name, incoming)?;
+                let oh = h
+                    .checked_add(padding.top)
+                    .and_then(|v| v.checked_add(padding.bottom));
+                let ow = w
+                    .checked_add(padding.left)
+                    .and_then(|v| v.checked_add(padding.right));
+                let output = match (oh, ow) {
+                    (Some(oh), Some(ow)) => vec![oh, ow, c],
+                    _ => {
+                        self.overflow(l, name, "its output size");
+                        return None;
+                    }
+                };
+                if element_count(&output).is_none() {
+                    self.overflow(l, name, "its output size");
+                    return None;
+                }
+                Some(Inferred {
+                    kind,
+                    output,
+                    pads: Some(padding),
+                    params: 0,
+                    flops: 0,
+                })
+            }
             LayerKind::Dropout { .. } | LayerKind::Activation { .. } => Some(Inferred {
                 kind,
                 output: input.clone(),

@@ -4,7 +4,7 @@
 
 use super::suggest::did_you_mean;
 use crate::diagnostics::Diagnostic;
-use crate::model::{Activation, Padding, Span};
+use crate::model::{Activation, Padding, Pads2d, Span};
 use crate::syntax::{ChannelOp, Value, ValueKind};
 
 /// The diagnostics sink and source text shared by the checker's stages.
@@ -46,6 +46,8 @@ fn example_value(param: &str) -> &'static str {
         "padding" => "same",
         "activation" => "relu",
         "use_bias" => "true",
+        "alpha" => "1.0",
+        "negative_slope" => "0.3",
         _ => "1",
     }
 }
@@ -315,6 +317,148 @@ impl Ctx<'_> {
                     param,
                     "`true` or `false`",
                     Some(format!("write `{param}=true` or `{param}=false`")),
+                );
+                None
+            }
+        }
+    }
+
+    /// A finite number `>= 0` (`alpha` of `elu`, `negative_slope` of
+    /// `leaky_relu`; Keras rejects a negative `negative_slope`, and cnnc also
+    /// a negative `alpha`, whose derivative cannot be recovered from the output).
+    pub fn non_negative_number(&mut self, v: &Value, param: &str, params: &[&str]) -> Option<f32> {
+        let x = match &v.kind {
+            ValueKind::Float(f) => *f,
+            ValueKind::Int(Some(n)) => *n as f64,
+            ValueKind::Int(None) => f64::INFINITY,
+            _ => {
+                let hint = Self::keyword_hint(v, params);
+                self.wrong_type(v, param, "a number", hint);
+                return None;
+            }
+        };
+        let x32 = x as f32;
+        if x >= 0.0 && x32.is_finite() {
+            return Some(x32);
+        }
+        let shown = snippet(self.source, v.span);
+        let d = Diagnostic::error(
+            "E0005",
+            format!("`{param}` must be a finite number at least 0, found {shown}"),
+        )
+        .with_label(v.span, "not a finite number >= 0")
+        .with_help(format!(
+            "use a value such as `{param}={}` (the Keras default)",
+            example_value(param)
+        ));
+        self.push(d);
+        None
+    }
+
+    /// `zero_padding2d`'s `padding`, as Keras accepts it: `n` (all four
+    /// sides), `(h, w)` (`h` rows on top and bottom, `w` columns left and
+    /// right) or `((top, bottom), (left, right))`; every amount an integer >= 0.
+    pub fn zero_padding(&mut self, v: &Value) -> Option<Pads2d> {
+        const FORMS: &str = "`padding=1`, `padding=(1, 2)` or `padding=((1, 0), (2, 2))`";
+        let bad_shape = |ctx: &mut Self, v: &Value| {
+            let found = ctx.describe(v);
+            let d = Diagnostic::error(
+                "E0004",
+                format!(
+                    "wrong type for `padding`: expected an integer, a pair or a pair of pairs, found {found}"
+                ),
+            )
+            .with_label(v.span, "expected `n`, `(h, w)` or `((top, bottom), (left, right))`")
+            .with_help(format!("write the padding as {FORMS}"));
+            ctx.push(d);
+        };
+        match &v.kind {
+            ValueKind::Int(_) | ValueKind::Float(_) => {
+                let n = self.pad_amount(v)?;
+                Some(Pads2d {
+                    top: n,
+                    bottom: n,
+                    left: n,
+                    right: n,
+                })
+            }
+            ValueKind::Tuple(items) if items.len() == 2 => {
+                let all_ints = items.iter().all(|i| matches!(i.kind, ValueKind::Int(_)));
+                let all_pairs = items
+                    .iter()
+                    .all(|i| matches!(&i.kind, ValueKind::Tuple(t) if t.len() == 2));
+                if all_ints {
+                    let h = self.pad_amount(&items[0]);
+                    let w = self.pad_amount(&items[1]);
+                    let (h, w) = (h?, w?);
+                    Some(Pads2d {
+                        top: h,
+                        bottom: h,
+                        left: w,
+                        right: w,
+                    })
+                } else if all_pairs {
+                    let mut amounts = [0usize; 4];
+                    let mut ok = true;
+                    for (k, item) in items.iter().enumerate() {
+                        if let ValueKind::Tuple(t) = &item.kind {
+                            for (j, x) in t.iter().enumerate() {
+                                match self.pad_amount(x) {
+                                    Some(n) => amounts[2 * k + j] = n,
+                                    None => ok = false,
+                                }
+                            }
+                        }
+                    }
+                    let [top, bottom, left, right] = amounts;
+                    ok.then_some(Pads2d {
+                        top,
+                        bottom,
+                        left,
+                        right,
+                    })
+                } else {
+                    bad_shape(self, v);
+                    None
+                }
+            }
+            _ => {
+                bad_shape(self, v);
+                None
+            }
+        }
+    }
+
+    /// One padding amount: an integer >= 0.
+    fn pad_amount(&mut self, v: &Value) -> Option<usize> {
+        match &v.kind {
+            ValueKind::Int(Some(n)) if *n >= 0 => match usize::try_from(*n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.too_large(v, "padding");
+                    None
+                }
+            },
+            ValueKind::Int(Some(n)) => {
+                let d = Diagnostic::error(
+                    "E0005",
+                    format!("`padding` amounts must be at least 0, found {n}"),
+                )
+                .with_label(v.span, "negative padding")
+                .with_help("use 0 for no padding on a side, e.g. `padding=((0, 1), (0, 1))`");
+                self.push(d);
+                None
+            }
+            ValueKind::Int(None) => {
+                self.too_large(v, "padding");
+                None
+            }
+            _ => {
+                self.wrong_type(
+                    v,
+                    "padding",
+                    "an integer",
+                    Some("write each amount as a whole number of pixels, e.g. `padding=1`".into()),
                 );
                 None
             }

@@ -2,7 +2,7 @@
 
 use super::ir::{Graph, Op};
 use super::passes::Rewrite;
-use crate::model::Pads2d;
+use crate::model::{Activation, Pads2d};
 use serde_json::{json, Value};
 
 fn shape_text(shape: &[usize]) -> String {
@@ -38,7 +38,7 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
                 if let Some(b) = bias {
                     s += &format!(" bias={}", param(*b));
                 }
-                s += &format!(" activation={}", activation.name());
+                s += &format!(" activation={}", activation.spec());
             }
             s
         }
@@ -51,7 +51,7 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
                 if let Some(b) = bias {
                     s += &format!(" bias={}", param(*b));
                 }
-                s += &format!(" activation={}", activation.name());
+                s += &format!(" activation={}", activation.spec());
             }
             s
         }
@@ -65,7 +65,19 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
             pads_text(&attrs.pads)
         ),
         Op::Dropout { rate } => format!("rate={rate}"),
-        Op::Input | Op::Activation { .. } | Op::Softmax | Op::Flatten => String::new(),
+        Op::ZeroPadding2d { pads } => pads_text(pads),
+        Op::Activation {
+            activation: Activation::Elu { alpha },
+        } => format!("alpha={alpha}"),
+        Op::Activation {
+            activation: Activation::LeakyRelu { negative_slope },
+        } => format!("negative_slope={negative_slope}"),
+        Op::Input
+        | Op::Activation { .. }
+        | Op::Softmax
+        | Op::Flatten
+        | Op::GlobalAvgPool2d
+        | Op::GlobalMaxPool2d => String::new(),
     }
 }
 

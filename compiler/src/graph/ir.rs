@@ -101,6 +101,13 @@ pub enum Op {
     Flatten,
     /// Inverted dropout (training only); shape unchanged.
     Dropout { rate: f32 },
+    /// `[h, w, c]` -> `[c]`: mean over all pixels of each channel.
+    GlobalAvgPool2d,
+    /// `[h, w, c]` -> `[c]`: maximum over all pixels of each channel.
+    GlobalMaxPool2d,
+    /// `[h, w, c]` -> `[pads.top + h + pads.bottom, pads.left + w + pads.right, c]`,
+    /// zeros around the image.
+    ZeroPadding2d { pads: Pads2d },
     /// `Conv2d`, then `BiasAdd` (if `bias`), then `activation`, computed in
     /// one pass: bias and activation are applied to each output tile while
     /// it is still in cache.
@@ -134,6 +141,9 @@ impl Op {
             Op::AvgPool2d { .. } => "avg_pool2d",
             Op::Flatten => "flatten",
             Op::Dropout { .. } => "dropout",
+            Op::GlobalAvgPool2d => "global_avg_pool2d",
+            Op::GlobalMaxPool2d => "global_max_pool2d",
+            Op::ZeroPadding2d { .. } => "zero_padding2d",
             Op::FusedConv2d { .. } => "fused_conv2d",
             Op::FusedMatMul { .. } => "fused_matmul",
         }

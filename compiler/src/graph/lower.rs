@@ -173,6 +173,14 @@ impl Builder {
                 self.push(Op::Dropout { rate: *rate }, vec![input], shape, name)
             }
             LayerKind::Activation { activation } => self.activation(layer, input, *activation),
+            LayerKind::GlobalAvgPool2d => self.push(Op::GlobalAvgPool2d, vec![input], shape, name),
+            LayerKind::GlobalMaxPool2d => self.push(Op::GlobalMaxPool2d, vec![input], shape, name),
+            LayerKind::ZeroPadding2d { padding } => self.push(
+                Op::ZeroPadding2d { pads: *padding },
+                vec![input],
+                shape,
+                name,
+            ),
         }
     }
 }

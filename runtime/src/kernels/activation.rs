@@ -4,7 +4,10 @@
 //!
 //! Derivatives are written in terms of the *output* `y` (so backward needs only
 //! the saved output): relu' = `[y > 0]`, sigmoid' = `y (1 - y)`,
-//! tanh' = `1 - y²`, linear' = 1, and for softmax over a row
+//! tanh' = `1 - y²`, linear' = 1, relu6' = `[0 < y < 6]`,
+//! elu' = `1` if `y > 0` else `y + alpha` (since `y = alpha (e^x - 1)`, `alpha >= 0`),
+//! leaky_relu' = `1` if `y > 0` else `negative_slope` (`negative_slope >= 0`, so
+//! `y <= 0` exactly when `x <= 0`; the kink at 0 takes the left slope), and for softmax over a row
 //! `dx = y ⊙ (dy - <dy, y>)` (the softmax Jacobian `diag(y) - y yᵀ` applied to `dy`).
 
 use super::{check_len, KernelError};
@@ -54,6 +57,25 @@ pub(crate) fn activation_rows(act: Activation, data: &mut [f32], row_len: usize)
             }
             for row in data.chunks_exact_mut(row_len) {
                 softmax_row(row);
+            }
+        }
+        Activation::Relu6 => {
+            for v in data.iter_mut() {
+                *v = v.clamp(0.0, 6.0);
+            }
+        }
+        Activation::Elu { alpha } => {
+            for v in data.iter_mut() {
+                if *v <= 0.0 {
+                    *v = alpha * v.exp_m1();
+                }
+            }
+        }
+        Activation::LeakyRelu { negative_slope } => {
+            for v in data.iter_mut() {
+                if *v < 0.0 {
+                    *v *= negative_slope;
+                }
             }
         }
     }
@@ -130,6 +152,25 @@ pub(crate) fn activation_backward_rows(act: Activation, y: &[f32], dy: &mut [f32
                 let dot: f32 = drow.iter().zip(yrow).map(|(a, b)| a * b).sum();
                 for (d, &yv) in drow.iter_mut().zip(yrow) {
                     *d = yv * (*d - dot);
+                }
+            }
+        }
+        Activation::Relu6 => {
+            for (d, &yv) in dy.iter_mut().zip(y) {
+                *d = if yv > 0.0 && yv < 6.0 { *d } else { 0.0 };
+            }
+        }
+        Activation::Elu { alpha } => {
+            for (d, &yv) in dy.iter_mut().zip(y) {
+                if yv <= 0.0 {
+                    *d *= yv + alpha;
+                }
+            }
+        }
+        Activation::LeakyRelu { negative_slope } => {
+            for (d, &yv) in dy.iter_mut().zip(y) {
+                if yv <= 0.0 {
+                    *d *= negative_slope;
                 }
             }
         }

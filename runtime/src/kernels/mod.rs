@@ -18,7 +18,8 @@
 //! - [`dense`]: matrix multiply (dense layer) with the same fused epilogue;
 //! - [`activation`]: element-wise activations, softmax, bias add, and their derivatives;
 //! - [`pool`]: max and average pooling;
-//! - [`dropout`]: inverted dropout masks.
+//! - [`dropout`]: inverted dropout masks;
+//! - [`spatial`]: global average / max pooling and zero padding.
 
 pub mod activation;
 pub mod conv;
@@ -29,6 +30,7 @@ pub mod pool;
 mod scratch;
 #[cfg(target_arch = "x86_64")]
 pub mod sgemm;
+pub mod spatial;
 
 pub use activation::{
     activation_backward_inplace, activation_forward_inplace, bias_add_backward, bias_add_forward,
@@ -39,6 +41,10 @@ pub use dense::{matmul_backward, matmul_forward, MatMulShape};
 pub use dropout::{dropout_apply, dropout_mask};
 pub use pool::{
     avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Pool2dShape,
+};
+pub use spatial::{
+    global_avg_pool2d_backward, global_avg_pool2d_forward, global_max_pool2d_backward,
+    global_max_pool2d_forward, zero_padding2d_backward, zero_padding2d_forward, ImageShape,
 };
 
 /// Errors from kernels: inconsistent geometry or buffer lengths.

@@ -69,6 +69,21 @@ pub fn act_ref(act: Activation, x: f64) -> f64 {
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Activation::Tanh => x.tanh(),
         Activation::Softmax => panic!("softmax is not element-wise"),
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Elu { alpha } => {
+            if x > 0.0 {
+                x
+            } else {
+                alpha as f64 * (x.exp() - 1.0)
+            }
+        }
+        Activation::LeakyRelu { negative_slope } => {
+            if x >= 0.0 {
+                x
+            } else {
+                negative_slope as f64 * x
+            }
+        }
     }
 }
 
