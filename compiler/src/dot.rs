@@ -3,18 +3,11 @@
 //! the tensor shape that flows along them (batch shown as `None`).
 
 use crate::model::{Layer, LayerKind, Model, Padding};
-use crate::summary::thousands;
+use crate::summary::{keras_shape, thousands};
 
 /// Escapes a string for a double-quoted DOT label.
 fn escape(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-fn shape_label(shape: &[usize]) -> String {
-    let dims: Vec<String> = std::iter::once("None".to_string())
-        .chain(shape.iter().map(|d| d.to_string()))
-        .collect();
-    format!("({})", dims.join(", "))
 }
 
 fn padding_name(padding: Padding) -> &'static str {
@@ -88,7 +81,7 @@ pub fn render(model: &Model) -> String {
     out += "  edge [fontname=\"Helvetica\", fontsize=10];\n";
     out += &format!(
         "  n0 [label=\"input\\n{}\", fillcolor=\"#ffffff\"];\n",
-        escape(&shape_label(&model.input_shape))
+        escape(&keras_shape(&model.input_shape))
     );
     // Node ids are positional (`n0` is the input), so no layer name can clash.
     let mut previous = ("n0".to_string(), model.input_shape.clone());
@@ -106,14 +99,14 @@ pub fn render(model: &Model) -> String {
         out += &format!(
             "  {} -> {id} [label=\" {}\"];\n",
             previous.0,
-            shape_label(&previous.1)
+            keras_shape(&previous.1)
         );
         previous = (id, layer.output_shape.clone());
     }
     out += &format!(
         "  output [shape=plaintext, style=\"\", label=\"output\"];\n  {} -> output [label=\" {}\"];\n",
         previous.0,
-        shape_label(&previous.1)
+        keras_shape(&previous.1)
     );
     out += "}\n";
     out

@@ -46,8 +46,8 @@ pub fn readable_flops(flops: u64) -> String {
     }
 }
 
-/// `(None, 28, 28, 64)`: a per-example shape with the batch as `None`.
-fn keras_shape(shape: &[usize]) -> String {
+/// `(None, 28, 28, 64)`: a per-example shape with the batch as `None`, as Keras prints it.
+pub fn keras_shape(shape: &[usize]) -> String {
     let mut parts = vec!["None".to_string()];
     parts.extend(shape.iter().map(|d| d.to_string()));
     format!("({})", parts.join(", "))

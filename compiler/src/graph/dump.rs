@@ -3,14 +3,8 @@
 use super::ir::{Graph, Op};
 use super::passes::Rewrite;
 use crate::model::{Activation, Pads2d};
+use crate::summary::keras_shape;
 use serde_json::{json, Value};
-
-fn shape_text(shape: &[usize]) -> String {
-    let dims: Vec<String> = std::iter::once("None".to_string())
-        .chain(shape.iter().map(|d| d.to_string()))
-        .collect();
-    format!("({})", dims.join(", "))
-}
 
 fn pads_text(p: &Pads2d) -> String {
     format!("pads=({}, {}, {}, {})", p.top, p.bottom, p.left, p.right)
@@ -95,7 +89,7 @@ pub fn render_text(graph: &Graph, rewrites: &[Rewrite]) -> String {
         if !attrs.is_empty() {
             line += &format!(" {attrs}");
         }
-        line += &format!(" -> {}  # {}", shape_text(&node.shape), node.layer);
+        line += &format!(" -> {}  # {}", keras_shape(&node.shape), node.layer);
         out += &line;
         out.push('\n');
     }
