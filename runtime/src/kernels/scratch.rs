@@ -12,24 +12,23 @@ thread_local! {
 /// Runs `f` with a scratch slice of exactly `len` floats (contents unspecified).
 /// Falls back to a fresh allocation if the thread's buffer is already in use.
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => {
-            let mut buf = vec![0.0f32; len];
-            f(&mut buf)
-        }
-    })
+    with_buffer(&SCRATCH, len, f)
 }
 
 /// Like [`with_scratch`] but from a second per-thread buffer, for partial sums
 /// held by the calling thread while its rayon tasks use [`with_scratch`].
 pub(crate) fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+    with_buffer(&PARTIALS, len, f)
+}
+
+/// Lends `len` floats of the thread's buffer `key`, or a fresh allocation
+/// when that buffer is already borrowed further up the stack.
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);
