@@ -147,13 +147,11 @@ pub fn execute(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let model = match cnnc_compiler::check_source(&src) {
+    let (sources, checked) = cnnc_compiler::check_file(std::path::Path::new(&path), &src);
+    let model = match checked {
         Ok(model) => model,
         Err(diags) => {
-            eprint!(
-                "{}",
-                cnnc_compiler::render_diagnostics(&diags, &path, &src, false)
-            );
+            eprint!("{}", sources.render(&diags, false));
             return ExitCode::from(1);
         }
     };

@@ -60,14 +60,12 @@ pub fn execute(args: BuildArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let model = match cnnc_compiler::check_source(&source) {
+    let (sources, checked) = cnnc_compiler::check_file(&args.file, &source);
+    let model = match checked {
         Ok(model) => model,
         Err(diagnostics) => {
             let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            eprint!(
-                "{}",
-                cnnc_compiler::render_diagnostics(&diagnostics, &path, &source, color)
-            );
+            eprint!("{}", sources.render(&diagnostics, color));
             return ExitCode::from(1);
         }
     };

@@ -224,14 +224,10 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
             run_file.path.display()
         ))
     })?;
-    let model = cnnc_compiler::check_source(&source).map_err(|diagnostics| Failure {
+    let (sources, checked) = cnnc_compiler::check_file(&path, &source);
+    let model = checked.map_err(|diagnostics| Failure {
         exit: 1,
-        message: cnnc_compiler::render_diagnostics(
-            &diagnostics,
-            &shown,
-            &source,
-            std::io::stderr().is_terminal(),
-        ),
+        message: sources.render(&diagnostics, std::io::stderr().is_terminal()),
         rendered: true,
     })?;
     let graph = lower::lower(&model);

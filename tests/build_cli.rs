@@ -156,10 +156,35 @@ fn dot_snapshot_has_a_node_per_layer_and_shapes_on_edges() {
         .filter(|l| l.contains("[label=") && !l.contains(" -> "))
         .count();
     assert_eq!(nodes, 15);
-    assert!(dot.contains("  output [shape=plaintext"));
+    assert!(dot.contains("  out0 [shape=plaintext, style=\"\", label=\"output\"]"));
     assert_eq!(dot.matches(" -> ").count(), 15);
     assert!(dot.contains("n8 -> n9 [label=\" (None, 3, 3, 256)\"]"));
     insta::assert_snapshot!("fashion_mnist_dot", dot);
+}
+
+#[test]
+fn dot_of_a_graph_marks_frozen_layers_and_joins() {
+    let dir = std::env::temp_dir().join(format!("cnnc-dot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("frozen.cnn");
+    std::fs::write(
+        &spec,
+        "model frozen {\n input [8, 8, 3]\n a = conv2d(4, 3, padding=same, trainable=false)\n b = input -> conv2d(4, 1)\n s = add(a, b)\n output a, s\n}\n",
+    )
+    .unwrap();
+    let out = cnnc(&["build", spec.to_str().unwrap(), "--emit", "dot"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dot = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The frozen conv is drawn dashed and grey; the add reads both convs.
+    let frozen_line = dot.lines().find(|l| l.starts_with("  n1 [")).unwrap();
+    assert!(frozen_line.contains("frozen") && frozen_line.contains("dashed"), "{frozen_line}");
+    assert!(!dot.lines().find(|l| l.starts_with("  n2 [")).unwrap().contains("dashed"));
+    assert!(dot.contains("  n1 -> n3 [label=\" (None, 8, 8, 4)\"]"));
+    assert!(dot.contains("  n2 -> n3 [label=\" (None, 8, 8, 4)\"]"));
+    // Two outputs, named by their tensors.
+    assert!(dot.contains("out0 [shape=plaintext, style=\"\", label=\"conv2d\"]"));
+    assert!(dot.contains("out1 [shape=plaintext, style=\"\", label=\"add\"]"));
 }
 
 #[test]

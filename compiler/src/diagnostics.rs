@@ -72,6 +72,15 @@ impl Diagnostic {
         self
     }
 
+    /// The same diagnostic with every label moved `by` bytes later (for a
+    /// file placed at offset `by` in a [`crate::sources::Sources`] map).
+    pub fn shifted(mut self, by: usize) -> Self {
+        for l in &mut self.labels {
+            l.span = Span::new(l.span.start + by, l.span.end + by);
+        }
+        self
+    }
+
     /// The primary span (of the first label), or an empty span at 0.
     pub fn primary_span(&self) -> Span {
         self.labels.first().map(|l| l.span).unwrap_or_default()

@@ -70,21 +70,80 @@ fn arguments(layer: &Layer) -> String {
             "padding=(({}, {}), ({}, {}))",
             padding.top, padding.bottom, padding.left, padding.right
         ),
+        LayerKind::DepthwiseConv2d {
+            kernel_size,
+            strides,
+            padding,
+            depth_multiplier,
+            activation,
+            ..
+        } => {
+            let mut parts = vec![format!("kernel_size={}x{}", kernel_size[0], kernel_size[1])];
+            if *depth_multiplier != 1 {
+                parts.push(format!("depth_multiplier={depth_multiplier}"));
+            }
+            window_parts(&mut parts, *strides, *padding, *activation);
+            parts.join(", ")
+        }
+        LayerKind::SeparableConv2d {
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            activation,
+            ..
+        }
+        | LayerKind::Conv2dTranspose {
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            activation,
+            ..
+        } => {
+            let mut parts = vec![
+                format!("filters={filters}"),
+                format!("kernel_size={}x{}", kernel_size[0], kernel_size[1]),
+            ];
+            window_parts(&mut parts, *strides, *padding, *activation);
+            parts.join(", ")
+        }
+        LayerKind::BatchNormalization { epsilon, .. } => format!("epsilon={epsilon}"),
+        LayerKind::UpSampling2d { size, .. } => format!("size={}x{}", size[0], size[1]),
+        LayerKind::Reshape { target_shape } => format!("target_shape={}", keras_shape(target_shape)),
+        LayerKind::Concatenate { axis } => format!("axis={}", *axis as i64 - layer.output_shape.len() as i64),
+        LayerKind::Add | LayerKind::Multiply => String::new(),
     }
 }
 
-/// Renders the model as a DOT digraph, top to bottom.
+fn window_parts(parts: &mut Vec<String>, strides: [usize; 2], padding: Padding, activation: crate::model::Activation) {
+    if strides != [1, 1] {
+        parts.push(format!("strides={}x{}", strides[0], strides[1]));
+    }
+    parts.push(format!("padding={}", padding_name(padding)));
+    parts.push(format!("activation={}", activation.spec()));
+}
+
+/// Renders the model as a DOT digraph, top to bottom: one node per input
+/// and layer, edges labelled with the shape that flows along them, frozen
+/// layers (`trainable=false`) grey and dashed, one `output` node per model
+/// output.
 pub fn render(model: &Model) -> String {
     let mut out = format!("digraph \"{}\" {{\n", escape(&model.name));
     out += "  rankdir=TB;\n";
     out += "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"Helvetica\"];\n";
     out += "  edge [fontname=\"Helvetica\", fontsize=10];\n";
-    out += &format!(
-        "  n0 [label=\"input\\n{}\", fillcolor=\"#ffffff\"];\n",
-        escape(&keras_shape(&model.input_shape))
-    );
-    // Node ids are positional (`n0` is the input), so no layer name can clash.
-    let mut previous = ("n0".to_string(), model.input_shape.clone());
+    // Node ids are positional (`i0` inputs, `n1` layers), so no layer name can clash.
+    let mut ids: std::collections::HashMap<&str, (String, &[usize])> = std::collections::HashMap::new();
+    for (i, input) in model.inputs.iter().enumerate() {
+        let id = format!("i{i}");
+        out += &format!(
+            "  {id} [label=\"{}\\n{}\", fillcolor=\"#ffffff\"];\n",
+            escape(&input.name),
+            escape(&keras_shape(&input.shape))
+        );
+        ids.insert(input.name.as_str(), (id, input.shape.as_slice()));
+    }
     for (i, layer) in model.layers.iter().enumerate() {
         let id = format!("n{}", i + 1);
         let mut label = format!("{} ({})", escape(&layer.name), layer.kind.keras_class());
@@ -95,19 +154,29 @@ pub fn render(model: &Model) -> String {
         if layer.params > 0 {
             label += &format!("\\n{} params", thousands(layer.params as u64));
         }
-        out += &format!("  {id} [label=\"{label}\"];\n");
-        out += &format!(
-            "  {} -> {id} [label=\" {}\"];\n",
-            previous.0,
-            keras_shape(&previous.1)
-        );
-        previous = (id, layer.output_shape.clone());
+        let style = if layer.trainable {
+            String::new()
+        } else {
+            label += "\\nfrozen";
+            ", style=\"rounded,filled,dashed\", fillcolor=\"#e4e4e4\"".to_string()
+        };
+        out += &format!("  {id} [label=\"{label}\"{style}];\n");
+        for input in &layer.inputs {
+            if let Some((from, shape)) = ids.get(input.as_str()) {
+                out += &format!("  {from} -> {id} [label=\" {}\"];\n", keras_shape(shape));
+            }
+        }
+        ids.insert(layer.name.as_str(), (id, layer.output_shape.as_slice()));
     }
-    out += &format!(
-        "  output [shape=plaintext, style=\"\", label=\"output\"];\n  {} -> output [label=\" {}\"];\n",
-        previous.0,
-        keras_shape(&previous.1)
-    );
+    for (k, output) in model.outputs.iter().enumerate() {
+        if let Some((from, shape)) = ids.get(output.as_str()) {
+            let name = if model.outputs.len() == 1 { "output".to_string() } else { escape(output) };
+            out += &format!(
+                "  out{k} [shape=plaintext, style=\"\", label=\"{name}\"];\n  {from} -> out{k} [label=\" {}\"];\n",
+                keras_shape(shape)
+            );
+        }
+    }
     out += "}\n";
     out
 }

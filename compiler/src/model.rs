@@ -133,20 +133,108 @@ impl Activation {
     }
 }
 
+/// Interpolation of `up_sampling2d` (Keras's `interpolation` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// Each pixel repeated `size` times (the default).
+    Nearest,
+    /// Bilinear, with TensorFlow's half-pixel centres (`tf.image.resize`).
+    Bilinear,
+}
+
 /// What a layer computes, with every argument resolved to its final value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LayerKind {
     /// 2-D convolution. Kernel `[kh, kw, in_channels, filters]` (Keras HWIO),
-    /// bias `[filters]`.
+    /// bias `[filters]`. With `dilation_rate` `d` the kernel taps are `d`
+    /// pixels apart: the effective kernel size is `d * (k - 1) + 1`
+    /// (Keras `Conv2D`; strides and dilation above 1 cannot be combined).
     Conv2d {
         filters: usize,
         kernel_size: [usize; 2],
         strides: [usize; 2],
         padding: Padding,
+        dilation_rate: [usize; 2],
         activation: Activation,
         use_bias: bool,
     },
+    /// Depthwise 2-D convolution (Keras `DepthwiseConv2D`): each input channel
+    /// `c` is convolved with its own `depth_multiplier` filters; output channel
+    /// `c * depth_multiplier + m`. Kernel `[kh, kw, in_channels,
+    /// depth_multiplier]`, bias `[in_channels * depth_multiplier]`.
+    DepthwiseConv2d {
+        kernel_size: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+        depth_multiplier: usize,
+        dilation_rate: [usize; 2],
+        activation: Activation,
+        use_bias: bool,
+    },
+    /// Depthwise then pointwise (1x1) convolution (Keras `SeparableConv2D`,
+    /// Chollet 2017). Depthwise kernel `[kh, kw, in_channels,
+    /// depth_multiplier]`, pointwise kernel `[1, 1, in_channels *
+    /// depth_multiplier, filters]`, bias `[filters]`; no bias between the two.
+    SeparableConv2d {
+        filters: usize,
+        kernel_size: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+        depth_multiplier: usize,
+        dilation_rate: [usize; 2],
+        activation: Activation,
+        use_bias: bool,
+    },
+    /// Transposed convolution (Keras `Conv2DTranspose`), the gradient of a
+    /// convolution with respect to its input. Kernel `[kh, kw, filters,
+    /// in_channels]` (Keras's layout), bias `[filters]`. Output size per axis
+    /// (Keras `conv_utils.deconv_output_length`): without `output_padding`,
+    /// `same` gives `in * stride` and `valid` gives
+    /// `in * stride + max(k - stride, 0)`; with it,
+    /// `(in - 1) * stride + k - 2 * (pad) + output_padding` where `pad` is
+    /// `k / 2` for `same` and 0 for `valid` (`k` the dilated kernel size).
+    Conv2dTranspose {
+        filters: usize,
+        kernel_size: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+        output_padding: Option<[usize; 2]>,
+        dilation_rate: [usize; 2],
+        activation: Activation,
+        use_bias: bool,
+    },
+    /// Batch normalization over the last axis (Ioffe & Szegedy 2015; Keras
+    /// `BatchNormalization`, axis -1): `gamma * (x - mean) / sqrt(var +
+    /// epsilon) + beta`. Training uses the batch's mean and (biased) variance
+    /// and updates `moving = moving * momentum + batch * (1 - momentum)`;
+    /// inference uses the moving statistics. Parameters `gamma` (if `scale`),
+    /// `beta` (if `center`), `moving_mean`, `moving_variance`, each `[c]`;
+    /// the two moving statistics are never trainable.
+    BatchNormalization {
+        momentum: f32,
+        epsilon: f32,
+        center: bool,
+        scale: bool,
+    },
+    /// Repeats rows and columns (Keras `UpSampling2D`): `[h, w, c]` ->
+    /// `[h * size[0], w * size[1], c]`.
+    UpSampling2d {
+        size: [usize; 2],
+        interpolation: Interpolation,
+    },
+    /// `[...]` -> `target_shape` with the same number of values, in row-major
+    /// (NHWC) order (Keras `Reshape`; a `-1` in the spec is resolved).
+    Reshape { target_shape: Vec<usize> },
+    /// Element-wise sum of two or more inputs of the same shape (Keras `Add`).
+    Add,
+    /// Element-wise product of two or more inputs of the same shape (Keras `Multiply`).
+    Multiply,
+    /// Joins inputs along `axis` (an index into the per-example shape, so
+    /// Keras's default `axis=-1` is the channel axis `2` of `[h, w, c]`);
+    /// all other dimensions must agree (Keras `Concatenate`).
+    Concatenate { axis: usize },
     /// Max pooling; `strides` defaults to `pool_size` (Keras).
     MaxPool2d {
         pool_size: [usize; 2],
@@ -198,6 +286,15 @@ impl LayerKind {
             LayerKind::GlobalAvgPool2d => "GlobalAveragePooling2D",
             LayerKind::GlobalMaxPool2d => "GlobalMaxPooling2D",
             LayerKind::ZeroPadding2d { .. } => "ZeroPadding2D",
+            LayerKind::DepthwiseConv2d { .. } => "DepthwiseConv2D",
+            LayerKind::SeparableConv2d { .. } => "SeparableConv2D",
+            LayerKind::Conv2dTranspose { .. } => "Conv2DTranspose",
+            LayerKind::BatchNormalization { .. } => "BatchNormalization",
+            LayerKind::UpSampling2d { .. } => "UpSampling2D",
+            LayerKind::Reshape { .. } => "Reshape",
+            LayerKind::Add => "Add",
+            LayerKind::Multiply => "Multiply",
+            LayerKind::Concatenate { .. } => "Concatenate",
         }
     }
 
@@ -214,6 +311,15 @@ impl LayerKind {
             LayerKind::GlobalAvgPool2d => "global_average_pooling2d",
             LayerKind::GlobalMaxPool2d => "global_max_pooling2d",
             LayerKind::ZeroPadding2d { .. } => "zero_padding2d",
+            LayerKind::DepthwiseConv2d { .. } => "depthwise_conv2d",
+            LayerKind::SeparableConv2d { .. } => "separable_conv2d",
+            LayerKind::Conv2dTranspose { .. } => "conv2d_transpose",
+            LayerKind::BatchNormalization { .. } => "batch_normalization",
+            LayerKind::UpSampling2d { .. } => "up_sampling2d",
+            LayerKind::Reshape { .. } => "reshape",
+            LayerKind::Add => "add",
+            LayerKind::Multiply => "multiply",
+            LayerKind::Concatenate { .. } => "concatenate",
         }
     }
 }
@@ -228,47 +334,107 @@ pub struct Layer {
     /// Where the layer is written in the spec.
     #[serde(skip)]
     pub span: Span,
-    /// Per-example input shape (NHWC without batch).
+    /// The tensors this layer reads, in order: names of earlier layers or of
+    /// model inputs ([`ModelInput::name`]). One for every layer but the
+    /// joins (`add`, `multiply`, `concatenate`), which read two or more.
+    pub inputs: Vec<String>,
+    /// Per-example input shape (NHWC without batch) of the first input.
     pub input_shape: Vec<usize>,
     /// Per-example output shape (NHWC without batch).
     pub output_shape: Vec<usize>,
     /// Padding actually applied (conv and pooling: computed with
     /// TensorFlow's `same` rule; zero padding: its `padding` argument).
     pub pads: Option<Pads2d>,
-    /// Trainable parameter count (weights + biases).
+    /// Parameter count, trainable or not (Keras's `Param #` column):
+    /// weights, biases, and batch norm's moving statistics.
     pub params: usize,
+    /// How many of `params` are trained: 0 for a frozen layer
+    /// (`trainable=false`); batch norm's moving mean and variance never are.
+    pub trainable_params: usize,
+    /// Whether the layer's weights are updated in training (`trainable=false`
+    /// freezes a layer, a block or an imported model; a frozen batch norm
+    /// also runs in inference mode, as in Keras).
+    pub trainable: bool,
     /// Floating-point operations per example, forward: 2 x multiply-adds of
     /// conv and dense layers (the convention of Keras-era FLOP counters);
     /// zero for other layers.
     pub flops: u64,
 }
 
-/// A checked model: a named chain of layers from one input.
+/// A model input (Keras `Input`): a named tensor of a fixed per-example shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInput {
+    /// `input` unless named (`input image [224, 224, 3]`).
+    pub name: String,
+    /// Per-example shape, NHWC without batch (e.g. `[28, 28, 1]`).
+    pub shape: Vec<usize>,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// A checked model: layers in topological order (every layer after the
+/// layers it reads), from one or more inputs to one or more outputs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Model {
     pub name: String,
-    /// Per-example input shape, NHWC without batch (e.g. `[28, 28, 1]`).
+    /// Per-example shape of the first input, NHWC without batch (e.g. `[28, 28, 1]`).
     pub input_shape: Vec<usize>,
+    /// All inputs, in declaration order (the first has `input_shape`).
+    pub inputs: Vec<ModelInput>,
+    /// The model's outputs: names of layers (or of inputs), in order. A
+    /// chain has one, its last layer.
+    pub outputs: Vec<String>,
     pub layers: Vec<Layer>,
 }
 
 impl Model {
-    /// Per-example output shape of the last layer (or the input if there are no layers).
-    pub fn output_shape(&self) -> &[usize] {
+    /// Per-example shape of the tensor called `name` (a layer or an input).
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
         self.layers
-            .last()
+            .iter()
+            .find(|l| l.name == name)
             .map(|l| l.output_shape.as_slice())
+            .or_else(|| {
+                self.inputs
+                    .iter()
+                    .find(|i| i.name == name)
+                    .map(|i| i.shape.as_slice())
+            })
+    }
+
+    /// Per-example shape of the first output.
+    pub fn output_shape(&self) -> &[usize] {
+        self.outputs
+            .first()
+            .and_then(|o| self.shape_of(o))
+            .or_else(|| self.layers.last().map(|l| l.output_shape.as_slice()))
             .unwrap_or(&self.input_shape)
     }
 
-    /// Total parameter count.
+    /// Whether the model is a plain chain: one input, one output (the last
+    /// layer), every layer reading the one before it.
+    pub fn is_chain(&self) -> bool {
+        self.inputs.len() == 1
+            && self.outputs.len() == 1
+            && self.layers.last().is_some_and(|l| l.name == self.outputs[0])
+            && self.layers.iter().enumerate().all(|(i, l)| {
+                let prev = if i == 0 {
+                    self.inputs[0].name.as_str()
+                } else {
+                    self.layers[i - 1].name.as_str()
+                };
+                l.inputs.len() == 1 && l.inputs[0] == prev
+            })
+    }
+
+    /// Total parameter count (Keras's "Total params").
     pub fn total_params(&self) -> usize {
         self.layers.iter().map(|l| l.params).sum()
     }
 
-    /// Trainable parameter count (all parameters are trainable in this version).
+    /// Trainable parameter count (Keras's "Trainable params").
     pub fn trainable_params(&self) -> usize {
-        self.total_params()
+        self.layers.iter().map(|l| l.trainable_params).sum()
     }
 
     /// Non-trainable parameter count.

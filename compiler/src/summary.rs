@@ -57,19 +57,35 @@ pub fn keras_shape(shape: &[usize]) -> String {
 ///
 /// Parameter memory assumes float32 (4 bytes per parameter), as Keras does.
 /// FLOPs are per example for the forward pass (see [`crate::model::Layer::flops`]).
+///
+/// A model that is not a plain chain (joins, several inputs or outputs)
+/// gets Keras's functional-model layout: a row per input (`InputLayer`) and
+/// a "Connected to" column listing each layer's inputs; frozen layers are
+/// marked `(frozen)`.
 pub fn render_text(model: &Model) -> String {
-    let rows: Vec<[String; 4]> = model
-        .layers
-        .iter()
-        .map(|l| {
-            [
-                format!(" {} ({})", l.name, l.kind.keras_class()),
-                keras_shape(&l.output_shape),
-                thousands(l.params as u64),
-                thousands(l.flops),
-            ]
-        })
-        .collect();
+    let graph = !model.is_chain();
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    if graph {
+        for input in &model.inputs {
+            rows.push([
+                format!(" {} (InputLayer)", input.name),
+                keras_shape(&input.shape),
+                "0".to_string(),
+                "0".to_string(),
+                String::new(),
+            ]);
+        }
+    }
+    rows.extend(model.layers.iter().map(|l| {
+        let frozen = if l.trainable { "" } else { " (frozen)" };
+        [
+            format!(" {} ({}){frozen}", l.name, l.kind.keras_class()),
+            keras_shape(&l.output_shape),
+            thousands(l.params as u64),
+            thousands(l.flops),
+            if graph { l.inputs.join(", ") } else { String::new() },
+        ]
+    }));
     // Column widths of the Keras 2 table (widened for long names).
     let name_w = rows
         .iter()
@@ -95,22 +111,35 @@ pub fn render_text(model: &Model) -> String {
         .max()
         .unwrap_or(0)
         .max(13);
-    let width = name_w + shape_w + param_w + flops_w;
+    let connected_w = if graph {
+        rows.iter()
+            .map(|r| r[4].chars().count() + 2)
+            .max()
+            .unwrap_or(0)
+            .max(14)
+    } else {
+        0
+    };
+    let width = name_w + shape_w + param_w + flops_w + connected_w;
 
     let mut out = String::new();
-    let row = |a: &str, b: &str, c: &str, d: &str| {
-        let line = format!("{a:<name_w$}{b:<shape_w$}{c:<param_w$}{d:>flops_w$}");
+    let row = |a: &str, b: &str, c: &str, d: &str, e: &str| {
+        let line = if graph {
+            format!("{a:<name_w$}{b:<shape_w$}{c:<param_w$}{d:>flops_w$}  {e}")
+        } else {
+            format!("{a:<name_w$}{b:<shape_w$}{c:<param_w$}{d:>flops_w$}")
+        };
         format!("{}\n", line.trim_end())
     };
     out.push_str(&format!("Model: \"{}\"\n", model.name));
     out.push_str(&format!("{}\n", "_".repeat(width)));
-    out.push_str(&row(" Layer (type)", "Output Shape", "Param #", "FLOPs"));
+    out.push_str(&row(" Layer (type)", "Output Shape", "Param #", "FLOPs", "Connected to"));
     out.push_str(&format!("{}\n", "=".repeat(width)));
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&row(&r[0], &r[1], &r[2], &r[3]));
+        out.push_str(&row(&r[0], &r[1], &r[2], &r[3], &r[4]));
     }
     out.push_str(&format!("{}\n", "=".repeat(width)));
     let total = model.total_params() as u64;
@@ -148,10 +177,13 @@ fn json_shape(shape: &[usize]) -> Value {
     Value::Array(v)
 }
 
-/// The summary as JSON: `name`, `input_shape`, `output_shape`, `total_params`,
-/// `trainable_params`, `non_trainable_params`, `flops`, and `layers` (each with
-/// `name`, `kind` (the spec keyword), `class` (the Keras class), `input_shape`,
-/// `output_shape`, `params`, `flops`, and `config`: the resolved arguments,
+/// The summary as JSON: `name`, `input_shape` and `output_shape` (of the
+/// first input and output), `inputs` and `outputs` (each `name` and
+/// `shape`), `total_params`, `trainable_params`, `non_trainable_params`,
+/// `flops`, and `layers` (each with `name`, `kind` (the spec keyword),
+/// `class` (the Keras class), `inputs` (names of the tensors it reads),
+/// `input_shape`, `output_shape`, `params`, `trainable_params`,
+/// `trainable`, `flops`, and `config`: the resolved arguments,
 /// defaults included, plus `pads` for conv and pooling layers). Shapes include
 /// the batch as `null`.
 pub fn to_json(model: &Model) -> serde_json::Value {
@@ -173,18 +205,33 @@ pub fn to_json(model: &Model) -> serde_json::Value {
                 "name": l.name,
                 "kind": l.kind.keyword(),
                 "class": l.kind.keras_class(),
+                "inputs": l.inputs,
                 "input_shape": json_shape(&l.input_shape),
                 "output_shape": json_shape(&l.output_shape),
                 "params": l.params,
+                "trainable_params": l.trainable_params,
+                "trainable": l.trainable,
                 "flops": l.flops,
                 "config": config,
             })
         })
         .collect();
+    let inputs: Vec<Value> = model
+        .inputs
+        .iter()
+        .map(|i| json!({"name": i.name, "shape": json_shape(&i.shape)}))
+        .collect();
+    let outputs: Vec<Value> = model
+        .outputs
+        .iter()
+        .map(|o| json!({"name": o, "shape": model.shape_of(o).map(json_shape)}))
+        .collect();
     json!({
         "name": model.name,
         "input_shape": json_shape(&model.input_shape),
         "output_shape": json_shape(model.output_shape()),
+        "inputs": inputs,
+        "outputs": outputs,
         "total_params": model.total_params(),
         "trainable_params": model.trainable_params(),
         "non_trainable_params": model.non_trainable_params(),

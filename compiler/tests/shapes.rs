@@ -187,6 +187,7 @@ fn fashion_mnist_resolved_arguments_and_pads() {
             kernel_size: [7, 7],
             strides: [1, 1],
             padding: Padding::Same,
+            dilation_rate: [1, 1],
             activation: Activation::Relu,
             use_bias: true
         }

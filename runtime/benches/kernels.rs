@@ -44,6 +44,7 @@ fn shape(hw: usize, c: usize, f: usize, k: usize) -> Conv2dShape {
             left: p,
             right: k - 1 - p,
         },
+        dilation_rate: [1, 1],
     };
     Conv2dShape::new(&attrs, BATCH, hw, hw).expect("valid layer")
 }

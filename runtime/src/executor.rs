@@ -1,19 +1,42 @@
 //! Runs an op graph forward and backward on batches of NHWC f32 tensors.
 //!
-//! The executor keeps one activation buffer per node (reused from step to step;
-//! `Flatten` aliases its input's buffer), the max-pool argmax indices and
-//! dropout masks of the last forward pass, and one gradient buffer per node for
-//! the backward pass. Buffers are resized only when the batch size changes.
+//! The graph is a DAG with one or more inputs and outputs: a node's value may
+//! be read by several nodes (fan-out) and joins (`add`, `multiply`, `concat`)
+//! read several. The executor keeps one activation buffer per node (reused
+//! from step to step; `Flatten` and `Reshape` alias their input's buffer),
+//! the max-pool argmax indices, dropout masks and batch-norm statistics of
+//! the last forward pass, and one gradient buffer per node for the backward
+//! pass. Buffers are resized only when the batch size changes. Only the
+//! nodes the requested outputs depend on are run.
 //!
 //! Gradient conventions:
-//! - in [`Mode::Train`], a graph whose output node is a softmax (a `Softmax`
-//!   op, an `Activation { softmax }`, or a fused conv/matmul with a softmax
-//!   activation) returns *logits* (the softmax is skipped: the loss applies
-//!   log-softmax itself), and [`Executor::backward`] takes d loss / d logits;
-//! - gradients of frozen parameters (`Param::trainable == false`) are not
-//!   computed: they are returned as zeros;
-//! - the gradient with respect to the graph input is not computed.
+//! - in [`Mode::Train`], an output node that is a softmax (a `Softmax` op, an
+//!   `Activation { softmax }`, or a fused conv/matmul with a softmax
+//!   activation) read by nothing else returns *logits* (the softmax is
+//!   skipped: the loss applies log-softmax itself), and backward takes
+//!   d loss / d logits;
+//! - a node read by several nodes receives the sum of their gradients,
+//!   accumulated in a fixed (reverse topological) order, so gradients are
+//!   bit-identical from run to run and across thread counts;
+//! - gradients of frozen parameters (`Param::trainable == false`, which
+//!   includes batch norm's moving statistics) are not computed: they are
+//!   returned as zeros;
+//! - the gradient with respect to the graph inputs is not computed.
+//!
+//! Batch normalization: in [`Mode::Train`] a batch norm that is not frozen
+//! normalizes with the batch's statistics and remembers them;
+//! [`Executor::update_moving_statistics`] then folds them into the moving
+//! mean and variance (`moving = moving * momentum + batch * (1 - momentum)`,
+//! Keras). In [`Mode::Inference`], and always for a frozen batch norm, the
+//! moving statistics are used and nothing is updated.
 
+use crate::kernels::batch_norm::update_moving;
+use crate::kernels::conv_transpose::{
+    conv2d_transpose_backward, conv2d_transpose_forward, Conv2dTransposeShape,
+};
+use crate::kernels::depthwise::{
+    depthwise_conv2d_backward, depthwise_conv2d_forward, DepthwiseConv2dShape,
+};
 use crate::kernels::{
     activation_backward_inplace, activation_forward_inplace, avg_pool2d_backward,
     avg_pool2d_forward, bias_add_forward, column_sums, conv2d_backward, conv2d_forward,
@@ -21,45 +44,66 @@ use crate::kernels::{
     max_pool2d_forward, Conv2dShape, KernelError, MatMulShape, Pool2dShape,
 };
 use crate::kernels::{
+    add_forward, batch_norm_backward, batch_norm_inference_forward, batch_norm_train_forward,
+    concat_backward, concat_forward, multiply_backward, multiply_forward, up_sampling2d_backward,
+    up_sampling2d_forward, BatchNormShape, ConcatShape,
+};
+use crate::kernels::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, global_max_pool2d_backward,
     global_max_pool2d_forward, zero_padding2d_backward, zero_padding2d_forward, ImageShape,
 };
 use crate::params::{ParamError, ParamStore};
 use crate::tensor::Tensor;
-use cnnc_compiler::graph::ir::{Conv2dAttrs, Pool2dAttrs};
+use cnnc_compiler::graph::ir::{
+    Conv2dAttrs, Conv2dTransposeAttrs, DepthwiseConv2dAttrs, Pool2dAttrs,
+};
 use cnnc_compiler::graph::{Graph, NodeId, Op, ParamId};
-use cnnc_compiler::model::{Activation, Pads2d};
+use cnnc_compiler::model::{Activation, Interpolation, Pads2d};
 use ndarray::{CowArray, IxDyn};
 
 /// Training or inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Dropout active (with masks drawn from a generator seeded by `seed`);
-    /// a trailing `Softmax` is skipped so the output is logits;
-    /// activations are kept for [`Executor::backward`].
+    /// batch norm uses batch statistics; a trailing `Softmax` is skipped so
+    /// the output is logits; activations are kept for [`Executor::backward`].
     Train { seed: u64 },
-    /// Dropout is identity; the full graph runs (probabilities out).
+    /// Dropout is identity; batch norm uses its moving statistics; the full
+    /// graph runs (probabilities out).
     Inference,
 }
 
 /// Errors from running a graph.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExecError {
-    /// The input is not `[batch, ...model input shape]`.
+    /// An input is not `[batch, ...model input shape]`.
     #[error("input has shape {got:?}, expected [batch, {}]", fmt_dims(expected))]
     InputShape {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    /// The number of input tensors differs from the graph's inputs.
+    #[error("{got} input tensors for a graph with {expected} inputs")]
+    InputCount { expected: usize, got: usize },
+    /// The inputs do not share one batch size.
+    #[error("input {input} has batch size {got}, input 0 has {expected}")]
+    InputBatch {
+        input: usize,
+        expected: usize,
+        got: usize,
+    },
     /// The parameter store does not match the graph.
     #[error(transparent)]
     Params(#[from] ParamError),
-    /// The gradient passed to backward is not shaped like the last forward output.
+    /// A gradient passed to backward is not shaped like its forward output.
     #[error("output gradient has shape {got:?}, expected {expected:?}")]
     GradShape {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    /// The number of output gradients differs from the graph's outputs.
+    #[error("{got} output gradients for a graph with {expected} outputs")]
+    GradCount { expected: usize, got: usize },
     /// `backward` was called before any `forward`.
     #[error("backward called before forward")]
     NoForward,
@@ -89,7 +133,10 @@ fn fmt_dims(d: &[usize]) -> String {
 /// What to run for one node (fused and unfused ops share kernels).
 #[derive(Debug, Clone)]
 enum Step {
-    Input,
+    /// Graph input number `index` (position in `Graph::input_ids`).
+    Input {
+        index: usize,
+    },
     Conv {
         attrs: Conv2dAttrs,
         in_h: usize,
@@ -97,6 +144,20 @@ enum Step {
         kernel: ParamId,
         bias: Option<ParamId>,
         act: Activation,
+    },
+    Depthwise {
+        attrs: DepthwiseConv2dAttrs,
+        in_h: usize,
+        in_w: usize,
+        kernel: ParamId,
+    },
+    Transpose {
+        attrs: Conv2dTransposeAttrs,
+        in_h: usize,
+        in_w: usize,
+        out_h: usize,
+        out_w: usize,
+        kernel: ParamId,
     },
     MatMul {
         in_features: usize,
@@ -119,7 +180,8 @@ enum Step {
         attrs: Pool2dAttrs,
         in_shape: [usize; 3],
     },
-    Flatten,
+    /// `Flatten` / `Reshape`: the value is the input's buffer.
+    Alias,
     Dropout {
         rate: f32,
     },
@@ -132,6 +194,29 @@ enum Step {
     ZeroPad {
         pads: Pads2d,
         in_shape: [usize; 3],
+    },
+    BatchNorm {
+        channels: usize,
+        epsilon: f32,
+        momentum: f32,
+        gamma: Option<ParamId>,
+        beta: Option<ParamId>,
+        moving_mean: ParamId,
+        moving_variance: ParamId,
+        frozen: bool,
+    },
+    Add,
+    Multiply,
+    Concat {
+        /// Per example: product of the output dimensions before the axis.
+        outer: usize,
+        /// Per input: product of its dimensions from the axis on.
+        inner: Vec<usize>,
+    },
+    UpSample {
+        in_shape: [usize; 3],
+        size: [usize; 2],
+        interpolation: Interpolation,
     },
 }
 
@@ -149,23 +234,44 @@ fn image(batch: usize, [height, width, channels]: [usize; 3]) -> ImageShape {
 #[derive(Debug, Clone)]
 struct Plan {
     steps: Vec<Step>,
-    /// The node's single input (unused for `Input`).
-    input_of: Vec<usize>,
+    /// Each node's input nodes, in order (empty for inputs).
+    inputs_of: Vec<Vec<usize>>,
     /// Values per example of each node's output.
     example_len: Vec<usize>,
     /// Size of the last axis of each node's output (1 for scalars).
     last_dim: Vec<usize>,
-    /// The node whose buffer holds each node's value (`Flatten` aliases its input).
+    /// The node whose buffer holds each node's value (aliases resolved).
     storage: Vec<usize>,
     /// Whether a gradient must flow into each node's output (a trainable
     /// parameter is at or before the node).
     needs_grad: Vec<bool>,
-    /// In training mode: the node whose value is returned (the softmax's
-    /// input when a trailing `Softmax` / softmax activation node is skipped).
-    train_output: usize,
-    /// In training mode: a fused output node whose softmax activation is
-    /// replaced by linear.
-    train_linear_output: Option<usize>,
+    /// The output nodes in inference.
+    outputs: Vec<usize>,
+    /// The output nodes in training (a softmax's input where an output
+    /// softmax node is skipped).
+    train_outputs: Vec<usize>,
+    /// In training: fused output nodes whose softmax activation is replaced
+    /// by linear.
+    train_linear: Vec<bool>,
+    /// Nodes the outputs depend on, in inference / in training.
+    live: Vec<bool>,
+    train_live: Vec<bool>,
+}
+
+/// Marks the nodes `outputs` depend on (inputs come before readers).
+fn live_nodes(inputs_of: &[Vec<usize>], outputs: &[usize]) -> Vec<bool> {
+    let mut live = vec![false; inputs_of.len()];
+    for &o in outputs {
+        live[o] = true;
+    }
+    for i in (0..inputs_of.len()).rev() {
+        if live[i] {
+            for &j in &inputs_of[i] {
+                live[j] = true;
+            }
+        }
+    }
+    live
 }
 
 impl Plan {
@@ -176,17 +282,27 @@ impl Plan {
             op: graph.nodes.get(i).map(|nd| nd.op.name()).unwrap_or("?"),
             reason,
         };
-        if graph.input.0 >= n || graph.output.0 >= n {
+        let graph_inputs: Vec<usize> = graph.input_ids().iter().map(|id| id.0).collect();
+        let outputs: Vec<usize> = graph.output_ids().iter().map(|id| id.0).collect();
+        for (what, ids) in [("input", &graph_inputs), ("output", &outputs)] {
+            if let Some(&bad) = ids.iter().find(|&&id| id >= n) {
+                return Err(err(
+                    bad.min(n.saturating_sub(1)),
+                    format!("graph {what} {bad} out of range ({n} nodes)"),
+                ));
+            }
+        }
+        if graph_inputs[0] != graph.input.0 || outputs[0] != graph.output.0 {
             return Err(err(
-                graph.output.0.min(graph.input.0),
+                graph.output.0.min(n.saturating_sub(1)),
                 format!(
-                    "input {} / output {} out of range ({n} nodes)",
+                    "`input` / `output` ({} / {}) are not the first of `inputs` / `outputs`",
                     graph.input.0, graph.output.0
                 ),
             ));
         }
         let mut steps = Vec::with_capacity(n);
-        let mut input_of = vec![0; n];
+        let mut inputs_of = vec![Vec::new(); n];
         let mut example_len = vec![0; n];
         let mut last_dim = vec![1; n];
         let mut storage = vec![0; n];
@@ -211,23 +327,38 @@ impl Plan {
             last_dim[i] = node.shape.last().copied().unwrap_or(1);
             storage[i] = i;
             if let Op::Input = node.op {
-                if !node.inputs.is_empty() || i != graph.input.0 {
-                    return Err(err(
-                        i,
-                        "input node must be the graph input and have no inputs".into(),
-                    ));
+                let index = graph_inputs.iter().position(|&g| g == i);
+                match index {
+                    Some(index) if node.inputs.is_empty() => {
+                        steps.push(Step::Input { index });
+                        continue;
+                    }
+                    _ => {
+                        return Err(err(
+                            i,
+                            "input node must be a graph input and have no inputs".into(),
+                        ))
+                    }
                 }
-                steps.push(Step::Input);
-                continue;
             }
-            if node.inputs.len() != 1 || node.inputs[0].0 >= i {
+            let joins = matches!(node.op, Op::Add | Op::Multiply | Op::Concat { .. });
+            let arity_ok = if joins {
+                !node.inputs.is_empty()
+            } else {
+                node.inputs.len() == 1
+            };
+            if !arity_ok || node.inputs.iter().any(|j| j.0 >= i) {
                 return Err(err(
                     i,
-                    "expected exactly one input defined before the node".into(),
+                    if joins {
+                        "expected one or more inputs defined before the node".into()
+                    } else {
+                        "expected exactly one input defined before the node".into()
+                    },
                 ));
             }
-            let src = node.inputs[0].0;
-            input_of[i] = src;
+            inputs_of[i] = node.inputs.iter().map(|j| j.0).collect();
+            let src = inputs_of[i][0];
             let in_shape = graph.nodes[src].shape.clone();
             let same_shape = || -> Result<(), ExecError> {
                 if node.shape != in_shape {
@@ -274,6 +405,35 @@ impl Plan {
                     let [h, w, _] = spatial("fused_conv2d")?;
                     conv_step(attrs, h, w, *kernel, *bias, *activation)
                 }
+                Op::DepthwiseConv2d { attrs, kernel } => {
+                    let [in_h, in_w, _] = spatial("depthwise_conv2d")?;
+                    Step::Depthwise {
+                        attrs: *attrs,
+                        in_h,
+                        in_w,
+                        kernel: *kernel,
+                    }
+                }
+                Op::Conv2dTranspose { attrs, kernel } => {
+                    let [in_h, in_w, _] = spatial("conv2d_transpose")?;
+                    let [out_h, out_w] = match node.shape.as_slice() {
+                        &[h, w, _] => [h, w],
+                        _ => {
+                            return Err(err(
+                                i,
+                                format!("conv2d_transpose output {:?} is not [h, w, c]", node.shape),
+                            ))
+                        }
+                    };
+                    Step::Transpose {
+                        attrs: *attrs,
+                        in_h,
+                        in_w,
+                        out_h,
+                        out_w,
+                        kernel: *kernel,
+                    }
+                }
                 Op::MatMul { units, kernel } => {
                     matmul_step(&in_shape, *units, *kernel, None, Activation::Linear)
                 }
@@ -296,7 +456,7 @@ impl Plan {
                     attrs: *attrs,
                     in_shape: spatial("avg_pool2d")?,
                 },
-                Op::Flatten => Step::Flatten,
+                Op::Flatten | Op::Reshape => Step::Alias,
                 Op::Dropout { rate } => Step::Dropout { rate: *rate },
                 Op::GlobalAvgPool2d => Step::GlobalAvgPool {
                     in_shape: spatial("global_avg_pool2d")?,
@@ -308,10 +468,76 @@ impl Plan {
                     pads: *pads,
                     in_shape: spatial("zero_padding2d")?,
                 },
+                Op::BatchNorm {
+                    epsilon,
+                    momentum,
+                    gamma,
+                    beta,
+                    moving_mean,
+                    moving_variance,
+                    frozen,
+                } => Step::BatchNorm {
+                    channels: in_shape.last().copied().unwrap_or(0),
+                    epsilon: *epsilon,
+                    momentum: *momentum,
+                    gamma: *gamma,
+                    beta: *beta,
+                    moving_mean: *moving_mean,
+                    moving_variance: *moving_variance,
+                    frozen: *frozen,
+                },
+                Op::Add => Step::Add,
+                Op::Multiply => Step::Multiply,
+                Op::Concat { axis } => {
+                    let rank = node.shape.len();
+                    if *axis >= rank {
+                        return Err(err(i, format!("axis {axis} out of range for rank {rank}")));
+                    }
+                    let mut inner = Vec::with_capacity(node.inputs.len());
+                    let mut joined = 0;
+                    for j in &node.inputs {
+                        let s = &graph.nodes[j.0].shape;
+                        if s.len() != rank
+                            || s[..*axis] != node.shape[..*axis]
+                            || s[axis + 1..] != node.shape[axis + 1..]
+                        {
+                            return Err(err(
+                                i,
+                                format!(
+                                    "input shape {s:?} cannot be joined into {:?} along axis {axis}",
+                                    node.shape
+                                ),
+                            ));
+                        }
+                        joined += s[*axis];
+                        inner.push(s[*axis..].iter().product());
+                    }
+                    if joined != node.shape[*axis] {
+                        return Err(err(
+                            i,
+                            format!(
+                                "inputs give {joined} along axis {axis}, the output has {}",
+                                node.shape[*axis]
+                            ),
+                        ));
+                    }
+                    Step::Concat {
+                        outer: node.shape[..*axis].iter().product(),
+                        inner,
+                    }
+                }
+                Op::UpSampling2d {
+                    size,
+                    interpolation,
+                } => Step::UpSample {
+                    in_shape: spatial("up_sampling2d")?,
+                    size: *size,
+                    interpolation: *interpolation,
+                },
             };
             // Shape checks per step.
             match &step {
-                Step::Input => {}
+                Step::Input { .. } => {}
                 Step::Conv {
                     attrs,
                     kernel,
@@ -332,6 +558,46 @@ impl Plan {
                     if let Some(b) = bias {
                         param_shape(i, *b, &[attrs.filters])?;
                     }
+                }
+                Step::Depthwise {
+                    attrs,
+                    in_h,
+                    in_w,
+                    kernel,
+                } => {
+                    let [_, _, c] = spatial("depthwise_conv2d")?;
+                    if c != attrs.in_channels {
+                        return Err(err(
+                            i,
+                            format!("input has {c} channels, attrs say {}", attrs.in_channels),
+                        ));
+                    }
+                    let s = DepthwiseConv2dShape::new(attrs, 1, *in_h, *in_w)
+                        .map_err(|e| err(i, e.to_string()))?;
+                    expect_shape(vec![s.out_h, s.out_w, s.out_channels()])?;
+                    let [kh, kw] = attrs.kernel_size;
+                    param_shape(i, *kernel, &[kh, kw, c, attrs.depth_multiplier])?;
+                }
+                Step::Transpose {
+                    attrs,
+                    in_h,
+                    in_w,
+                    out_h,
+                    out_w,
+                    kernel,
+                } => {
+                    let [_, _, c] = spatial("conv2d_transpose")?;
+                    if c != attrs.in_channels {
+                        return Err(err(
+                            i,
+                            format!("input has {c} channels, attrs say {}", attrs.in_channels),
+                        ));
+                    }
+                    Conv2dTransposeShape::new(attrs, 1, *in_h, *in_w, *out_h, *out_w)
+                        .map_err(|e| err(i, e.to_string()))?;
+                    expect_shape(vec![*out_h, *out_w, attrs.filters])?;
+                    let [kh, kw] = attrs.kernel_size;
+                    param_shape(i, *kernel, &[kh, kw, attrs.filters, c])?;
                 }
                 Step::MatMul {
                     units,
@@ -370,8 +636,18 @@ impl Plan {
                         Pool2dShape::new(attrs, 1, h, w, c).map_err(|e| err(i, e.to_string()))?;
                     expect_shape(vec![s.out_h, s.out_w, c])?;
                 }
-                Step::Flatten => {
-                    expect_shape(vec![in_shape.iter().product()])?;
+                Step::Alias => {
+                    if node.op == Op::Flatten {
+                        expect_shape(vec![in_shape.iter().product()])?;
+                    } else if example_len[i] != example_len[src] {
+                        return Err(err(
+                            i,
+                            format!(
+                                "cannot reshape {in_shape:?} ({} values) to {:?}",
+                                example_len[src], node.shape
+                            ),
+                        ));
+                    }
                     storage[i] = storage[src];
                 }
                 Step::GlobalAvgPool { in_shape } | Step::GlobalMaxPool { in_shape } => {
@@ -381,54 +657,124 @@ impl Plan {
                     let o = image(1, *in_shape).padded(pads);
                     expect_shape(vec![o.height, o.width, o.channels])?;
                 }
+                Step::BatchNorm {
+                    channels,
+                    epsilon,
+                    momentum,
+                    gamma,
+                    beta,
+                    moving_mean,
+                    moving_variance,
+                    ..
+                } => {
+                    same_shape()?;
+                    if in_shape.is_empty() {
+                        return Err(err(i, "batch_norm needs a non-scalar input".into()));
+                    }
+                    if !(epsilon.is_finite() && *epsilon >= 0.0) {
+                        return Err(err(i, format!("epsilon {epsilon} must be >= 0")));
+                    }
+                    if !momentum.is_finite() {
+                        return Err(err(i, format!("momentum {momentum} must be finite")));
+                    }
+                    for p in gamma.iter().chain(beta) {
+                        param_shape(i, *p, &[*channels])?;
+                    }
+                    param_shape(i, *moving_mean, &[*channels])?;
+                    param_shape(i, *moving_variance, &[*channels])?;
+                }
+                Step::Add | Step::Multiply => {
+                    for &j in &inputs_of[i] {
+                        if graph.nodes[j].shape != node.shape {
+                            return Err(err(
+                                i,
+                                format!(
+                                    "input shape {:?} differs from output shape {:?}",
+                                    graph.nodes[j].shape, node.shape
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Step::Concat { .. } => {}
+                Step::UpSample { in_shape, size, .. } => {
+                    if size[0] == 0 || size[1] == 0 {
+                        return Err(err(i, format!("size {size:?} must be positive")));
+                    }
+                    let [h, w, c] = *in_shape;
+                    expect_shape(vec![h * size[0], w * size[1], c])?;
+                }
             }
             let own_trainable = node
                 .op
                 .params()
                 .iter()
                 .any(|p| graph.params.get(p.0).is_some_and(|p| p.trainable));
-            needs_grad[i] = own_trainable || needs_grad[src];
+            needs_grad[i] = own_trainable || inputs_of[i].iter().any(|&j| needs_grad[j]);
             steps.push(step);
         }
-        if !matches!(steps[graph.input.0], Step::Input) {
-            return Err(err(
-                graph.input.0,
-                "graph input is not an input node".into(),
-            ));
-        }
-        let out = graph.output.0;
-        let (mut train_output, mut train_linear_output) = (out, None);
-        match &steps[out] {
-            Step::Act {
-                act: Activation::Softmax,
-            } => train_output = input_of[out],
-            Step::Conv {
-                act: Activation::Softmax,
-                ..
+        // How many readers each node has (graph outputs included).
+        let readers = graph.consumer_counts();
+        let mut train_outputs = outputs.clone();
+        let mut train_linear = vec![false; n];
+        for t in train_outputs.iter_mut() {
+            let o = *t;
+            if readers[o] != 1 {
+                continue; // the probabilities are read elsewhere too
             }
-            | Step::MatMul {
-                act: Activation::Softmax,
-                ..
-            } => train_linear_output = Some(out),
-            _ => {}
+            match &steps[o] {
+                Step::Act {
+                    act: Activation::Softmax,
+                } => *t = inputs_of[o][0],
+                Step::Conv {
+                    act: Activation::Softmax,
+                    ..
+                }
+                | Step::MatMul {
+                    act: Activation::Softmax,
+                    ..
+                } => train_linear[o] = true,
+                _ => {}
+            }
         }
+        let live = live_nodes(&inputs_of, &outputs);
+        let train_live = live_nodes(&inputs_of, &train_outputs);
         Ok(Plan {
             steps,
-            input_of,
+            inputs_of,
             example_len,
             last_dim,
             storage,
             needs_grad,
-            train_output,
-            train_linear_output,
+            outputs,
+            train_outputs,
+            train_linear,
+            live,
+            train_live,
         })
     }
 
     /// The activation a node applies in `mode`.
     fn act(&self, i: usize, act: Activation, mode: Mode) -> Activation {
         match mode {
-            Mode::Train { .. } if self.train_linear_output == Some(i) => Activation::Linear,
+            Mode::Train { .. } if self.train_linear[i] => Activation::Linear,
             _ => act,
+        }
+    }
+
+    /// The output nodes in `mode`.
+    fn outputs(&self, mode: Mode) -> &[usize] {
+        match mode {
+            Mode::Train { .. } => &self.train_outputs,
+            Mode::Inference => &self.outputs,
+        }
+    }
+
+    /// Which nodes run in `mode`.
+    fn live(&self, mode: Mode) -> &[bool] {
+        match mode {
+            Mode::Train { .. } => &self.train_live,
+            Mode::Inference => &self.live,
         }
     }
 }
@@ -469,17 +815,44 @@ fn matmul_step(
     }
 }
 
+/// The `[rows, channels]` geometry of a batch norm over `len` values.
+fn bn_shape(len: usize, channels: usize) -> BatchNormShape {
+    BatchNormShape {
+        rows: len.checked_div(channels).unwrap_or(0),
+        channels,
+    }
+}
+
+/// What a batch norm used in the last forward, for backward and for the
+/// moving-statistics update.
+#[derive(Debug, Clone, Default)]
+struct BnSaved {
+    /// The mean the forward subtracted (batch or moving), `[c]`.
+    mean: Vec<f32>,
+    /// The batch's biased variance (training only), `[c]`.
+    var: Vec<f32>,
+    /// `1 / sqrt(var + epsilon)` of the statistics used, `[c]`.
+    inv_std: Vec<f32>,
+    /// Whether the batch's statistics were used.
+    batch_stats: bool,
+    /// Whether `mean` / `var` still have to be folded into the moving statistics.
+    pending: bool,
+}
+
 /// Per-batch buffers, reused across steps.
 #[derive(Default)]
 struct State {
     batch: usize,
-    /// Mode and output node of the last forward, if any.
-    last: Option<(Mode, usize)>,
+    /// Mode of the last forward, if any.
+    last: Option<Mode>,
     values: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     grad_ready: Vec<bool>,
     argmax: Vec<Vec<u32>>,
     masks: Vec<Vec<f32>>,
+    bn: Vec<BnSaved>,
+    /// Scratch for join gradients.
+    scratch: Vec<f32>,
     /// Per-node seconds of the last forward / backward, when profiling.
     profile: Option<Vec<NodeTime>>,
 }
@@ -493,6 +866,21 @@ pub struct NodeTime {
     pub op: &'static str,
     pub forward_s: f64,
     pub backward_s: f64,
+}
+
+/// Copies `data` into the gradient buffer `ps` if nothing was delivered there
+/// yet in this backward pass, else adds it.
+fn deliver(grads: &mut [Vec<f32>], ready: &mut [bool], ps: usize, data: &[f32]) {
+    if ready[ps] {
+        for (t, v) in grads[ps].iter_mut().zip(data) {
+            *t += v;
+        }
+    } else {
+        let buf = &mut grads[ps];
+        buf.clear();
+        buf.extend_from_slice(data);
+        ready[ps] = true;
+    }
 }
 
 /// Executes one graph; owns the activation buffers between forward and backward.
@@ -514,6 +902,7 @@ impl Executor {
             grad_ready: vec![false; n],
             argmax: vec![Vec::new(); n],
             masks: vec![Vec::new(); n],
+            bn: vec![BnSaved::default(); n],
             ..State::default()
         };
         Executor { graph, plan, state }
@@ -551,28 +940,72 @@ impl Executor {
     }
 
     /// The node whose value `forward` returns in `mode` (the softmax's input
-    /// for a graph ending in a stand-alone softmax, in training).
+    /// for a graph ending in a stand-alone softmax, in training): the first
+    /// of [`Executor::output_nodes`].
     pub fn output_node(&self, mode: Mode) -> NodeId {
-        match (&self.plan, mode) {
-            (Ok(plan), Mode::Train { .. }) => NodeId(plan.train_output),
-            _ => self.graph.output,
+        self.output_nodes(mode)
+            .first()
+            .copied()
+            .unwrap_or(self.graph.output)
+    }
+
+    /// The nodes whose values the forward returns in `mode`, one per graph output.
+    pub fn output_nodes(&self, mode: Mode) -> Vec<NodeId> {
+        match &self.plan {
+            Ok(plan) => plan.outputs(mode).iter().map(|&o| NodeId(o)).collect(),
+            Err(_) => self.graph.output_ids(),
         }
     }
 
-    /// Checks that `input` is `[batch, ...graph input shape]`.
+    /// Checks that `input` is `[batch, ...first graph input's shape]`.
     pub fn check_input(&self, input: &Tensor) -> Result<(), ExecError> {
-        let expected = &self.graph.node(self.graph.input).shape;
+        let first = self.graph.input_ids()[0];
+        self.check_one_input(first, input)
+    }
+
+    fn check_one_input(&self, node: NodeId, input: &Tensor) -> Result<(), ExecError> {
+        let expected = self
+            .graph
+            .nodes
+            .get(node.0)
+            .map(|n| n.shape.clone())
+            .unwrap_or_default();
         let got = input.shape();
-        if got.len() != expected.len() + 1 || &got[1..] != expected.as_slice() {
+        if got.len() != expected.len() + 1 || got[1..] != expected[..] {
             return Err(ExecError::InputShape {
-                expected: expected.clone(),
+                expected,
                 got: got.to_vec(),
             });
         }
         Ok(())
     }
 
-    /// Runs the graph on `input` (`[batch, h, w, c]`). Returns `[batch, ...output shape]`.
+    /// Checks one tensor per graph input, in order, each
+    /// `[batch, ...input shape]` with one batch size.
+    pub fn check_inputs(&self, inputs: &[&Tensor]) -> Result<(), ExecError> {
+        let ids = self.graph.input_ids();
+        if inputs.len() != ids.len() {
+            return Err(ExecError::InputCount {
+                expected: ids.len(),
+                got: inputs.len(),
+            });
+        }
+        for (k, (id, t)) in ids.iter().zip(inputs).enumerate() {
+            self.check_one_input(*id, t)?;
+            let (b0, b) = (inputs[0].shape()[0], t.shape()[0]);
+            if b != b0 {
+                return Err(ExecError::InputBatch {
+                    input: k,
+                    expected: b0,
+                    got: b,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the graph on `input` (`[batch, h, w, c]`). Returns the first
+    /// output, `[batch, ...output shape]`.
     ///
     /// # Panics
     /// If the graph is invalid, the input shape is wrong or `params` does not
@@ -585,20 +1018,38 @@ impl Executor {
         }
     }
 
-    /// [`Executor::forward`] returning errors instead of panicking.
+    /// [`Executor::forward`] returning errors instead of panicking. The graph
+    /// must have one input.
     pub fn try_forward(
         &mut self,
         params: &ParamStore,
         input: &Tensor,
         mode: Mode,
     ) -> Result<Tensor, ExecError> {
-        self.run_forward(params, input, mode)?;
-        let (_, out) = self.state.last.expect("set by run_forward");
+        self.run_forward(params, &[input], mode)?;
+        let out = self.output_node(mode).0;
         Ok(self.value_tensor(out))
     }
 
-    /// Like [`Executor::try_forward`] but writes the output into `output`
-    /// (reshaped if needed) instead of allocating a new tensor.
+    /// Runs the graph on one tensor per graph input (in `Graph::input_ids`
+    /// order); returns one tensor per graph output (in `Graph::output_ids`
+    /// order; logits for a skipped softmax in training).
+    pub fn try_forward_multi(
+        &mut self,
+        params: &ParamStore,
+        inputs: &[&Tensor],
+        mode: Mode,
+    ) -> Result<Vec<Tensor>, ExecError> {
+        self.run_forward(params, inputs, mode)?;
+        Ok(self
+            .output_nodes(mode)
+            .iter()
+            .map(|o| self.value_tensor(o.0))
+            .collect())
+    }
+
+    /// Like [`Executor::try_forward`] but writes the first output into
+    /// `output` (reshaped if needed) instead of allocating a new tensor.
     pub fn forward_into(
         &mut self,
         params: &ParamStore,
@@ -606,27 +1057,56 @@ impl Executor {
         mode: Mode,
         output: &mut Tensor,
     ) -> Result<(), ExecError> {
-        self.run_forward(params, input, mode)?;
-        let (_, out) = self.state.last.expect("set by run_forward");
-        let shape = self.value_shape(out);
-        if output.shape() != shape.as_slice() {
-            *output = Tensor::zeros(IxDyn(&shape));
+        self.run_forward(params, &[input], mode)?;
+        let out = self.output_node(mode).0;
+        self.copy_value(out, output);
+        Ok(())
+    }
+
+    /// Like [`Executor::try_forward_multi`] but writes into `outputs`
+    /// (resized to one tensor per output, each reshaped if needed).
+    pub fn forward_multi_into(
+        &mut self,
+        params: &ParamStore,
+        inputs: &[&Tensor],
+        mode: Mode,
+        outputs: &mut Vec<Tensor>,
+    ) -> Result<(), ExecError> {
+        self.run_forward(params, inputs, mode)?;
+        let nodes = self.output_nodes(mode);
+        outputs.truncate(nodes.len());
+        while outputs.len() < nodes.len() {
+            outputs.push(Tensor::zeros(IxDyn(&[0])));
         }
-        let plan = self.plan.as_ref().map_err(Clone::clone)?;
-        let src = &self.state.values[plan.storage[out]];
-        match output.as_slice_mut() {
-            Some(dst) => dst.copy_from_slice(src),
-            None => output.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
+        for (node, out) in nodes.iter().zip(outputs.iter_mut()) {
+            self.copy_value(node.0, out);
         }
         Ok(())
     }
 
+    fn copy_value(&self, node: usize, output: &mut Tensor) {
+        let shape = self.value_shape(node);
+        if output.shape() != shape.as_slice() || !output.is_standard_layout() {
+            *output = Tensor::zeros(IxDyn(&shape));
+        }
+        let src = match &self.plan {
+            Ok(plan) => &self.state.values[plan.storage[node]],
+            Err(_) => return,
+        };
+        match output.as_slice_mut() {
+            Some(dst) => dst.copy_from_slice(src),
+            None => output.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
+        }
+    }
+
     /// The value of node `i` from the last forward as a `[batch, ...]` tensor
-    /// (`None` before any forward or for an out-of-range node).
+    /// (`None` before any forward, for an out-of-range node, or for a node
+    /// the last forward did not run).
     pub fn node_value(&self, node: NodeId) -> Option<Tensor> {
         let plan = self.plan.as_ref().ok()?;
-        self.state.last?;
-        (node.0 < plan.steps.len()).then(|| self.value_tensor(node.0))
+        let mode = self.state.last?;
+        let live = plan.live(mode).get(node.0).copied()?;
+        live.then(|| self.value_tensor(node.0))
     }
 
     fn value_shape(&self, i: usize) -> Vec<usize> {
@@ -641,14 +1121,61 @@ impl Executor {
         Tensor::from_shape_vec(IxDyn(&self.value_shape(i)), data).expect("buffer matches shape")
     }
 
+    /// Folds the batch statistics of the last [`Mode::Train`] forward into
+    /// the moving statistics of every batch norm that used them (those not
+    /// frozen): `moving_mean = moving_mean * momentum + mean * (1 - momentum)`
+    /// and likewise `moving_variance` with the batch's biased variance
+    /// (Keras 3 `BatchNormalization`). Each forward's statistics are applied
+    /// at most once; after an inference forward, or a forward on an empty
+    /// batch, nothing changes. Returns how many batch norms were updated.
+    pub fn update_moving_statistics(&mut self, params: &mut ParamStore) -> Result<usize, ExecError> {
+        let plan = self.plan.as_ref().map_err(Clone::clone)?;
+        params.check(&self.graph)?;
+        let mut updated = 0;
+        for (i, step) in plan.steps.iter().enumerate() {
+            let Step::BatchNorm {
+                momentum,
+                moving_mean,
+                moving_variance,
+                ..
+            } = step
+            else {
+                continue;
+            };
+            let saved = &mut self.state.bn[i];
+            if !saved.pending {
+                continue;
+            }
+            saved.pending = false;
+            for (id, batch) in [(moving_mean, &saved.mean), (moving_variance, &saved.var)] {
+                let t = &mut params.values[id.0];
+                let kerr = |source| ExecError::Kernel {
+                    node: i,
+                    op: "batch_norm",
+                    source,
+                };
+                match t.as_slice_mut() {
+                    Some(m) => update_moving(m, batch, *momentum).map_err(kerr)?,
+                    None => {
+                        let mut m: Vec<f32> = t.iter().copied().collect();
+                        update_moving(&mut m, batch, *momentum).map_err(kerr)?;
+                        t.iter_mut().zip(m).for_each(|(d, s)| *d = s);
+                    }
+                }
+            }
+            updated += 1;
+        }
+        Ok(updated)
+    }
+
     fn run_forward(
         &mut self,
         params: &ParamStore,
-        input: &Tensor,
+        inputs: &[&Tensor],
         mode: Mode,
     ) -> Result<(), ExecError> {
         let plan = self.plan.as_ref().map_err(Clone::clone)?;
-        self.check_input(input)?;
+        self.check_inputs(inputs)?;
         params.check(&self.graph)?;
         let pv: Vec<CowArray<'_, f32, IxDyn>> = params
             .values
@@ -656,38 +1183,42 @@ impl Executor {
             .map(|v| v.as_standard_layout())
             .collect();
         let p = |id: ParamId| -> &[f32] { pv[id.0].as_slice().expect("standard layout") };
-        let batch = input.shape()[0];
+        let batch = inputs[0].shape()[0];
         let st = &mut self.state;
         st.batch = batch;
         st.last = None;
+        st.bn.iter_mut().for_each(|b| b.pending = false);
         if let Some(prof) = st.profile.as_mut() {
             prof.iter_mut()
                 .for_each(|t| (t.forward_s, t.backward_s) = (0.0, 0.0));
         }
-        let out_node = match mode {
-            Mode::Train { .. } => plan.train_output,
-            Mode::Inference => self.graph.output.0,
-        };
-        for i in 0..=out_node {
-            let step = &plan.steps[i];
-            if matches!(step, Step::Flatten) {
+        let live = plan.live(mode);
+        for (i, step) in plan.steps.iter().enumerate() {
+            if !live[i] || matches!(step, Step::Alias) {
                 continue;
             }
             let started = st.profile.is_some().then(std::time::Instant::now);
             let len = batch * plan.example_len[i];
             let mut out = std::mem::take(&mut st.values[i]);
             out.resize(len, 0.0);
-            let x: &[f32] = &st.values[plan.storage[plan.input_of[i]]];
+            let xs: Vec<&[f32]> = plan.inputs_of[i]
+                .iter()
+                .map(|&j| st.values[plan.storage[j]].as_slice())
+                .collect();
+            let x: &[f32] = xs.first().copied().unwrap_or(&[]);
             let kerr = |source: KernelError| ExecError::Kernel {
                 node: i,
                 op: self.graph.nodes[i].op.name(),
                 source,
             };
             match step {
-                Step::Input => match input.as_slice() {
-                    Some(s) => out.copy_from_slice(s),
-                    None => out.iter_mut().zip(input.iter()).for_each(|(d, s)| *d = *s),
-                },
+                Step::Input { index } => {
+                    let input = inputs[*index];
+                    match input.as_slice() {
+                        Some(s) => out.copy_from_slice(s),
+                        None => out.iter_mut().zip(input.iter()).for_each(|(d, s)| *d = *s),
+                    }
+                }
                 Step::Conv {
                     attrs,
                     in_h,
@@ -699,6 +1230,29 @@ impl Executor {
                     let s = Conv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
                     let act = plan.act(i, *act, mode);
                     conv2d_forward(&s, x, p(*kernel), bias.map(p), act, &mut out).map_err(kerr)?;
+                }
+                Step::Depthwise {
+                    attrs,
+                    in_h,
+                    in_w,
+                    kernel,
+                } => {
+                    let s = DepthwiseConv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
+                    depthwise_conv2d_forward(&s, x, p(*kernel), None, Activation::Linear, &mut out)
+                        .map_err(kerr)?;
+                }
+                Step::Transpose {
+                    attrs,
+                    in_h,
+                    in_w,
+                    out_h,
+                    out_w,
+                    kernel,
+                } => {
+                    let s = Conv2dTransposeShape::new(attrs, batch, *in_h, *in_w, *out_h, *out_w)
+                        .map_err(kerr)?;
+                    conv2d_transpose_forward(&s, x, p(*kernel), None, Activation::Linear, &mut out)
+                        .map_err(kerr)?;
                 }
                 Step::MatMul {
                     in_features,
@@ -748,7 +1302,7 @@ impl Executor {
                     zero_padding2d_forward(&image(batch, *in_shape), pads, x, &mut out)
                         .map_err(kerr)?;
                 }
-                Step::Flatten => unreachable!("skipped above"),
+                Step::Alias => unreachable!("skipped above"),
                 Step::Dropout { rate } => match mode {
                     Mode::Train { seed } => {
                         let mut mask = std::mem::take(&mut st.masks[i]);
@@ -759,19 +1313,85 @@ impl Executor {
                     }
                     Mode::Inference => out.copy_from_slice(x),
                 },
+                Step::BatchNorm {
+                    channels,
+                    epsilon,
+                    gamma,
+                    beta,
+                    moving_mean,
+                    moving_variance,
+                    frozen,
+                    ..
+                } => {
+                    let c = *channels;
+                    let s = bn_shape(len, c);
+                    let saved = &mut st.bn[i];
+                    saved.mean.resize(c, 0.0);
+                    saved.var.resize(c, 0.0);
+                    saved.inv_std.resize(c, 0.0);
+                    let batch_stats = matches!(mode, Mode::Train { .. }) && !*frozen;
+                    if batch_stats {
+                        batch_norm_train_forward(
+                            &s,
+                            x,
+                            gamma.map(p),
+                            beta.map(p),
+                            *epsilon,
+                            &mut out,
+                            &mut saved.mean,
+                            &mut saved.var,
+                            &mut saved.inv_std,
+                        )
+                        .map_err(kerr)?;
+                    } else {
+                        batch_norm_inference_forward(
+                            &s,
+                            x,
+                            gamma.map(p),
+                            beta.map(p),
+                            p(*moving_mean),
+                            p(*moving_variance),
+                            *epsilon,
+                            &mut out,
+                            &mut saved.inv_std,
+                        )
+                        .map_err(kerr)?;
+                        saved.mean.copy_from_slice(p(*moving_mean));
+                    }
+                    saved.batch_stats = batch_stats;
+                    saved.pending = batch_stats && s.rows > 0;
+                }
+                Step::Add => add_forward(&xs, &mut out).map_err(kerr)?,
+                Step::Multiply => multiply_forward(&xs, &mut out).map_err(kerr)?,
+                Step::Concat { outer, inner } => {
+                    let s = ConcatShape {
+                        outer: batch * outer,
+                        inner: inner.clone(),
+                    };
+                    concat_forward(&s, &xs, &mut out).map_err(kerr)?;
+                }
+                Step::UpSample {
+                    in_shape,
+                    size,
+                    interpolation,
+                } => {
+                    up_sampling2d_forward(&image(batch, *in_shape), *size, *interpolation, x, &mut out)
+                        .map_err(kerr)?;
+                }
             }
+            drop(xs);
             st.values[i] = out;
             if let (Some(t0), Some(prof)) = (started, st.profile.as_mut()) {
                 prof[i].forward_s = t0.elapsed().as_secs_f64();
             }
         }
-        st.last = Some((mode, out_node));
+        st.last = Some(mode);
         Ok(())
     }
 
-    /// Back-propagates `grad_output` (d loss / d output of the last `Train`
+    /// Back-propagates `grad_output` (d loss / d first output of the last
     /// forward, same shape) and returns d loss / d param for every parameter,
-    /// aligned with `Graph::params`.
+    /// aligned with `Graph::params`. Other outputs (if any) get no gradient.
     ///
     /// # Panics
     /// If there was no forward pass or `grad_output` has the wrong shape; use
@@ -794,9 +1414,23 @@ impl Executor {
         Ok(grads)
     }
 
+    /// Back-propagates one gradient per graph output (d loss / d each output
+    /// of the last forward, in `Graph::output_ids` order); returns d loss /
+    /// d param for every parameter.
+    pub fn try_backward_multi(
+        &mut self,
+        params: &ParamStore,
+        grad_outputs: &[&Tensor],
+    ) -> Result<Vec<Tensor>, ExecError> {
+        let mut grads = ParamStore::zeros_like(&self.graph).values;
+        self.backward_multi_into(params, grad_outputs, &mut grads)?;
+        Ok(grads)
+    }
+
     /// Back-propagates into caller-owned gradient tensors (one per parameter,
     /// re-created if missing or misshaped; every element is overwritten), so a
-    /// training loop can reuse them from step to step.
+    /// training loop can reuse them from step to step. `grad_output` is
+    /// d loss / d the first output; other outputs get no gradient.
     ///
     /// Gradients are accumulated in a fixed order, so they are bit-identical
     /// from run to run for the same inputs.
@@ -806,17 +1440,54 @@ impl Executor {
         grad_output: &Tensor,
         grads: &mut Vec<Tensor>,
     ) -> Result<(), ExecError> {
+        self.run_backward(params, &[(0, grad_output)], grads)
+    }
+
+    /// [`Executor::backward_into`] with one gradient per graph output.
+    pub fn backward_multi_into(
+        &mut self,
+        params: &ParamStore,
+        grad_outputs: &[&Tensor],
+        grads: &mut Vec<Tensor>,
+    ) -> Result<(), ExecError> {
+        let expected = self.graph.output_ids().len();
+        if grad_outputs.len() != expected {
+            return Err(ExecError::GradCount {
+                expected,
+                got: grad_outputs.len(),
+            });
+        }
+        let seeds: Vec<(usize, &Tensor)> = grad_outputs.iter().copied().enumerate().collect();
+        self.run_backward(params, &seeds, grads)
+    }
+
+    /// Backward from `seeds`: (output number, d loss / d that output).
+    fn run_backward(
+        &mut self,
+        params: &ParamStore,
+        seeds: &[(usize, &Tensor)],
+        grads: &mut Vec<Tensor>,
+    ) -> Result<(), ExecError> {
         let plan = self.plan.as_ref().map_err(Clone::clone)?;
         params.check(&self.graph)?;
-        let Some((mode, out_node)) = self.state.last else {
+        let Some(mode) = self.state.last else {
             return Err(ExecError::NoForward);
         };
-        let expected = self.value_shape(out_node);
-        if grad_output.shape() != expected.as_slice() {
-            return Err(ExecError::GradShape {
-                expected,
-                got: grad_output.shape().to_vec(),
-            });
+        let outputs = plan.outputs(mode);
+        for &(k, g) in seeds {
+            let Some(&o) = outputs.get(k) else {
+                return Err(ExecError::GradCount {
+                    expected: outputs.len(),
+                    got: k + 1,
+                });
+            };
+            let expected = self.value_shape(o);
+            if g.shape() != expected.as_slice() {
+                return Err(ExecError::GradShape {
+                    expected,
+                    got: g.shape().to_vec(),
+                });
+            }
         }
         // Gradient tensors: right count and shapes.
         grads.truncate(self.graph.params.len());
@@ -842,36 +1513,77 @@ impl Executor {
             prof.iter_mut().for_each(|t| t.backward_s = 0.0);
         }
 
-        // Seed the output gradient.
-        let so = plan.storage[out_node];
-        let mut g0 = std::mem::take(&mut st.grads[so]);
-        g0.clear();
-        match grad_output.as_slice() {
-            Some(s) => g0.extend_from_slice(s),
-            None => g0.extend(grad_output.iter().copied()),
-        }
-        st.grads[so] = g0;
-        st.grad_ready[so] = true;
-
-        for i in (0..=out_node).rev() {
-            let step = &plan.steps[i];
-            if matches!(step, Step::Input | Step::Flatten) || !plan.needs_grad[i] {
-                continue;
+        // Seed the output gradients (summed where outputs share a buffer).
+        for &(k, g) in seeds {
+            let so = plan.storage[outputs[k]];
+            match g.as_slice() {
+                Some(s) => deliver(&mut st.grads, &mut st.grad_ready, so, s),
+                None => {
+                    let v: Vec<f32> = g.iter().copied().collect();
+                    deliver(&mut st.grads, &mut st.grad_ready, so, &v);
+                }
             }
-            if !st.grad_ready[i] {
-                continue; // no path from this node to the output
+        }
+
+        let live = plan.live(mode);
+        for i in (0..plan.steps.len()).rev() {
+            let step = &plan.steps[i];
+            if !live[i]
+                || matches!(step, Step::Input { .. } | Step::Alias)
+                || !plan.needs_grad[i]
+                || !st.grad_ready[i]
+            {
+                continue; // nothing to do, or no path from this node to an output
             }
             let started = st.profile.is_some().then(std::time::Instant::now);
-            let src = plan.input_of[i];
-            let ps = plan.storage[src];
-            let need_dx = plan.needs_grad[src];
-            let in_len = batch * plan.example_len[src];
             let kerr = |source: KernelError| ExecError::Kernel {
                 node: i,
                 op: self.graph.nodes[i].op.name(),
                 source,
             };
             let mut dy = std::mem::take(&mut st.grads[i]);
+            if let Step::Add | Step::Multiply | Step::Concat { .. } = step {
+                let xs: Vec<&[f32]> = plan.inputs_of[i]
+                    .iter()
+                    .map(|&j| st.values[plan.storage[j]].as_slice())
+                    .collect();
+                let mut scratch = std::mem::take(&mut st.scratch);
+                for (k, &src) in plan.inputs_of[i].iter().enumerate() {
+                    if !plan.needs_grad[src] {
+                        continue;
+                    }
+                    let ps = plan.storage[src];
+                    scratch.resize(batch * plan.example_len[src], 0.0);
+                    let contribution: &[f32] = match step {
+                        Step::Add => &dy,
+                        Step::Multiply => {
+                            multiply_backward(&xs, k, &dy, &mut scratch).map_err(kerr)?;
+                            &scratch
+                        }
+                        Step::Concat { outer, inner } => {
+                            let s = ConcatShape {
+                                outer: batch * outer,
+                                inner: inner.clone(),
+                            };
+                            concat_backward(&s, k, &dy, &mut scratch).map_err(kerr)?;
+                            &scratch
+                        }
+                        _ => unreachable!("join steps only"),
+                    };
+                    deliver(&mut st.grads, &mut st.grad_ready, ps, contribution);
+                }
+                st.scratch = scratch;
+                st.grads[i] = dy;
+                if let (Some(t0), Some(prof)) = (started, st.profile.as_mut()) {
+                    prof[i].backward_s = t0.elapsed().as_secs_f64();
+                }
+                continue;
+            }
+
+            let src = plan.inputs_of[i][0];
+            let ps = plan.storage[src];
+            let need_dx = plan.needs_grad[src];
+            let in_len = batch * plan.example_len[src];
             // The buffer receiving d input: the real one (overwritten) if no
             // other consumer wrote it yet, else a temporary added afterwards.
             let accumulate = st.grad_ready[ps];
@@ -891,7 +1603,11 @@ impl Executor {
             // Whether `dy` itself became d input (moved, no copy).
             let mut dx_is_dy = false;
             match step {
-                Step::Input | Step::Flatten => unreachable!("skipped above"),
+                Step::Input { .. }
+                | Step::Alias
+                | Step::Add
+                | Step::Multiply
+                | Step::Concat { .. } => unreachable!("handled above"),
                 Step::Conv {
                     attrs,
                     in_h,
@@ -918,6 +1634,53 @@ impl Executor {
                     .map_err(kerr)?;
                     dk.finish(grads, Some(*kernel));
                     db.finish(grads, *bias);
+                }
+                Step::Depthwise {
+                    attrs,
+                    in_h,
+                    in_w,
+                    kernel,
+                } => {
+                    let s = DepthwiseConv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
+                    let mut dk = GradBuf::take(grads, &mut written, &trainable, Some(*kernel));
+                    depthwise_conv2d_backward(
+                        &s,
+                        x,
+                        p(*kernel),
+                        y,
+                        Activation::Linear,
+                        &mut dy,
+                        need_dx.then_some(dx.as_mut_slice()),
+                        dk.slice(),
+                        None,
+                    )
+                    .map_err(kerr)?;
+                    dk.finish(grads, Some(*kernel));
+                }
+                Step::Transpose {
+                    attrs,
+                    in_h,
+                    in_w,
+                    out_h,
+                    out_w,
+                    kernel,
+                } => {
+                    let s = Conv2dTransposeShape::new(attrs, batch, *in_h, *in_w, *out_h, *out_w)
+                        .map_err(kerr)?;
+                    let mut dk = GradBuf::take(grads, &mut written, &trainable, Some(*kernel));
+                    conv2d_transpose_backward(
+                        &s,
+                        x,
+                        p(*kernel),
+                        y,
+                        Activation::Linear,
+                        &mut dy,
+                        need_dx.then_some(dx.as_mut_slice()),
+                        dk.slice(),
+                        None,
+                    )
+                    .map_err(kerr)?;
+                    dk.finish(grads, Some(*kernel));
                 }
                 Step::MatMul {
                     in_features,
@@ -1008,6 +1771,48 @@ impl Executor {
                             .map_err(kerr)?;
                     }
                 }
+                Step::BatchNorm {
+                    channels,
+                    gamma,
+                    beta,
+                    ..
+                } => {
+                    let s = bn_shape(batch * plan.example_len[i], *channels);
+                    let saved = &st.bn[i];
+                    let mut dg = GradBuf::take(grads, &mut written, &trainable, *gamma);
+                    let mut db = GradBuf::take(grads, &mut written, &trainable, *beta);
+                    batch_norm_backward(
+                        &s,
+                        x,
+                        &saved.mean,
+                        &saved.inv_std,
+                        gamma.map(p),
+                        saved.batch_stats,
+                        &dy,
+                        need_dx.then_some(dx.as_mut_slice()),
+                        dg.slice(),
+                        db.slice(),
+                    )
+                    .map_err(kerr)?;
+                    dg.finish(grads, *gamma);
+                    db.finish(grads, *beta);
+                }
+                Step::UpSample {
+                    in_shape,
+                    size,
+                    interpolation,
+                } => {
+                    if need_dx {
+                        up_sampling2d_backward(
+                            &image(batch, *in_shape),
+                            *size,
+                            *interpolation,
+                            &dy,
+                            &mut dx,
+                        )
+                        .map_err(kerr)?;
+                    }
+                }
             }
             if need_dx {
                 if dx_is_dy {
@@ -1033,7 +1838,7 @@ impl Executor {
                 prof[i].backward_s = t0.elapsed().as_secs_f64();
             }
         }
-        // Parameters never reached (frozen, or off the path to the output) get zeros.
+        // Parameters never reached (frozen, or off the path to the outputs) get zeros.
         for (g, w) in grads.iter_mut().zip(&written) {
             if !*w {
                 g.fill(0.0);

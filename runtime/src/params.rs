@@ -22,8 +22,11 @@ pub enum ParamError {
 }
 
 /// The values of a graph's parameters, aligned with `Graph::params`
-/// (conv kernels `[kh, kw, in_channels, filters]`, dense kernels
-/// `[in_features, units]`, biases `[channels]`).
+/// (conv kernels `[kh, kw, in_channels, filters]`, depthwise kernels
+/// `[kh, kw, in_channels, depth_multiplier]`, transposed-conv kernels
+/// `[kh, kw, filters, in_channels]`, dense kernels `[in_features, units]`,
+/// biases and batch-norm vectors `[channels]`), trainable or not (batch
+/// norm's moving statistics are stored here too).
 #[derive(Debug, Clone)]
 pub struct ParamStore {
     pub values: Vec<Tensor>,
@@ -35,7 +38,7 @@ impl ParamStore {
     /// - `GlorotUniform { fan_in, fan_out }`: U(-l, l) with
     ///   `l = sqrt(6 / (fan_in + fan_out))` (Glorot & Bengio 2010, Keras
     ///   `GlorotUniform`), values drawn in row-major order;
-    /// - `Zeros`: zeros (draws nothing).
+    /// - `Zeros`: zeros, `Ones`: ones (draw nothing).
     pub fn init(graph: &Graph, seed: u64) -> ParamStore {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let values = graph
@@ -54,6 +57,7 @@ impl ParamStore {
                     }
                 }
                 Init::Zeros => Tensor::zeros(IxDyn(&p.shape)),
+                Init::Ones => Tensor::ones(IxDyn(&p.shape)),
             })
             .collect();
         ParamStore { values }

@@ -18,6 +18,14 @@
 //! A model without a trailing softmax is treated as producing logits, in
 //! training and evaluation alike.
 //!
+//! # Batch normalization
+//!
+//! Each training step runs batch norms on the batch's statistics and then
+//! folds them into the moving mean and variance
+//! ([`Executor::update_moving_statistics`]); evaluation and prediction use
+//! the moving statistics. Frozen layers' parameters (and the moving
+//! statistics) are never changed by the optimizer.
+//!
 //! # Determinism
 //!
 //! The shuffle (per epoch) and the dropout masks (per step) come from
@@ -266,8 +274,15 @@ impl Classifier {
         let is_softmax = matches!(graph.node(output).op, Op::Softmax);
         let is_last = output.0 + 1 == graph.nodes.len();
         let single_input = graph.node(output).inputs.len() == 1;
-        let output_kind = if is_softmax && is_last && single_input && output != graph.input {
+        let single_output = graph.output_ids().len() == 1;
+        let output_kind = if is_softmax
+            && is_last
+            && single_input
+            && single_output
+            && output != graph.input
+        {
             graph.output = graph.node(output).inputs[0];
+            graph.outputs = vec![graph.output];
             graph.nodes.pop();
             Output::Logits {
                 softmax_removed: true,
@@ -547,6 +562,8 @@ impl Trainer {
                 );
                 executor.backward_into(params, &out.grad_logits, grads)?;
                 optimizer.step(params, grads)?;
+                // Batch norm: fold this batch's statistics into the moving ones.
+                executor.update_moving_statistics(params)?;
                 callback.on_batch_end(&BatchProgress {
                     epoch,
                     epochs: config.epochs,

@@ -16,6 +16,7 @@ fn glorot_uniform_and_zeros() {
         assert_eq!(v.shape(), param.shape.as_slice());
         match param.init {
             Init::Zeros => assert!(v.iter().all(|x| *x == 0.0), "{}", param.name),
+            Init::Ones => assert!(v.iter().all(|x| *x == 1.0), "{}", param.name),
             Init::GlorotUniform { fan_in, fan_out } => {
                 let l = (6.0 / (fan_in + fan_out) as f64).sqrt();
                 assert!(v.iter().all(|x| (x.abs() as f64) <= l), "{}", param.name);

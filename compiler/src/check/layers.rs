@@ -28,9 +28,27 @@ pub(crate) enum Family {
     Elu,
     /// `leaky_relu(negative_slope=0.3)` (Keras `LeakyReLU`).
     LeakyRelu,
+    DepthwiseConv,
+    SeparableConv,
+    ConvTranspose,
+    BatchNorm,
+    UpSampling,
+    Reshape,
+    /// `add`, `multiply`, `concatenate`: layers that join two or more tensors.
+    Add,
+    Multiply,
+    Concatenate,
+}
+
+impl Family {
+    /// Whether the layer reads two or more tensors.
+    pub fn is_join(self) -> bool {
+        matches!(self, Family::Add | Family::Multiply | Family::Concatenate)
+    }
 }
 
 /// One layer keyword of the language.
+#[derive(Debug)]
 pub(crate) struct LayerDef {
     pub keyword: &'static str,
     pub family: Family,
@@ -55,11 +73,11 @@ pub(crate) const LAYERS: &[LayerDef] = &[
     LayerDef {
         keyword: "conv2d",
         family: Family::Conv2d,
-        params: &["filters", "kernel_size", "strides", "padding", "activation", "use_bias"],
+        params: &["filters", "kernel_size", "strides", "padding", "dilation_rate", "activation", "use_bias"],
         positional: 4,
         required: 2,
         default_name: "conv2d",
-        signature: "conv2d(filters, kernel_size, strides=1, padding=valid, activation=linear, use_bias=true, name=...)",
+        signature: "conv2d(filters, kernel_size, strides=1, padding=valid, dilation_rate=1, activation=linear, use_bias=true, name=...)",
         example: "conv2d(32, 3, activation=relu, padding=same)",
     },
     LayerDef {
@@ -152,6 +170,96 @@ pub(crate) const LAYERS: &[LayerDef] = &[
         signature: "zero_padding2d(padding=1, name=...)",
         example: "zero_padding2d(1)",
     },
+    LayerDef {
+        keyword: "depthwise_conv2d",
+        family: Family::DepthwiseConv,
+        params: &["kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate", "activation", "use_bias"],
+        positional: 4,
+        required: 1,
+        default_name: "depthwise_conv2d",
+        signature: "depthwise_conv2d(kernel_size, strides=1, padding=valid, depth_multiplier=1, dilation_rate=1, activation=linear, use_bias=true, name=...)",
+        example: "depthwise_conv2d(3, padding=same)",
+    },
+    LayerDef {
+        keyword: "separable_conv2d",
+        family: Family::SeparableConv,
+        params: &["filters", "kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate", "activation", "use_bias"],
+        positional: 4,
+        required: 2,
+        default_name: "separable_conv2d",
+        signature: "separable_conv2d(filters, kernel_size, strides=1, padding=valid, depth_multiplier=1, dilation_rate=1, activation=linear, use_bias=true, name=...)",
+        example: "separable_conv2d(128, 3, padding=same)",
+    },
+    LayerDef {
+        keyword: "conv2d_transpose",
+        family: Family::ConvTranspose,
+        params: &["filters", "kernel_size", "strides", "padding", "output_padding", "dilation_rate", "activation", "use_bias"],
+        positional: 5,
+        required: 2,
+        default_name: "conv2d_transpose",
+        signature: "conv2d_transpose(filters, kernel_size, strides=1, padding=valid, output_padding=none, dilation_rate=1, activation=linear, use_bias=true, name=...)",
+        example: "conv2d_transpose(64, 3, strides=2, padding=same)",
+    },
+    LayerDef {
+        keyword: "batch_normalization",
+        family: Family::BatchNorm,
+        params: &["axis", "momentum", "epsilon", "center", "scale"],
+        positional: 5,
+        required: 0,
+        default_name: "batch_normalization",
+        signature: "batch_normalization(axis=-1, momentum=0.99, epsilon=0.001, center=true, scale=true, name=...)",
+        example: "batch_normalization",
+    },
+    LayerDef {
+        keyword: "up_sampling2d",
+        family: Family::UpSampling,
+        params: &["size", "interpolation"],
+        positional: 2,
+        required: 0,
+        default_name: "up_sampling2d",
+        signature: "up_sampling2d(size=2, interpolation=nearest, name=...)",
+        example: "up_sampling2d(2)",
+    },
+    LayerDef {
+        keyword: "reshape",
+        family: Family::Reshape,
+        params: &["target_shape"],
+        positional: 1,
+        required: 1,
+        default_name: "reshape",
+        signature: "reshape(target_shape, name=...)",
+        example: "reshape([7, 7, 64])",
+    },
+    LayerDef {
+        keyword: "add",
+        family: Family::Add,
+        params: &[],
+        positional: 0,
+        required: 0,
+        default_name: "add",
+        signature: "add(tensor, tensor, ..., name=...)",
+        example: "add(x, shortcut)",
+    },
+    LayerDef {
+        keyword: "multiply",
+        family: Family::Multiply,
+        params: &[],
+        positional: 0,
+        required: 0,
+        default_name: "multiply",
+        signature: "multiply(tensor, tensor, ..., name=...)",
+        example: "multiply(x, gate)",
+    },
+    LayerDef {
+        keyword: "concatenate",
+        family: Family::Concatenate,
+        params: &["axis"],
+        positional: 0,
+        required: 0,
+        default_name: "concatenate",
+        signature: "concatenate(tensor, tensor, ..., axis=-1, name=...)",
+        example: "concatenate(a, b)",
+    },
     bare("relu", Activation::Relu, "relu(name=...)"),
     bare("softmax", Activation::Softmax, "softmax(name=...)"),
     bare("sigmoid", Activation::Sigmoid, "sigmoid(name=...)"),
@@ -218,20 +326,29 @@ const ALIASES: &[(&str, &str)] = &[
     ("globalmaxpool", "global_max_pooling2d"),
     ("zeropadding2d", "zero_padding2d"),
     ("zeropad2d", "zero_padding2d"),
+    ("batchnormalization", "batch_normalization"),
+    ("batchnorm", "batch_normalization"),
+    ("batchnorm2d", "batch_normalization"),
+    ("bn", "batch_normalization"),
+    ("conv2dtranspose", "conv2d_transpose"),
+    ("convtranspose2d", "conv2d_transpose"),
+    ("deconv2d", "conv2d_transpose"),
+    ("deconvolution2d", "conv2d_transpose"),
+    ("separableconv2d", "separable_conv2d"),
+    ("depthwiseconv2d", "depthwise_conv2d"),
+    ("upsampling2d", "up_sampling2d"),
+    ("upsample", "up_sampling2d"),
+    ("concat", "concatenate"),
+    ("cat", "concatenate"),
+    ("sum", "add"),
+    ("mul", "multiply"),
 ];
 
 /// Keras layers the language does not have (normalised spelling).
 const UNSUPPORTED: &[&str] = &[
-    "batchnormalization",
-    "batchnorm",
     "layernormalization",
     "conv1d",
     "conv3d",
-    "conv2dtranspose",
-    "separableconv2d",
-    "depthwiseconv2d",
-    "upsampling2d",
-    "reshape",
     "lstm",
     "gru",
     "simplernn",
@@ -243,7 +360,6 @@ const UNSUPPORTED: &[&str] = &[
 
 /// Keras arguments the language does not have.
 const UNSUPPORTED_ARGS: &[&str] = &[
-    "dilation_rate",
     "groups",
     "data_format",
     "kernel_initializer",
@@ -255,7 +371,6 @@ const UNSUPPORTED_ARGS: &[&str] = &[
     "bias_constraint",
     "noise_shape",
     "seed",
-    "trainable",
     "dtype",
     "input_shape",
     "keepdims",
@@ -274,18 +389,25 @@ fn layer_list() -> String {
         .join(", ")
 }
 
-/// `E0002` for an unknown layer keyword, with a suggestion.
-pub(crate) fn unknown_layer(layer: &LayerStmt) -> Diagnostic {
+/// `E0002` for an unknown layer keyword, with a suggestion among the layers
+/// and `blocks` (block and model names in scope).
+pub(crate) fn unknown_layer(layer: &LayerStmt, blocks: &[&str]) -> Diagnostic {
     let word = &layer.keyword.name;
     let norm = word.to_ascii_lowercase().replace('_', "");
-    let keywords: Vec<&str> = LAYERS.iter().map(|d| d.keyword).collect();
+    let mut keywords: Vec<&str> = LAYERS.iter().map(|d| d.keyword).collect();
+    keywords.extend_from_slice(blocks);
     let suggestion = ALIASES
         .iter()
         .find(|(alias, _)| *alias == norm)
         .map(|(_, k)| *k)
         .or_else(|| did_you_mean(word, &keywords));
+    let what = if blocks.is_empty() {
+        "not a layer of the cnnc language"
+    } else {
+        "not a layer of the cnnc language nor a block"
+    };
     let mut d = Diagnostic::error("E0002", format!("unknown layer `{word}`"))
-        .with_label(layer.keyword.span, "not a layer of the cnnc language");
+        .with_label(layer.keyword.span, what);
     if word == "input" {
         d = d.with_help("the input is declared with a shape: `input [28, 28, 1]`");
         return d;
@@ -305,7 +427,12 @@ pub(crate) fn unknown_layer(layer: &LayerStmt) -> Diagnostic {
     } else {
         d = d.with_help("use one of the layers listed below");
     }
-    d.with_note(format!("the layers are: {}", layer_list()))
+    let d = d.with_note(format!("the layers are: {}", layer_list()));
+    if blocks.is_empty() {
+        d
+    } else {
+        d.with_note(format!("the blocks and models are: {}", blocks.join(", ")))
+    }
 }
 
 /// Arguments bound to a layer's parameters.
@@ -483,6 +610,10 @@ pub(crate) struct Resolved {
     pub window_span: Option<Span>,
     /// The explicit `name = "..."`, with the span of its value.
     pub name: Option<(String, Span)>,
+    /// `reshape`'s target with `-1` as `None` (and its span); `kind` holds a placeholder.
+    pub target_shape: Option<(Vec<Option<usize>>, Span)>,
+    /// `concatenate`'s `axis` as written (default -1), and its span if written.
+    pub axis: (i64, Option<Span>),
     /// Whether any argument of this layer was invalid.
     pub had_error: bool,
 }
@@ -497,6 +628,20 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> R
         .and_then(|v| ctx.layer_name(v).map(|n| (n, v.span)));
     let mut filters_expr = None;
     let mut window_span = None;
+    let mut target_shape = None;
+    let mut axis = (-1i64, None);
+    let pair_or = |ctx: &mut Ctx<'_>, param: &str, default: [usize; 2]| -> Option<[usize; 2]> {
+        match get(param) {
+            Some(v) => ctx.pair(v, param, p),
+            None => Some(default),
+        }
+    };
+    let padding_arg = |ctx: &mut Ctx<'_>| -> Option<Padding> {
+        match get("padding") {
+            Some(v) => ctx.padding(v, p),
+            None => Some(Padding::Valid),
+        }
+    };
     let activation = |ctx: &mut Ctx<'_>| -> Activation {
         get("activation")
             .and_then(|v| ctx.activation(v, "activation", p))
@@ -512,14 +657,9 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> R
             let filters = get("filters").and_then(|v| ctx.filters(v, p));
             let kernel_size = get("kernel_size").and_then(|v| ctx.pair(v, "kernel_size", p));
             window_span = get("kernel_size").map(|v| v.span);
-            let strides = match get("strides") {
-                Some(v) => ctx.pair(v, "strides", p),
-                None => Some([1, 1]),
-            };
-            let padding = match get("padding") {
-                Some(v) => ctx.padding(v, p),
-                None => Some(Padding::Valid),
-            };
+            let strides = pair_or(ctx, "strides", [1, 1]);
+            let padding = padding_arg(ctx);
+            let dilation_rate = pair_or(ctx, "dilation_rate", [1, 1]);
             let activation = activation(ctx);
             let use_bias = use_bias(ctx);
             let filters = match filters {
@@ -530,19 +670,175 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> R
                 }
                 None => None,
             };
-            match (filters, kernel_size, strides, padding) {
-                (Some(filters), Some(kernel_size), Some(strides), Some(padding)) => {
-                    Some(LayerKind::Conv2d {
+            match (filters, kernel_size, strides, padding, dilation_rate) {
+                (
+                    Some(filters),
+                    Some(kernel_size),
+                    Some(strides),
+                    Some(padding),
+                    Some(dilation_rate),
+                ) => Some(LayerKind::Conv2d {
+                    filters,
+                    kernel_size,
+                    strides,
+                    padding,
+                    dilation_rate,
+                    activation,
+                    use_bias,
+                }),
+                _ => None,
+            }
+        }
+        Family::DepthwiseConv | Family::SeparableConv | Family::ConvTranspose => {
+            let filters = if def.family == Family::DepthwiseConv {
+                Some(0)
+            } else {
+                match get("filters").and_then(|v| ctx.filters(v, p)) {
+                    Some(Ok(n)) => Some(n),
+                    Some(Err(expr)) => {
+                        filters_expr = Some(expr);
+                        Some(0)
+                    }
+                    None => None,
+                }
+            };
+            let kernel_size = get("kernel_size").and_then(|v| ctx.pair(v, "kernel_size", p));
+            window_span = get("kernel_size").map(|v| v.span);
+            let strides = pair_or(ctx, "strides", [1, 1]);
+            let padding = padding_arg(ctx);
+            let dilation_rate = pair_or(ctx, "dilation_rate", [1, 1]);
+            let depth_multiplier = match get("depth_multiplier") {
+                Some(v) => ctx.positive_int(v, "depth_multiplier", p),
+                None => Some(1),
+            };
+            let output_padding = match get("output_padding") {
+                Some(v) if matches!(&v.kind, crate::syntax::ValueKind::Ident(n) if n == "none") => {
+                    Some(None)
+                }
+                Some(v) => ctx.non_negative_pair(v, "output_padding").map(Some),
+                None => Some(None),
+            };
+            let activation = activation(ctx);
+            let use_bias = use_bias(ctx);
+            match (
+                filters,
+                kernel_size,
+                strides,
+                padding,
+                dilation_rate,
+                depth_multiplier,
+                output_padding,
+            ) {
+                (
+                    Some(filters),
+                    Some(kernel_size),
+                    Some(strides),
+                    Some(padding),
+                    Some(dilation_rate),
+                    Some(depth_multiplier),
+                    Some(output_padding),
+                ) => Some(match def.family {
+                    Family::DepthwiseConv => LayerKind::DepthwiseConv2d {
+                        kernel_size,
+                        strides,
+                        padding,
+                        depth_multiplier,
+                        dilation_rate,
+                        activation,
+                        use_bias,
+                    },
+                    Family::SeparableConv => LayerKind::SeparableConv2d {
                         filters,
                         kernel_size,
                         strides,
                         padding,
+                        depth_multiplier,
+                        dilation_rate,
                         activation,
                         use_bias,
-                    })
-                }
+                    },
+                    _ => LayerKind::Conv2dTranspose {
+                        filters,
+                        kernel_size,
+                        strides,
+                        padding,
+                        output_padding,
+                        dilation_rate,
+                        activation,
+                        use_bias,
+                    },
+                }),
                 _ => None,
             }
+        }
+        Family::BatchNorm => {
+            // Only the channel axis (Keras's default, -1) is supported; shape
+            // inference reports other values against the input's rank.
+            if let Some(v) = get("axis") {
+                axis = (ctx.integer(v, "axis", p).unwrap_or(-1), Some(v.span));
+            }
+            let momentum = match get("momentum") {
+                Some(v) => ctx.number_in(v, "momentum", (0.0, false), 1.0, p),
+                None => Some(0.99),
+            };
+            let epsilon = match get("epsilon") {
+                Some(v) => ctx.number_in(v, "epsilon", (0.0, true), f64::INFINITY, p),
+                None => Some(1e-3),
+            };
+            let center = get("center")
+                .and_then(|v| ctx.boolean(v, "center", p))
+                .unwrap_or(true);
+            let scale = get("scale")
+                .and_then(|v| ctx.boolean(v, "scale", p))
+                .unwrap_or(true);
+            match (momentum, epsilon) {
+                (Some(momentum), Some(epsilon)) => Some(LayerKind::BatchNormalization {
+                    momentum,
+                    epsilon,
+                    center,
+                    scale,
+                }),
+                _ => None,
+            }
+        }
+        Family::UpSampling => {
+            let size = pair_or(ctx, "size", [2, 2]);
+            let interpolation = match get("interpolation") {
+                Some(v) => ctx.interpolation(v, p),
+                None => Some(crate::model::Interpolation::Nearest),
+            };
+            match (size, interpolation) {
+                (Some(size), Some(interpolation)) => Some(LayerKind::UpSampling2d { size, interpolation }),
+                _ => None,
+            }
+        }
+        Family::Reshape => {
+            let v = get("target_shape");
+            target_shape = v.and_then(|v| ctx.target_shape(v).map(|t| (t, v.span)));
+            target_shape.as_ref().map(|_| LayerKind::Reshape {
+                target_shape: Vec::new(),
+            })
+        }
+        Family::Add => Some(LayerKind::Add),
+        Family::Multiply => Some(LayerKind::Multiply),
+        Family::Concatenate => {
+            if let Some(v) = get("axis") {
+                match ctx.integer(v, "axis", p) {
+                    Some(a) => axis = (a, Some(v.span)),
+                    None => {
+                        return Resolved {
+                            kind: None,
+                            filters_expr,
+                            window_span,
+                            name,
+                            target_shape,
+                            axis,
+                            had_error: true,
+                        }
+                    }
+                }
+            }
+            Some(LayerKind::Concatenate { axis: 0 })
         }
         Family::MaxPool | Family::AvgPool => {
             let pool_size = match get("pool_size") {
@@ -642,6 +938,8 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> R
         filters_expr,
         window_span,
         name,
+        target_shape,
+        axis,
         had_error: ctx.diags.len() > errors_before || !bound.complete,
     }
 }

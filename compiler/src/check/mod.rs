@@ -8,7 +8,7 @@
 //! error), the following layers are still checked for argument errors but
 //! not for shape errors, so one mistake does not cascade into many.
 
-mod layers;
+pub(crate) mod layers;
 pub mod shape;
 mod suggest;
 mod values;
@@ -16,63 +16,132 @@ mod values;
 pub use shape::{window_output, AxisOutput};
 pub use suggest::did_you_mean;
 
-use crate::diagnostics::{Diagnostic, LineIndex};
-use crate::model::{Layer, LayerKind, Model, Padding, Pads2d, Span};
-use crate::syntax::{ChannelOp, InputStmt, LayerStmt, ModelAst, Statement, ValueKind};
-use layers::{bind, lookup, resolve, unknown_layer, LayerDef, Resolved};
+use crate::diagnostics::Diagnostic;
+use crate::expand::{expand, load, Expanded, Node, Ref};
+use crate::model::{Layer, LayerKind, Model, ModelInput, Padding, Pads2d, Span};
+use crate::sources::Sources;
+use crate::syntax::{ChannelOp, InputStmt, LayerStmt, ValueKind};
+use layers::{bind, resolve, LayerDef, Resolved};
 use std::collections::HashMap;
+use std::path::Path;
 use values::Ctx;
 
-/// Parses and checks a `.cnn` source text. Returns the checked model, or every
-/// error found (as many as possible in one run).
+/// Parses and checks a `.cnn` source text that imports nothing. Returns the
+/// checked model, or every error found (as many as possible in one run),
+/// with spans that are byte offsets into `source`.
 pub fn check_source(source: &str) -> Result<Model, Vec<Diagnostic>> {
-    let ast = crate::syntax::parse(source).map_err(|d| vec![d])?;
-    check_model(&ast, source)
+    check_loaded(load("<source>", None, source)).1
 }
 
-/// Checks a parsed model (`source` is the text it was parsed from, used for
-/// quoting values and computing line numbers in messages).
-pub fn check_model(ast: &ModelAst, source: &str) -> Result<Model, Vec<Diagnostic>> {
-    let mut checker = Checker {
-        ctx: Ctx {
-            source,
-            diags: Vec::new(),
-        },
-        names: HashMap::new(),
-        counters: HashMap::new(),
-        lines: LineIndex::new(source),
-    };
-    let model = checker.model(ast);
-    let mut diags = checker.ctx.diags;
+/// Parses and checks the spec `source` read from `path`, with the files it
+/// imports (read relative to `path`). Returns the source map (to render
+/// diagnostics with [`Sources::render`]) and the model or every error found.
+pub fn check_file(path: &Path, source: &str) -> (Sources, Result<Model, Vec<Diagnostic>>) {
+    let display = path.display().to_string();
+    check_loaded(load(&display, Some(path), source))
+}
+
+fn check_loaded(loaded: crate::expand::Loaded) -> (Sources, Result<Model, Vec<Diagnostic>>) {
+    let combined = loaded.sources.combined();
+    let mut diags = loaded.diags;
+    if loaded.files.first().is_none_or(Option::is_none) {
+        return (loaded.sources, Err(diags));
+    }
+    let (expanded, expand_diags) = expand(&loaded.files);
+    diags.extend(expand_diags);
+    let mut model = None;
+    if let Some(ex) = &expanded {
+        let mut checker = Checker {
+            ctx: Ctx {
+                source: &combined,
+                diags: Vec::new(),
+            },
+            names: HashMap::new(),
+            counters: HashMap::new(),
+            sources: &loaded.sources,
+        };
+        model = checker.model(ex);
+        diags.extend(checker.ctx.diags);
+    }
     if diags.is_empty() {
         if let Some(model) = model {
-            return Ok(model);
+            return (loaded.sources, Ok(model));
         }
+        let span = expanded.map(|e| e.name.span).unwrap_or_default();
         diags.push(
             Diagnostic::error(
                 "E0000",
                 "the model could not be checked (internal error in cnnc)",
             )
-            .with_label(ast.name.span, "while checking this model"),
+            .with_label(span, "while checking this model"),
         );
     }
-    diags.sort_by_key(|d| d.primary_span().start);
-    Err(diags)
+    (loaded.sources, Err(tidy(diags)))
 }
 
-/// Where the shape flowing into a layer was produced.
+/// At most this many diagnostics are returned (more are counted in a note).
+const MAX_DIAGNOSTICS: usize = 100;
+
+/// Sorts diagnostics by position, merges the copies of one error that a
+/// block expanded several times produces (same code and place), and keeps at
+/// most [`MAX_DIAGNOSTICS`].
+fn tidy(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    diags.sort_by_key(|d| d.primary_span().start);
+    let mut out: Vec<Diagnostic> = Vec::new();
+    let mut copies: Vec<usize> = Vec::new();
+    let mut index: HashMap<(&'static str, Span), usize> = HashMap::new();
+    for d in diags {
+        let key = (d.code, d.primary_span());
+        match index.get(&key) {
+            Some(&i) => copies[i] += 1,
+            None => {
+                index.insert(key, out.len());
+                out.push(d);
+                copies.push(0);
+            }
+        }
+    }
+    for (d, n) in out.iter_mut().zip(&copies) {
+        if *n > 0 {
+            d.notes.push(format!(
+                "the same error occurs {n} more time{} where this code is expanded again (a block called several times)",
+                if *n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    if out.len() > MAX_DIAGNOSTICS {
+        let more = out.len() - MAX_DIAGNOSTICS;
+        out.truncate(MAX_DIAGNOSTICS);
+        if let Some(last) = out.last_mut() {
+            last.notes
+                .push(format!("{more} further error{} not shown", if more == 1 { "" } else { "s" }));
+        }
+    }
+    out
+}
+
+/// Where a tensor was produced, for messages.
 #[derive(Debug, Clone)]
 struct Origin {
     /// "`max_pooling2d_2` at line 12" or "the `input` at line 2".
     what: String,
     span: Span,
+    /// How the shape came about: "conv2d(256, 1, strides=2) on [56, 56, 64]".
+    how: Option<String>,
+    /// The last layers on the way here that changed the spatial size and
+    /// the channels (for notes on joins): "`conv2d_2` at line 4 made
+    /// [32, 32, 64] into [16, 16, 64] (`...`)".
+    spatial: Option<String>,
+    channels: Option<String>,
 }
 
-/// The shape flowing between layers, with its origin for messages.
+/// A tensor flowing between layers: its shape and origin.
 #[derive(Debug, Clone)]
 struct Flow {
     shape: Vec<usize>,
     origin: Origin,
+    /// The layer or input name (for [`Layer::inputs`]).
+    name: String,
 }
 
 /// `[3, 3, 256]`.
@@ -93,7 +162,22 @@ struct Inferred {
     output: Vec<usize>,
     pads: Option<Pads2d>,
     params: usize,
+    /// Parameters never trained (batch norm's moving statistics).
+    frozen_params: usize,
     flops: u64,
+}
+
+impl Inferred {
+    fn plain(kind: LayerKind, output: Vec<usize>) -> Inferred {
+        Inferred {
+            kind,
+            output,
+            pads: None,
+            params: 0,
+            frozen_params: 0,
+            flops: 0,
+        }
+    }
 }
 
 struct Checker<'s> {
@@ -102,138 +186,208 @@ struct Checker<'s> {
     names: HashMap<String, (Span, bool)>,
     /// Keras-style counters of generated names, per prefix.
     counters: HashMap<&'static str, usize>,
-    /// Line starts of the source, for "at line N" in notes.
-    lines: LineIndex,
+    /// The files, for "at line N" in notes.
+    sources: &'s Sources,
 }
 
 impl Checker<'_> {
-    fn line(&self, span: Span) -> usize {
-        self.lines.line(span.start)
+    /// "line 12", or "`blocks.cnn` line 12" in an imported file.
+    fn where_(&self, span: Span) -> String {
+        self.sources.where_(span)
     }
 
-    fn model(&mut self, ast: &ModelAst) -> Option<Model> {
-        let inputs: Vec<&InputStmt> = ast
-            .statements
-            .iter()
-            .filter_map(|s| {
-                if let Statement::Input(i) = s {
-                    Some(i)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let mut flow = None;
-        let mut model_input = None;
-        match inputs.first() {
-            None => {
-                let d = Diagnostic::error("E0008", format!("model `{}` has no `input`", ast.name.name))
-                    .with_label(ast.name.span, "this model declares no input shape")
-                    .with_help(
-                        "declare the per-example input shape first, e.g. `input [28, 28, 1]` (height, width, channels)",
-                    );
-                self.ctx.diags.push(d);
-            }
-            Some(first) => {
-                if let Some(shape) = self.input_shape(first) {
-                    model_input = Some(shape.clone());
-                    let line = self.line(first.span);
-                    flow = Some(Flow {
-                        shape,
-                        origin: Origin {
-                            what: format!("the `input` at line {line}"),
-                            span: first.span,
-                        },
-                    });
-                }
-                if let Some(Statement::Layer(l)) = ast.statements.first() {
-                    let d = Diagnostic::error("E0008", "`input` must come before the layers")
-                        .with_label(first.keyword, "declared after a layer")
-                        .with_label(l.keyword.span, "the first layer")
-                        .with_help("move the `input [...]` line to the top of the model body");
-                    self.ctx.diags.push(d);
-                }
-            }
-        }
-        for extra in inputs.iter().skip(1) {
-            let d = Diagnostic::error("E0008", "the input is declared more than once")
-                .with_label(extra.keyword, "second `input`")
-                .with_label(inputs[0].keyword, "first declared here")
-                .with_help("a model has exactly one input: remove one of them");
-            self.ctx.diags.push(d);
-        }
-
-        let mut layers = Vec::new();
-        let mut total_params = 0usize;
-        let mut total_flops = 0u64;
-        let mut layer_count = 0usize;
-        for stmt in &ast.statements {
-            let Statement::Layer(l) = stmt else { continue };
-            layer_count += 1;
-            let Some(def) = lookup(&l.keyword.name) else {
-                self.ctx.diags.push(unknown_layer(l));
-                flow = None;
-                continue;
-            };
-            let bound = bind(&mut self.ctx, def, l);
-            let res = resolve(&mut self.ctx, def, &bound);
-            let name = self.layer_name(def, l, &res);
-            let incoming = flow.take();
-            let (Some(kind), Some(incoming)) = (res.kind.clone(), incoming) else {
-                continue;
-            };
-            let Some(inf) = self.infer(l, &res, kind, &name, &incoming) else {
-                continue;
-            };
-            let (Some(p), Some(f)) = (
-                total_params.checked_add(inf.params),
-                total_flops.checked_add(inf.flops),
-            ) else {
-                self.overflow(l, &name, "the model's total parameter or FLOP count");
-                continue;
-            };
-            total_params = p;
-            total_flops = f;
-            let changes_shape = !matches!(
-                inf.kind,
-                LayerKind::Dropout { .. } | LayerKind::Activation { .. }
-            );
-            let origin = if changes_shape {
-                Origin {
-                    what: format!("`{name}` at line {}", self.line(l.span)),
-                    span: l.keyword.span,
-                }
+    fn model(&mut self, ex: &Expanded) -> Option<Model> {
+        let mut inputs: Vec<Option<Flow>> = Vec::new();
+        let mut model_inputs = Vec::new();
+        for input in &ex.inputs {
+            let shape = self.input_shape(&input.stmt);
+            let what = if input.stmt.name.is_some() {
+                format!("the `input` `{}` at {}", input.name, self.where_(input.stmt.span))
             } else {
-                incoming.origin.clone()
+                format!("the `input` at {}", self.where_(input.stmt.span))
             };
-            flow = Some(Flow {
-                shape: inf.output.clone(),
-                origin,
-            });
-            if !res.had_error {
-                layers.push(Layer {
-                    name,
-                    kind: inf.kind,
-                    span: l.span,
-                    input_shape: incoming.shape,
-                    output_shape: inf.output,
-                    pads: inf.pads,
-                    params: inf.params,
-                    flops: inf.flops,
+            self.names
+                .entry(input.name.clone())
+                .or_insert((input.stmt.keyword, true));
+            inputs.push(shape.clone().map(|shape| Flow {
+                shape,
+                origin: Origin {
+                    what,
+                    span: input.stmt.span,
+                    how: None,
+                    spatial: None,
+                    channels: None,
+                },
+                name: input.name.clone(),
+            }));
+            if let Some(shape) = shape {
+                model_inputs.push(ModelInput {
+                    name: input.name.clone(),
+                    shape,
+                    span: input.stmt.span,
                 });
             }
         }
-        if layer_count == 0 {
-            let d = Diagnostic::error("E0018", format!("model `{}` has no layers", ast.name.name))
-                .with_label(ast.name.span, "this model computes nothing")
-                .with_help("add layers after the input, e.g. `flatten` and then `dense(10, activation=softmax)`");
-            self.ctx.diags.push(d);
+        let mut flows: Vec<Option<Flow>> = Vec::with_capacity(ex.nodes.len());
+        let mut layers = Vec::with_capacity(ex.nodes.len());
+        let mut total_params = 0usize;
+        let mut total_flops = 0u64;
+        for node in &ex.nodes {
+            let before = self.ctx.diags.len();
+            let flow = self.node(node, &inputs, &flows, &mut layers, &mut total_params, &mut total_flops);
+            flows.push(flow);
+            if !node.context.is_empty() {
+                let notes: Vec<String> = node
+                    .context
+                    .iter()
+                    .map(|(block, span)| format!("in `{block}`, called at {}", self.sources.location(*span)))
+                    .collect();
+                for d in &mut self.ctx.diags[before..] {
+                    d.notes.extend(notes.iter().cloned());
+                }
+            }
         }
+        let mut outputs = Vec::new();
+        for (r, _, _) in &ex.outputs {
+            let flow = match r {
+                Some(Ref::Input(i)) => inputs.get(*i).cloned().flatten(),
+                Some(Ref::Node(n)) => flows.get(*n).cloned().flatten(),
+                None => None,
+            };
+            // An output without a value follows an error reported already.
+            if let Some(f) = flow {
+                outputs.push(f.name);
+            }
+        }
+        let first = model_inputs.first()?.shape.clone();
         Some(Model {
-            name: ast.name.name.clone(),
-            input_shape: model_input?,
+            name: ex.name.name.clone(),
+            input_shape: first,
+            inputs: model_inputs,
+            outputs,
             layers,
         })
+    }
+
+    /// Checks one node; returns its output tensor if it could be computed.
+    fn node(
+        &mut self,
+        node: &Node,
+        inputs: &[Option<Flow>],
+        flows: &[Option<Flow>],
+        layers: &mut Vec<Layer>,
+        total_params: &mut usize,
+        total_flops: &mut u64,
+    ) -> Option<Flow> {
+        let l = &node.call;
+        let def = node.def;
+        if !node.args_ok {
+            return None;
+        }
+        let bound = bind(&mut self.ctx, def, l);
+        let res = resolve(&mut self.ctx, def, &bound);
+        let name = self.layer_name(def, l, &res);
+        let incoming: Vec<Flow> = node
+            .inputs
+            .iter()
+            .map(|r| match r {
+                Some(Ref::Input(i)) => inputs.get(*i).cloned().flatten(),
+                Some(Ref::Node(n)) => flows.get(*n).cloned().flatten(),
+                None => None,
+            })
+            .collect::<Option<Vec<Flow>>>()?;
+        let kind = res.kind.clone()?;
+        let inf = if def.family.is_join() {
+            self.infer_join(node, &res, kind, &name, &incoming)?
+        } else {
+            self.infer(l, &res, kind, &name, &incoming[0])?
+        };
+        let (Some(p), Some(f)) = (
+            total_params.checked_add(inf.params),
+            total_flops.checked_add(inf.flops),
+        ) else {
+            self.overflow(l, &name, "the model's total parameter or FLOP count");
+            return None;
+        };
+        *total_params = p;
+        *total_flops = f;
+        let changes_shape = !matches!(
+            inf.kind,
+            LayerKind::Dropout { .. }
+                | LayerKind::Activation { .. }
+                | LayerKind::BatchNormalization { .. }
+        );
+        let origin = if changes_shape {
+            let call = values::snippet(self.ctx.source, l.span);
+            let what = format!("`{name}` at {}", self.where_(l.span));
+            let before = &incoming[0].shape;
+            let step = format!(
+                "{what} made {} into {} (`{call}`)",
+                fmt_shape(before),
+                fmt_shape(&inf.output)
+            );
+            let split = |s: &[usize]| -> (Vec<usize>, Option<usize>) {
+                match s.split_last() {
+                    Some((c, hw)) => (hw.to_vec(), Some(*c)),
+                    None => (Vec::new(), None),
+                }
+            };
+            let (hw0, c0) = split(before);
+            let (hw1, c1) = split(&inf.output);
+            let spatial = if hw0 != hw1 {
+                Some(step.clone())
+            } else {
+                incoming[0].origin.spatial.clone()
+            };
+            let channels = if c0 != c1 || before.len() != inf.output.len() {
+                Some(step)
+            } else {
+                incoming[0].origin.channels.clone()
+            };
+            Origin {
+                what,
+                span: l.keyword.span,
+                how: Some(format!(
+                    "`{call}` applied to {}",
+                    incoming
+                        .iter()
+                        .map(|f| fmt_shape(&f.shape))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )),
+                spatial,
+                channels,
+            }
+        } else {
+            incoming[0].origin.clone()
+        };
+        let flow = Flow {
+            shape: inf.output.clone(),
+            origin,
+            name: name.clone(),
+        };
+        if res.had_error {
+            return Some(flow);
+        }
+        let trainable_params = if node.trainable {
+            inf.params - inf.frozen_params
+        } else {
+            0
+        };
+        layers.push(Layer {
+            name,
+            kind: inf.kind,
+            span: l.span,
+            inputs: incoming.iter().map(|f| f.name.clone()).collect(),
+            input_shape: incoming[0].shape.clone(),
+            output_shape: inf.output,
+            pads: inf.pads,
+            params: inf.params,
+            trainable_params,
+            trainable: node.trainable,
+            flops: inf.flops,
+        });
+        Some(flow)
     }
 
     /// The input shape: 3 positive dimensions `[h, w, c]` or 1 `[features]`.
@@ -368,6 +522,7 @@ impl Checker<'_> {
                 kernel_size,
                 strides,
                 padding,
+                dilation_rate,
                 activation,
                 use_bias,
             } => {
@@ -376,7 +531,7 @@ impl Checker<'_> {
                     None => filters,
                     Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
                 };
-                let (oh, ow) = self.windows(
+                let (oh, ow) = self.dilated_windows(
                     l,
                     res,
                     name,
@@ -384,8 +539,8 @@ impl Checker<'_> {
                     [h, w],
                     kernel_size,
                     strides,
+                    dilation_rate,
                     padding,
-                    "kernel",
                 )?;
                 let params = shape::conv2d_params(kernel_size, cin, filters, use_bias);
                 let flops = shape::conv2d_flops([oh.out, ow.out], filters, kernel_size, cin);
@@ -401,12 +556,14 @@ impl Checker<'_> {
                         kernel_size,
                         strides,
                         padding,
+                        dilation_rate,
                         activation,
                         use_bias,
                     },
                     output,
                     pads: Some(pads(oh, ow)),
                     params,
+                    frozen_params: 0,
                     flops,
                 })
             }
@@ -437,6 +594,7 @@ impl Checker<'_> {
                     output: vec![oh.out, ow.out, c],
                     pads: Some(pads(oh, ow)),
                     params: 0,
+                    frozen_params: 0,
                     flops: 0,
                 })
             }
@@ -450,6 +608,7 @@ impl Checker<'_> {
                     output: vec![n],
                     pads: None,
                     params: 0,
+                    frozen_params: 0,
                     flops: 0,
                 })
             }
@@ -489,6 +648,7 @@ impl Checker<'_> {
                     output: vec![units],
                     pads: None,
                     params,
+                    frozen_params: 0,
                     flops,
                 })
             }
@@ -499,6 +659,7 @@ impl Checker<'_> {
                     output: vec![c],
                     pads: None,
                     params: 0,
+                    frozen_params: 0,
                     flops: 0,
                 })
             }
@@ -526,6 +687,7 @@ impl Checker<'_> {
                     output,
                     pads: Some(padding),
                     params: 0,
+                    frozen_params: 0,
                     flops: 0,
                 })
             }
@@ -534,9 +696,410 @@ impl Checker<'_> {
                 output: input.clone(),
                 pads: None,
                 params: 0,
+                frozen_params: 0,
                 flops: 0,
             }),
+            LayerKind::DepthwiseConv2d {
+                kernel_size,
+                strides,
+                padding,
+                depth_multiplier,
+                dilation_rate,
+                use_bias,
+                ..
+            } => {
+                let [h, w, cin] = self.image_input(l, name, incoming)?;
+                let (oh, ow) = self.dilated_windows(
+                    l, res, name, incoming, [h, w], kernel_size, strides, dilation_rate, padding,
+                )?;
+                let out_c = cin.checked_mul(depth_multiplier);
+                let params = out_c.and_then(|c| shape::conv2d_params(kernel_size, c, 1, false)?.checked_add(if use_bias { c } else { 0 }));
+                let flops = out_c.and_then(|c| shape::conv2d_flops([oh.out, ow.out], c, kernel_size, 1));
+                let (Some(out_c), Some(params), Some(flops)) = (out_c, params, flops) else {
+                    self.overflow(l, name, "its parameter, FLOP or output size");
+                    return None;
+                };
+                let output = vec![oh.out, ow.out, out_c];
+                element_count(&output).or_else(|| {
+                    self.overflow(l, name, "its output size");
+                    None
+                })?;
+                Some(Inferred {
+                    kind,
+                    output,
+                    pads: Some(pads(oh, ow)),
+                    params,
+                    frozen_params: 0,
+                    flops,
+                })
+            }
+            LayerKind::SeparableConv2d {
+                filters,
+                kernel_size,
+                strides,
+                padding,
+                depth_multiplier,
+                dilation_rate,
+                activation,
+                use_bias,
+            } => {
+                let [h, w, cin] = self.image_input(l, name, incoming)?;
+                let filters = match &res.filters_expr {
+                    None => filters,
+                    Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
+                };
+                let (oh, ow) = self.dilated_windows(
+                    l, res, name, incoming, [h, w], kernel_size, strides, dilation_rate, padding,
+                )?;
+                let mid = cin.checked_mul(depth_multiplier);
+                // Depthwise kernel kh*kw*cin*dm, pointwise cin*dm*filters, bias filters.
+                let params = mid.and_then(|m| {
+                    shape::conv2d_params(kernel_size, m, 1, false)?
+                        .checked_add(shape::conv2d_params([1, 1], m, filters, use_bias)?)
+                });
+                let flops = mid.and_then(|m| {
+                    shape::conv2d_flops([oh.out, ow.out], m, kernel_size, 1)?
+                        .checked_add(shape::conv2d_flops([oh.out, ow.out], filters, [1, 1], m)?)
+                });
+                let output = vec![oh.out, ow.out, filters];
+                let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output)) else {
+                    self.overflow(l, name, "its parameter, FLOP or output size");
+                    return None;
+                };
+                Some(Inferred {
+                    kind: LayerKind::SeparableConv2d {
+                        filters,
+                        kernel_size,
+                        strides,
+                        padding,
+                        depth_multiplier,
+                        dilation_rate,
+                        activation,
+                        use_bias,
+                    },
+                    output,
+                    pads: Some(pads(oh, ow)),
+                    params,
+                    frozen_params: 0,
+                    flops,
+                })
+            }
+            LayerKind::Conv2dTranspose {
+                filters,
+                kernel_size,
+                strides,
+                padding,
+                output_padding,
+                dilation_rate,
+                activation,
+                use_bias,
+            } => {
+                let [h, w, cin] = self.image_input(l, name, incoming)?;
+                let filters = match &res.filters_expr {
+                    None => filters,
+                    Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
+                };
+                if let Some(op) = output_padding {
+                    for axis in 0..2 {
+                        if op[axis] >= strides[axis] {
+                            let d = Diagnostic::error(
+                                "E0005",
+                                format!(
+                                    "`output_padding` must be smaller than `strides`, found {} with strides {}",
+                                    op[axis], strides[axis]
+                                ),
+                            )
+                            .with_label(l.span, "output_padding >= strides")
+                            .with_note("Keras rejects this too: the extra rows would get no input")
+                            .with_help(format!("use `output_padding` from 0 to {}", strides[axis] - 1));
+                            self.ctx.diags.push(d);
+                            return None;
+                        }
+                    }
+                }
+                let mut out = [0usize; 2];
+                let mut crop = [(0usize, 0usize); 2];
+                for axis in 0..2 {
+                    let n = [h, w][axis];
+                    let k = shape::dilated(kernel_size[axis], dilation_rate[axis]);
+                    let o = k.and_then(|k| {
+                        shape::transpose_output(n, k, strides[axis], padding, output_padding.map(|p| p[axis]))
+                    });
+                    let (Some(k), Some(o)) = (k, o) else {
+                        self.overflow(l, name, "its output size");
+                        return None;
+                    };
+                    out[axis] = o;
+                    crop[axis] = shape::transpose_crop(n, k, strides[axis], o, padding);
+                }
+                let params = shape::conv2d_params(kernel_size, cin, filters, use_bias);
+                let flops = shape::conv2d_flops([h, w], filters, kernel_size, cin);
+                let output = vec![out[0], out[1], filters];
+                let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output)) else {
+                    self.overflow(l, name, "its parameter, FLOP or output size");
+                    return None;
+                };
+                Some(Inferred {
+                    kind: LayerKind::Conv2dTranspose {
+                        filters,
+                        kernel_size,
+                        strides,
+                        padding,
+                        output_padding,
+                        dilation_rate,
+                        activation,
+                        use_bias,
+                    },
+                    output,
+                    pads: Some(Pads2d {
+                        top: crop[0].0,
+                        bottom: crop[0].1,
+                        left: crop[1].0,
+                        right: crop[1].1,
+                    }),
+                    params,
+                    frozen_params: 0,
+                    flops,
+                })
+            }
+            LayerKind::BatchNormalization { center, scale, .. } => {
+                let rank = input.len() as i64;
+                let (axis, axis_span) = res.axis;
+                if axis != -1 && axis != rank - 1 {
+                    let d = Diagnostic::error(
+                        "E0005",
+                        format!("`batch_normalization` over axis {axis} is not supported"),
+                    )
+                    .with_label(axis_span.unwrap_or(l.keyword.span), "only the last (channel) axis")
+                    .with_note(format!(
+                        "its input has shape {} (NHWC without the batch): the channel axis is -1 or {}",
+                        fmt_shape(input),
+                        rank - 1
+                    ))
+                    .with_help("use `axis=-1` (the default)");
+                    self.ctx.diags.push(d);
+                    return None;
+                }
+                let c = *input.last()?;
+                let per = usize::from(center) + usize::from(scale) + 2;
+                let Some(params) = c.checked_mul(per) else {
+                    self.overflow(l, name, "its parameter count");
+                    return None;
+                };
+                Some(Inferred {
+                    kind,
+                    output: input.clone(),
+                    pads: None,
+                    params,
+                    frozen_params: 2 * c,
+                    flops: 0,
+                })
+            }
+            LayerKind::UpSampling2d { size, .. } => {
+                let [h, w, c] = self.image_input(l, name, incoming)?;
+                let output = match (h.checked_mul(size[0]), w.checked_mul(size[1])) {
+                    (Some(oh), Some(ow)) => vec![oh, ow, c],
+                    _ => {
+                        self.overflow(l, name, "its output size");
+                        return None;
+                    }
+                };
+                element_count(&output).or_else(|| {
+                    self.overflow(l, name, "its output size");
+                    None
+                })?;
+                Some(Inferred::plain(kind, output))
+            }
+            LayerKind::Reshape { .. } => {
+                let (target, span) = res.target_shape.clone()?;
+                let n = element_count(input)?;
+                let known: usize = target.iter().flatten().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+                let output: Option<Vec<usize>> = if target.iter().any(Option::is_none) {
+                    (known > 0 && n % known == 0).then(|| {
+                        target.iter().map(|d| d.unwrap_or(n / known)).collect()
+                    })
+                } else {
+                    (known == n).then(|| target.iter().flatten().copied().collect())
+                };
+                let Some(output) = output else {
+                    let d = Diagnostic::error(
+                        "E0026",
+                        format!(
+                            "`{name}` cannot reshape {} ({n} values) to {}",
+                            fmt_shape(input),
+                            values::snippet(self.ctx.source, span)
+                        ),
+                    )
+                    .with_label(span, if target.iter().any(Option::is_none) {
+                        format!("the known dimensions multiply to {known}, which does not divide {n}")
+                    } else {
+                        format!("{known} values")
+                    })
+                    .with_label(incoming.origin.span, format!("outputs {}", fmt_shape(input)))
+                    .with_note(self.produced_note(incoming))
+                    .with_help("the target must hold as many values as the input; use `-1` for one dimension to infer it");
+                    self.ctx.diags.push(d);
+                    return None;
+                };
+                Some(Inferred::plain(
+                    LayerKind::Reshape {
+                        target_shape: output.clone(),
+                    },
+                    output,
+                ))
+            }
+            LayerKind::Add | LayerKind::Multiply | LayerKind::Concatenate { .. } => None,
         }
+    }
+
+    /// Shape inference for `add`, `multiply` and `concatenate`: `E0023`
+    /// when the shapes do not fit, pointing at every producer and saying how
+    /// each shape came about.
+    fn infer_join(
+        &mut self,
+        node: &Node,
+        res: &Resolved,
+        kind: LayerKind,
+        name: &str,
+        incoming: &[Flow],
+    ) -> Option<Inferred> {
+        let l = &node.call;
+        let first = &incoming[0].shape;
+        let (output, kind, mismatch) = match kind {
+            LayerKind::Concatenate { .. } => {
+                let rank = first.len() as i64;
+                let (axis, axis_span) = res.axis;
+                let a = if axis < 0 { rank + axis } else { axis };
+                if a < 0 || a >= rank {
+                    let d = Diagnostic::error(
+                        "E0005",
+                        format!("`axis={axis}` is out of range for inputs of shape {}", fmt_shape(first)),
+                    )
+                    .with_label(axis_span.unwrap_or(l.keyword.span), format!("valid axes are -{rank} to {}", rank - 1))
+                    .with_note("axes count dimensions of one example (NHWC without the batch)")
+                    .with_help("use `axis=-1` (the default) to join along channels");
+                    self.ctx.diags.push(d);
+                    return None;
+                }
+                let a = a as usize;
+                let fits = |s: &[usize]| {
+                    s.len() == first.len()
+                        && s.iter().zip(first).enumerate().all(|(i, (x, y))| i == a || x == y)
+                };
+                if incoming.iter().all(|f| fits(&f.shape)) {
+                    let mut out = first.clone();
+                    let total = incoming.iter().try_fold(0usize, |acc, f| acc.checked_add(f.shape[a]));
+                    let Some(total) = total else {
+                        self.overflow(l, name, "its output size");
+                        return None;
+                    };
+                    out[a] = total;
+                    (out, LayerKind::Concatenate { axis: a }, None)
+                } else {
+                    (Vec::new(), kind, Some(format!("all dimensions but axis {axis} must agree")))
+                }
+            }
+            _ => {
+                if incoming.iter().all(|f| &f.shape == first) {
+                    (first.clone(), kind, None)
+                } else {
+                    (Vec::new(), kind, Some("all inputs must have the same shape".to_string()))
+                }
+            }
+        };
+        if let Some(rule) = mismatch {
+            let shapes = incoming
+                .iter()
+                .map(|f| fmt_shape(&f.shape))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let mut d = Diagnostic::error(
+                "E0023",
+                format!("`{name}` cannot join tensors of shapes {shapes}"),
+            )
+            .with_label(l.keyword.span, rule.clone());
+            for (f, span) in incoming.iter().zip(&node.input_spans) {
+                if *span != l.keyword.span {
+                    d = d.with_label(*span, format!("this is {}", fmt_shape(&f.shape)));
+                }
+            }
+            for f in incoming {
+                d = d.with_label(f.origin.span, format!("outputs {}", fmt_shape(&f.shape)));
+            }
+            for f in incoming {
+                let how = match &f.origin.how {
+                    Some(h) => format!(": {h}"),
+                    None => String::new(),
+                };
+                let mut note = format!("{} is produced by {}{how}", fmt_shape(&f.shape), f.origin.what);
+                let differs = |axis: &dyn Fn(&[usize]) -> Vec<usize>| {
+                    incoming.iter().any(|g| axis(&g.shape) != axis(first))
+                };
+                let hw = |s: &[usize]| s[..s.len().saturating_sub(1)].to_vec();
+                let c = |s: &[usize]| s.last().copied().into_iter().collect::<Vec<_>>();
+                let trail = [
+                    (differs(&hw), &f.origin.spatial, "its height and width were set"),
+                    (differs(&c), &f.origin.channels, "its channels were set"),
+                ];
+                for (relevant, step, words) in trail {
+                    if let Some(step) = step.as_ref().filter(|s| relevant && !s.starts_with(&f.origin.what)) {
+                        note += &format!("; {words} where {step}");
+                    }
+                }
+                d = d.with_note(note);
+            }
+            let help = match kind {
+                LayerKind::Concatenate { .. } => "make the other dimensions agree, e.g. with matching `strides` or pooling on both branches",
+                _ => "make both branches produce the same shape: the same `strides` (or a strided 1x1 conv on the shortcut) and the same number of filters",
+            };
+            self.ctx.diags.push(d.with_help(help));
+            return None;
+        }
+        if element_count(&output).is_none() {
+            self.overflow(l, name, "its output size");
+            return None;
+        }
+        Some(Inferred::plain(kind, output))
+    }
+
+    /// Like [`Self::windows`] for a kernel with dilation; Keras's rule that
+    /// strides and dilation cannot both exceed 1 gives `E0005`.
+    #[allow(clippy::too_many_arguments)]
+    fn dilated_windows(
+        &mut self,
+        l: &LayerStmt,
+        res: &Resolved,
+        name: &str,
+        incoming: &Flow,
+        hw: [usize; 2],
+        kernel_size: [usize; 2],
+        strides: [usize; 2],
+        dilation_rate: [usize; 2],
+        padding: Padding,
+    ) -> Option<(AxisOutput, AxisOutput)> {
+        if dilation_rate != [1, 1] && strides != [1, 1] {
+            let d = Diagnostic::error(
+                "E0005",
+                format!("`{name}` has both `strides` and `dilation_rate` above 1"),
+            )
+            .with_label(l.span, format!(
+                "strides {}x{} with dilation_rate {}x{}",
+                strides[0], strides[1], dilation_rate[0], dilation_rate[1]
+            ))
+            .with_note("Keras rejects this combination: a dilated kernel moves one pixel at a time")
+            .with_help("use `strides=1` with `dilation_rate`, or a separate strided layer");
+            self.ctx.diags.push(d);
+            return None;
+        }
+        let k = [
+            shape::dilated(kernel_size[0], dilation_rate[0]),
+            shape::dilated(kernel_size[1], dilation_rate[1]),
+        ];
+        let [Some(kh), Some(kw)] = k else {
+            self.overflow(l, name, "its dilated kernel size");
+            return None;
+        };
+        self.windows(l, res, name, incoming, hw, [kh, kw], strides, padding, "kernel")
     }
 
     /// `[h, w, c]` of an image input, or `E0015`.

@@ -100,3 +100,57 @@ pub fn dense_params(inputs: usize, units: usize, use_bias: bool) -> Option<usize
 pub fn dense_flops(inputs: usize, units: usize) -> Option<u64> {
     (inputs as u64).checked_mul(units as u64)?.checked_mul(2)
 }
+
+/// Effective (dilated) kernel size `d * (k - 1) + 1` (Keras `Conv2D`
+/// `dilation_rate`; Yu & Koltun 2016), `None` on overflow.
+pub fn dilated(k: usize, d: usize) -> Option<usize> {
+    d.checked_mul(k.checked_sub(1)?)?.checked_add(1)
+}
+
+/// Output length of a transposed convolution along one axis, Keras's
+/// `conv_utils.deconv_output_length` with `k` the dilated kernel size:
+/// without `output_padding`, `same` gives `n * s` and `valid`
+/// `n * s + max(k - s, 0)`; with it, `(n - 1) * s + k - 2 * pad +
+/// output_padding`, `pad = k / 2` for `same` and 0 for `valid`. `None` on
+/// overflow or a non-positive result.
+pub fn transpose_output(
+    n: usize,
+    k: usize,
+    s: usize,
+    padding: Padding,
+    output_padding: Option<usize>,
+) -> Option<usize> {
+    let (n, k, s) = (n as i128, k as i128, s as i128);
+    let out = match output_padding {
+        None => match padding {
+            Padding::Same => n * s,
+            Padding::Valid => n * s + (k - s).max(0),
+        },
+        Some(op) => {
+            let pad = match padding {
+                Padding::Same => k / 2,
+                Padding::Valid => 0,
+            };
+            (n - 1) * s + k - 2 * pad + op as i128
+        }
+    };
+    if out <= 0 {
+        return None;
+    }
+    usize::try_from(out).ok()
+}
+
+/// Explicit crop of a transposed convolution's full output, TensorFlow's
+/// rule (`conv2d_transpose` = the input gradient of a conv2d from `out` to
+/// `n`): `total = max((n - 1) * s + k - out, 0)`, `before = total / 2`.
+/// Returns `(before, after)`; `after` is 0 when `out` exceeds the full
+/// output (extra rows of `output_padding` get no contributions).
+pub fn transpose_crop(n: usize, k: usize, s: usize, out: usize, padding: Padding) -> (usize, usize) {
+    let full = (n.saturating_sub(1)).saturating_mul(s).saturating_add(k);
+    let total = full.saturating_sub(out);
+    let before = match padding {
+        Padding::Same => total / 2,
+        Padding::Valid => 0,
+    };
+    (before, total - before)
+}

@@ -48,6 +48,14 @@ fn example_value(param: &str) -> &'static str {
         "use_bias" => "true",
         "alpha" => "1.0",
         "negative_slope" => "0.3",
+        "momentum" => "0.99",
+        "epsilon" => "0.001",
+        "depth_multiplier" => "1",
+        "dilation_rate" => "2",
+        "size" => "2",
+        "axis" => "-1",
+        "output_padding" => "1",
+        "target_shape" => "[7, 7, 64]",
         _ => "1",
     }
 }
@@ -63,6 +71,7 @@ impl Ctx<'_> {
             ValueKind::Str(_) => "the string",
             ValueKind::Tuple(_) => "the tuple",
             ValueKind::Channels(_) => "the channel expression",
+            ValueKind::Binary { .. } => "the expression",
         };
         format!("{what} `{text}`")
     }
@@ -353,6 +362,139 @@ impl Ctx<'_> {
         ));
         self.push(d);
         None
+    }
+
+    /// A finite number in `[lo, hi]` (`lo_open`: excluding `lo`), e.g.
+    /// batch norm's `momentum` in [0, 1] and `epsilon` > 0.
+    pub fn number_in(
+        &mut self,
+        v: &Value,
+        param: &str,
+        (lo, lo_open): (f64, bool),
+        hi: f64,
+        params: &[&str],
+    ) -> Option<f32> {
+        let x = match &v.kind {
+            ValueKind::Float(f) => *f,
+            ValueKind::Int(Some(n)) => *n as f64,
+            ValueKind::Int(None) => f64::INFINITY,
+            _ => {
+                let hint = Self::keyword_hint(v, params);
+                self.wrong_type(v, param, "a number", hint);
+                return None;
+            }
+        };
+        let ok_lo = if lo_open { x > lo } else { x >= lo };
+        if ok_lo && x <= hi && (x as f32).is_finite() {
+            return Some(x as f32);
+        }
+        let range = match (lo_open, hi.is_finite()) {
+            (true, true) => format!("greater than {lo} and at most {hi}"),
+            (true, false) => format!("greater than {lo}"),
+            (false, true) => format!("from {lo} to {hi}"),
+            (false, false) => format!("at least {lo}"),
+        };
+        let shown = snippet(self.source, v.span);
+        let d = Diagnostic::error(
+            "E0005",
+            format!("`{param}` must be a number {range}, found {shown}"),
+        )
+        .with_label(v.span, format!("not {range}"))
+        .with_help(format!(
+            "use a value such as `{param}={}` (the Keras default)",
+            example_value(param)
+        ));
+        self.push(d);
+        None
+    }
+
+    /// Any integer, negative ones included (`axis=-1`).
+    pub fn integer(&mut self, v: &Value, param: &str, params: &[&str]) -> Option<i64> {
+        match &v.kind {
+            ValueKind::Int(Some(n)) => Some(*n),
+            ValueKind::Int(None) => {
+                self.too_large(v, param);
+                None
+            }
+            _ => {
+                let hint = Self::keyword_hint(v, params);
+                self.wrong_type(v, param, "an integer", hint);
+                None
+            }
+        }
+    }
+
+    /// `output_padding`: one integer >= 0 for both axes or a pair.
+    pub fn non_negative_pair(&mut self, v: &Value, param: &str) -> Option<[usize; 2]> {
+        let one = |ctx: &mut Self, v: &Value| -> Option<usize> {
+            match &v.kind {
+                ValueKind::Int(Some(n)) if *n >= 0 => usize::try_from(*n).ok(),
+                _ => {
+                    ctx.wrong_type(v, param, "an integer >= 0", None);
+                    None
+                }
+            }
+        };
+        match &v.kind {
+            ValueKind::Tuple(items) if items.len() == 2 => {
+                let h = one(self, &items[0]);
+                let w = one(self, &items[1]);
+                Some([h?, w?])
+            }
+            ValueKind::Int(_) => one(self, v).map(|n| [n, n]),
+            _ => {
+                self.wrong_type(v, param, "an integer >= 0 or a pair (height, width)", None);
+                None
+            }
+        }
+    }
+
+    /// `up_sampling2d`'s `interpolation`: `nearest` or `bilinear`.
+    pub fn interpolation(&mut self, v: &Value, params: &[&str]) -> Option<crate::model::Interpolation> {
+        use crate::model::Interpolation;
+        self.one_of(
+            v,
+            "interpolation",
+            &[("nearest", Interpolation::Nearest), ("bilinear", Interpolation::Bilinear)],
+            params,
+        )
+    }
+
+    /// `reshape`'s `target_shape`: a tuple of positive integers, at most one
+    /// of them `-1` (returned as `None`, inferred from the input).
+    pub fn target_shape(&mut self, v: &Value) -> Option<Vec<Option<usize>>> {
+        let ValueKind::Tuple(items) = &v.kind else {
+            self.wrong_type(
+                v,
+                "target_shape",
+                "a shape such as `[7, 7, 64]`",
+                Some("write the per-example shape in brackets, e.g. `reshape([7, 7, 64])`".into()),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.wrong_type(v, "target_shape", "at least one dimension", None);
+            return None;
+        }
+        let mut dims = Vec::new();
+        let mut unknown = 0;
+        for item in items {
+            match &item.kind {
+                ValueKind::Int(Some(-1)) => {
+                    unknown += 1;
+                    dims.push(None);
+                }
+                _ => dims.push(Some(self.positive_int(item, "target_shape", &[])?)),
+            }
+        }
+        if unknown > 1 {
+            let d = Diagnostic::error("E0005", "`target_shape` may contain `-1` only once")
+                .with_label(v.span, format!("{unknown} dimensions are `-1`"))
+                .with_help("give all dimensions but one; `-1` stands for the one that is inferred");
+            self.push(d);
+            return None;
+        }
+        Some(dims)
     }
 
     /// `zero_padding2d`'s `padding`, as Keras accepts it: `n` (all four

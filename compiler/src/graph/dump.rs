@@ -2,12 +2,21 @@
 
 use super::ir::{Graph, Op};
 use super::passes::Rewrite;
-use crate::model::{Activation, Pads2d};
+use crate::model::{Activation, Interpolation, Pads2d};
 use crate::summary::keras_shape;
 use serde_json::{json, Value};
 
 fn pads_text(p: &Pads2d) -> String {
     format!("pads=({}, {}, {}, {})", p.top, p.bottom, p.left, p.right)
+}
+
+/// ` dilation_rate=2x2`, or nothing for an undilated kernel.
+fn dilation_text(d: [usize; 2]) -> String {
+    if d == [1, 1] {
+        String::new()
+    } else {
+        format!(" dilation_rate={}x{}", d[0], d[1])
+    }
 }
 
 /// The attributes of an op, in words (`filters=64 kernel_size=7x7 ...`).
@@ -16,13 +25,14 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
     match op {
         Op::Conv2d { attrs, kernel } | Op::FusedConv2d { attrs, kernel, .. } => {
             let mut s = format!(
-                "filters={} kernel_size={}x{} strides={}x{} {} kernel={}",
+                "filters={} kernel_size={}x{} strides={}x{} {}{} kernel={}",
                 attrs.filters,
                 attrs.kernel_size[0],
                 attrs.kernel_size[1],
                 attrs.strides[0],
                 attrs.strides[1],
                 pads_text(&attrs.pads),
+                dilation_text(attrs.dilation_rate),
                 param(*kernel)
             );
             if let Op::FusedConv2d {
@@ -49,6 +59,67 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
             }
             s
         }
+        Op::DepthwiseConv2d { attrs, kernel } => format!(
+            "depth_multiplier={} kernel_size={}x{} strides={}x{} {}{} kernel={}",
+            attrs.depth_multiplier,
+            attrs.kernel_size[0],
+            attrs.kernel_size[1],
+            attrs.strides[0],
+            attrs.strides[1],
+            pads_text(&attrs.pads),
+            dilation_text(attrs.dilation_rate),
+            param(*kernel)
+        ),
+        Op::Conv2dTranspose { attrs, kernel } => format!(
+            "filters={} kernel_size={}x{} strides={}x{} {}{} kernel={}",
+            attrs.filters,
+            attrs.kernel_size[0],
+            attrs.kernel_size[1],
+            attrs.strides[0],
+            attrs.strides[1],
+            pads_text(&attrs.pads),
+            dilation_text(attrs.dilation_rate),
+            param(*kernel)
+        ),
+        Op::BatchNorm {
+            epsilon,
+            momentum,
+            gamma,
+            beta,
+            moving_mean,
+            moving_variance,
+            frozen,
+        } => {
+            let mut s = format!("epsilon={epsilon} momentum={momentum}");
+            if let Some(g) = gamma {
+                s += &format!(" gamma={}", param(*g));
+            }
+            if let Some(b) = beta {
+                s += &format!(" beta={}", param(*b));
+            }
+            s += &format!(
+                " moving_mean={} moving_variance={}",
+                param(*moving_mean),
+                param(*moving_variance)
+            );
+            if *frozen {
+                s += " frozen";
+            }
+            s
+        }
+        Op::Concat { axis } => format!("axis={axis}"),
+        Op::UpSampling2d {
+            size,
+            interpolation,
+        } => format!(
+            "size={}x{} interpolation={}",
+            size[0],
+            size[1],
+            match interpolation {
+                Interpolation::Nearest => "nearest",
+                Interpolation::Bilinear => "bilinear",
+            }
+        ),
         Op::BiasAdd { bias } => format!("bias={}", param(*bias)),
         Op::MaxPool2d { attrs } | Op::AvgPool2d { attrs } => format!(
             "pool_size={}x{} strides={}x{} {}",
@@ -71,7 +142,10 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
         | Op::Softmax
         | Op::Flatten
         | Op::GlobalAvgPool2d
-        | Op::GlobalMaxPool2d => String::new(),
+        | Op::GlobalMaxPool2d
+        | Op::Add
+        | Op::Multiply
+        | Op::Reshape => String::new(),
     }
 }
 
@@ -93,7 +167,22 @@ pub fn render_text(graph: &Graph, rewrites: &[Rewrite]) -> String {
         out += &line;
         out.push('\n');
     }
-    out += &format!("  output %{}\n", graph.output.0);
+    let ids = |ids: Vec<super::NodeId>| -> String {
+        ids.iter()
+            .map(|id| format!("%{}", id.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let inputs = graph.input_ids();
+    if inputs.len() > 1 {
+        out += &format!("  inputs {}\n", ids(inputs));
+    }
+    let outputs = graph.output_ids();
+    if outputs.len() > 1 {
+        out += &format!("  outputs {}\n", ids(outputs));
+    } else {
+        out += &format!("  output %{}\n", graph.output.0);
+    }
     if !rewrites.is_empty() {
         out += "rewrites:\n";
         for r in rewrites {
@@ -104,7 +193,9 @@ pub fn render_text(graph: &Graph, rewrites: &[Rewrite]) -> String {
 }
 
 /// The graph as JSON: `{"name", "ops": [{"id", "op", "inputs", "output_shape",
-/// "layer", "fused", "rule", "attrs"}], "output", "params": [{"name", "shape"}], "rewrites"}`.
+/// "layer", "fused", "rule", "attrs"}], "output", "inputs", "outputs",
+/// "params": [{"name", "shape", "trainable"}], "rewrites"}` (`output` is the
+/// first of `outputs`).
 /// Shapes include the batch as `null`.
 pub fn to_json(graph: &Graph, rewrites: &[Rewrite]) -> Value {
     let ops: Vec<Value> = graph
@@ -136,6 +227,8 @@ pub fn to_json(graph: &Graph, rewrites: &[Rewrite]) -> Value {
         "name": graph.name,
         "ops": ops,
         "output": graph.output.0,
+        "inputs": graph.input_ids().iter().map(|id| id.0).collect::<Vec<_>>(),
+        "outputs": graph.output_ids().iter().map(|id| id.0).collect::<Vec<_>>(),
         "params": params,
         "rewrites": rewrites,
     })

@@ -11,22 +11,63 @@ pub struct Ident {
     pub span: Span,
 }
 
-/// `model NAME { statements }`: the whole file.
+/// A whole `.cnn` file: imports, blocks and at most one model, in source order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FileAst {
+    pub imports: Vec<Import>,
+    pub blocks: Vec<BlockDef>,
+    /// Models in source order (the checker reports more than one).
+    pub models: Vec<ModelAst>,
+}
+
+/// `import "path.cnn"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Import {
+    /// The path as written, relative to the importing file.
+    pub path: String,
+    /// The string literal.
+    pub path_span: Span,
+    pub span: Span,
+}
+
+/// `block NAME(params) { statements }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockDef {
+    pub name: Ident,
+    pub params: Vec<ParamDef>,
+    pub statements: Vec<Statement>,
+    pub span: Span,
+}
+
+/// A block or model parameter: `filters` or `strides = 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamDef {
+    pub name: Ident,
+    pub default: Option<Value>,
+    pub span: Span,
+}
+
+/// `model NAME(params) { statements }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelAst {
     pub name: Ident,
+    pub params: Vec<ParamDef>,
     pub statements: Vec<Statement>,
     /// The whole `model ... { ... }` text.
     pub span: Span,
 }
 
-/// One statement of the model body.
+/// One statement of a model or block body.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
-    /// `input [h, w, c]`.
+    /// `input [h, w, c]` or `input NAME [h, w, c]`.
     Input(InputStmt),
-    /// A layer such as `conv2d(64, 3)` or `flatten`.
-    Layer(LayerStmt),
+    /// `x = a -> conv2d(64, 3) -> relu`, or a single layer such as `flatten`.
+    Chain(ChainStmt),
+    /// `output a, b`.
+    Output(OutputStmt),
+    /// `if flag { ... } else { ... }`.
+    If(IfStmt),
 }
 
 impl Statement {
@@ -34,7 +75,9 @@ impl Statement {
     pub fn span(&self) -> Span {
         match self {
             Statement::Input(i) => i.span,
-            Statement::Layer(l) => l.span,
+            Statement::Chain(c) => c.span,
+            Statement::Output(o) => o.span,
+            Statement::If(i) => i.span,
         }
     }
 }
@@ -44,15 +87,56 @@ impl Statement {
 pub struct InputStmt {
     /// The `input` keyword.
     pub keyword: Span,
+    /// The input's name, if given (`input image [224, 224, 3]`).
+    pub name: Option<Ident>,
     /// The shape, always a [`ValueKind::Tuple`] (the grammar requires brackets).
     pub shape: Value,
     pub span: Span,
 }
 
-/// A layer statement: `keyword` or `keyword(args)`.
+/// `NAME = step -> step -> ...`: a chain of layer or block calls, optionally
+/// naming its result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainStmt {
+    pub target: Option<Ident>,
+    /// At least one step.
+    pub steps: Vec<Step>,
+    pub span: Span,
+}
+
+/// One step of a chain: a call, possibly repeated (`identity_block(64) * 2`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The layer, block or model call, or a tensor name (a call without arguments).
+    pub call: LayerStmt,
+    /// `* N`: the repeat count literal (an [`ValueKind::Int`]).
+    pub repeat: Option<Value>,
+    pub span: Span,
+}
+
+/// `output a, b, ...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputStmt {
+    pub keyword: Span,
+    pub names: Vec<Ident>,
+    pub span: Span,
+}
+
+/// `if flag { then } else { otherwise }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IfStmt {
+    pub keyword: Span,
+    pub condition: Ident,
+    pub then: Vec<Statement>,
+    pub otherwise: Vec<Statement>,
+    pub span: Span,
+}
+
+/// A call: `keyword` or `keyword(args)`: a layer, a block, a model, or (without
+/// arguments, at the head of a chain) a tensor name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerStmt {
-    /// The layer keyword (`conv2d`, `dense`, ...), not yet validated.
+    /// The keyword (`conv2d`, `dense`, a block name, ...), not yet validated.
     pub keyword: Ident,
     /// Arguments in source order (positional and named mixed as written).
     pub args: Vec<Arg>,
@@ -92,6 +176,34 @@ pub enum ValueKind {
     Tuple(Vec<Value>),
     /// A channel expression: `in`, `in * N`, `in / N`.
     Channels(ChannelExpr),
+    /// Arithmetic on block parameters, `lhs op rhs` (`filters * 4`);
+    /// evaluated when the block is expanded.
+    Binary {
+        op: BinOp,
+        lhs: Box<Value>,
+        rhs: Box<Value>,
+    },
+}
+
+/// An arithmetic operator of a [`ValueKind::Binary`] expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    /// Exact integer division (an error if it leaves a remainder).
+    Div,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+        }
+    }
 }
 
 /// `in`, `in * factor`, or `in / divisor`: a filter count relative to the
@@ -99,7 +211,8 @@ pub enum ValueKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelExpr {
     /// The operator and its operand (an [`ValueKind::Int`] or [`ValueKind::Float`]
-    /// literal; the checker requires a positive integer).
+    /// literal, or a block parameter's name before expansion; the checker
+    /// requires a positive integer).
     pub op: Option<(ChannelOp, Box<Value>)>,
 }
 

@@ -176,11 +176,26 @@ fn unclosed_string(source: &str, pos: usize) -> Option<Span> {
 fn rule_words(rule: Rule) -> Option<(u8, &'static str)> {
     Some(match rule {
         Rule::file | Rule::model | Rule::kw_model => (0, "`model`"),
+        Rule::block | Rule::kw_block => (0, "`block`"),
+        Rule::import | Rule::kw_import => (0, "`import`"),
         Rule::input_stmt | Rule::kw_input => (2, "`input`"),
-        Rule::layer => (3, "a layer"),
+        Rule::chain_stmt | Rule::step | Rule::call => (3, "a layer"),
+        Rule::output_stmt | Rule::kw_output => (4, "`output`"),
+        Rule::if_stmt | Rule::kw_if => (4, "`if`"),
+        Rule::body => (5, "`{`"),
+        Rule::param_list => (10, "`(`"),
+        Rule::param => (20, "a parameter"),
+        Rule::repeat => (24, "`*`"),
+        Rule::bin_op => (25, "an operator"),
         Rule::arg_list => (10, "`(`"),
         Rule::arg | Rule::named_arg => (20, "an argument"),
-        Rule::value | Rule::channels | Rule::string | Rule::float | Rule::int | Rule::kw_in => {
+        Rule::value
+        | Rule::channels
+        | Rule::expr
+        | Rule::string
+        | Rule::float
+        | Rule::int
+        | Rule::kw_in => {
             (21, "a value")
         }
         Rule::tuple => (22, "a shape such as `[28, 28, 1]`"),
@@ -207,6 +222,8 @@ fn token_words(token: &str) -> Option<(u8, &'static str)> {
         "*" => (25, "`*`"),
         "/" => (26, "`/`"),
         "=" => (30, "`=`"),
+        "->" => (31, "`->`"),
+        "+" => (27, "`+`"),
         "," => (40, "`,`"),
         ")" => (41, "`)`"),
         "]" => (42, "`]`"),
@@ -417,10 +434,35 @@ pub fn syntax_error(source: &str, err: &pest::error::Error<Rule>) -> Diagnostic 
         // Inside an argument list, right after a word: the word is complete.
         expected.retain(|(k, _)| *k != 1);
     }
-    if has(&expected, "`*`") {
+    let prev = source[..pos].trim_end();
+    let after_in = prev.ends_with("in")
+        && !prev[..prev.len() - 2]
+            .chars()
+            .next_back()
+            .is_some_and(is_ident_char);
+    if after_input_keyword && has(&expected, "a shape such as `[28, 28, 1]`") {
+        // `input` then something else: the shape is what is missing.
+        expected.retain(|(k, _)| *k == 22);
+    }
+    if after_in && has(&expected, "`*`") {
         // After `in`: an operator, not `in = value`.
-        expected.retain(|(_, w)| *w != "`=`");
+        expected.retain(|(_, w)| *w != "`=`" && *w != "an operator" && *w != "`+`");
         expected.push((26, "`/`"));
+    } else {
+        // Operators, `->` and repeats continue what was written; listing
+        // them hides the likely fix (a missing `,` or `}`).
+        let optional = ["`*`", "`/`", "`+`", "an operator", "`->`"];
+        if expected.iter().any(|(_, w)| !optional.contains(w)) {
+            expected.retain(|(_, w)| !optional.contains(w));
+        }
+    }
+    if has(&expected, "a layer") {
+        // `x = ...` after a name is valid but rarely what was meant.
+        expected.retain(|(_, w)| *w != "`if`" && *w != "`output`" && *w != "`=`");
+    }
+    let after_token = prev.chars().next_back().is_some_and(is_ident_char);
+    if after_token && (has(&expected, "`,`") || has(&expected, "`)`")) {
+        expected.retain(|(_, w)| *w != "a value");
     }
     expected.sort();
     expected.dedup_by(|a, b| a.1 == b.1);

@@ -8,4 +8,4 @@ mod errors;
 pub mod parser;
 
 pub use ast::*;
-pub use parser::parse;
+pub use parser::{parse, parse_at};

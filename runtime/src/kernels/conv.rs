@@ -15,6 +15,16 @@
 //!
 //! Padding is explicit zero padding (TensorFlow's `same` rule already applied
 //! by the compiler): padded positions contribute zeros to the GEMM.
+//!
+//! Dilation (Keras `dilation_rate`, "atrous" convolution): kernel tap
+//! `(ky, kx)` of output pixel `(oy, ox)` reads input pixel
+//! `(oy * stride_h + ky * dilation_h - pad_top, ox * stride_w + kx * dilation_w - pad_left)`,
+//! so the effective kernel extent is `dilation * (kernel - 1) + 1`.
+//!
+//! The same im2col / col2im machinery also runs the transposed convolution
+//! ([`super::conv_transpose`]), whose forward pass is this module's
+//! input-gradient pass and whose backward pass is this module's forward and
+//! kernel-gradient passes.
 
 use super::activation::{activation_backward_rows, add_rows_into, bias_activation_rows};
 use super::gemm::{matmul, matmul_rhs, MatRef, Parallelism, Rhs};
@@ -46,7 +56,8 @@ const MAX_GROUPS: usize = 16;
 /// Input `[batch, in_h, in_w, in_channels]`, kernel
 /// `[kernel_h, kernel_w, in_channels, filters]`, output
 /// `[batch, out_h, out_w, filters]` with
-/// `out = floor((in + pad_before + pad_after - kernel) / stride) + 1`.
+/// `out = floor((in + pad_before + pad_after - (dilation * (kernel - 1) + 1)) / stride) + 1`
+/// (TensorFlow / ONNX with explicit pads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dShape {
     pub batch: usize,
@@ -58,6 +69,9 @@ pub struct Conv2dShape {
     pub kernel_w: usize,
     pub stride_h: usize,
     pub stride_w: usize,
+    /// Spacing of the kernel taps (1 = dense kernel).
+    pub dilation_h: usize,
+    pub dilation_w: usize,
     pub pad_top: usize,
     pub pad_left: usize,
     pub out_h: usize,
@@ -65,7 +79,9 @@ pub struct Conv2dShape {
 }
 
 impl Conv2dShape {
-    /// Geometry for `batch` inputs of `in_h × in_w × attrs.in_channels`.
+    /// Geometry for `batch` inputs of `in_h × in_w × attrs.in_channels`,
+    /// with kernel taps `attrs.dilation_rate` pixels apart (Keras `Conv2D`;
+    /// `attrs.pads` are the explicit pads for the dilated kernel extent).
     pub fn new(
         attrs: &Conv2dAttrs,
         batch: usize,
@@ -74,9 +90,10 @@ impl Conv2dShape {
     ) -> Result<Conv2dShape, KernelError> {
         let [kh, kw] = attrs.kernel_size;
         let [sh, sw] = attrs.strides;
+        let [dh, dw] = attrs.dilation_rate;
         let p = attrs.pads;
-        let out_h = window_output_size(in_h, kh, sh, p.top, p.bottom)?;
-        let out_w = window_output_size(in_w, kw, sw, p.left, p.right)?;
+        let out_h = window_output_size(in_h, effective_kernel(kh, dh)?, sh, p.top, p.bottom)?;
+        let out_w = window_output_size(in_w, effective_kernel(kw, dw)?, sw, p.left, p.right)?;
         if attrs.in_channels == 0 || attrs.filters == 0 {
             return Err(KernelError::Geometry(
                 "in_channels and filters must be positive".into(),
@@ -92,6 +109,8 @@ impl Conv2dShape {
             kernel_w: kw,
             stride_h: sh,
             stride_w: sw,
+            dilation_h: dh,
+            dilation_w: dw,
             pad_top: p.top,
             pad_left: p.left,
             out_h,
@@ -130,6 +149,15 @@ impl Conv2dShape {
     /// Multiply-adds of the forward pass.
     pub fn macs(&self) -> usize {
         self.rows() * self.patch_len() * self.filters
+    }
+
+    /// Effective kernel height `dilation_h * (kernel_h - 1) + 1`.
+    pub fn kernel_extent_h(&self) -> usize {
+        self.dilation_h * (self.kernel_h.max(1) - 1) + 1
+    }
+    /// Effective kernel width `dilation_w * (kernel_w - 1) + 1`.
+    pub fn kernel_extent_w(&self) -> usize {
+        self.dilation_w * (self.kernel_w.max(1) - 1) + 1
     }
 
     /// A 1×1, stride-1, unpadded conv: the input rows are already the im2col rows.
@@ -208,6 +236,17 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
 }
 
+/// Effective (dilated) kernel size `dilation * (kernel - 1) + 1` along one
+/// axis (Keras `conv_utils.conv_output_length`); both must be positive.
+pub fn effective_kernel(kernel: usize, dilation: usize) -> Result<usize, KernelError> {
+    if kernel == 0 || dilation == 0 {
+        return Err(KernelError::Geometry(format!(
+            "kernel size {kernel} and dilation rate {dilation} must be positive"
+        )));
+    }
+    Ok(dilation * (kernel - 1) + 1)
+}
+
 /// Writes the im2col rows of output pixels `r0 .. r0 + rows` (global index
 /// `(n * out_h + oy) * out_w + ox`) into `col` (`[rows, patch_len]`, patch in
 /// `(ky, kx, c)` order to match the HWIO kernel). Out-of-image taps are zero.
@@ -216,25 +255,32 @@ fn im2col(s: &Conv2dShape, x: &[f32], r0: usize, rows: usize, col: &mut [f32]) {
     let k = s.patch_len();
     let kwc = s.kernel_w * c;
     let opix = s.out_pixels();
+    let (dh, dw) = (s.dilation_h, s.dilation_w);
+    let extent_w = s.kernel_extent_w();
     let (mut n, rem) = (r0 / opix, r0 % opix);
     let (mut oy, mut ox) = (rem / s.out_w, rem % s.out_w);
     for row in col[..rows * k].chunks_exact_mut(k) {
         let img = &x[n * s.image_len()..(n + 1) * s.image_len()];
         let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
-        let row_inside = ix0 >= 0 && ix0 as usize + s.kernel_w <= s.in_w;
+        let row_inside = ix0 >= 0 && ix0 as usize + extent_w <= s.in_w;
         for (ky, dst) in row.chunks_exact_mut(kwc).enumerate() {
-            let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+            let iy = (oy * s.stride_h + ky * dh) as isize - s.pad_top as isize;
             if iy < 0 || iy as usize >= s.in_h {
                 dst.fill(0.0);
                 continue;
             }
             let line = &img[iy as usize * s.in_w * c..(iy as usize + 1) * s.in_w * c];
-            if row_inside {
+            if row_inside && dw == 1 {
                 let start = ix0 as usize * c;
                 copy_run(dst, &line[start..start + kwc]);
+            } else if row_inside {
+                for (kx, d) in dst.chunks_exact_mut(c).enumerate() {
+                    let ix = ix0 as usize + kx * dw;
+                    copy_run(d, &line[ix * c..(ix + 1) * c]);
+                }
             } else {
                 for (kx, d) in dst.chunks_exact_mut(c).enumerate() {
-                    let ix = ix0 + kx as isize;
+                    let ix = ix0 + (kx * dw) as isize;
                     if ix < 0 || ix as usize >= s.in_w {
                         d.fill(0.0);
                     } else {
@@ -255,6 +301,14 @@ fn im2col(s: &Conv2dShape, x: &[f32], r0: usize, rows: usize, col: &mut [f32]) {
     }
 }
 
+/// `dst += src` element-wise.
+#[inline(always)]
+fn add_run(dst: &mut [f32], src: &[f32]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d += v;
+    }
+}
+
 /// Adds the im2col-layout gradient `col` (`[rows, patch_len]`, rows `r0..`)
 /// back into the input gradient `dx`, whose first image is `n0`
 /// (the inverse scatter of [`im2col`]).
@@ -263,32 +317,34 @@ fn col2im_add(s: &Conv2dShape, col: &[f32], r0: usize, rows: usize, dx: &mut [f3
     let k = s.patch_len();
     let kwc = s.kernel_w * c;
     let opix = s.out_pixels();
+    let (dh, dw) = (s.dilation_h, s.dilation_w);
+    let extent_w = s.kernel_extent_w();
     let (mut n, rem) = (r0 / opix, r0 % opix);
     let (mut oy, mut ox) = (rem / s.out_w, rem % s.out_w);
     let il = s.image_len();
     for row in col[..rows * k].chunks_exact(k) {
         let img = &mut dx[(n - n0) * il..(n - n0 + 1) * il];
         let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
-        let row_inside = ix0 >= 0 && ix0 as usize + s.kernel_w <= s.in_w;
+        let row_inside = ix0 >= 0 && ix0 as usize + extent_w <= s.in_w;
         for (ky, src) in row.chunks_exact(kwc).enumerate() {
-            let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+            let iy = (oy * s.stride_h + ky * dh) as isize - s.pad_top as isize;
             if iy < 0 || iy as usize >= s.in_h {
                 continue;
             }
             let line = &mut img[iy as usize * s.in_w * c..(iy as usize + 1) * s.in_w * c];
-            if row_inside {
+            if row_inside && dw == 1 {
                 let start = ix0 as usize * c;
-                for (d, v) in line[start..start + kwc].iter_mut().zip(src) {
-                    *d += v;
+                add_run(&mut line[start..start + kwc], src);
+            } else if row_inside {
+                for (kx, sv) in src.chunks_exact(c).enumerate() {
+                    let ix = ix0 as usize + kx * dw;
+                    add_run(&mut line[ix * c..(ix + 1) * c], sv);
                 }
             } else {
                 for (kx, sv) in src.chunks_exact(c).enumerate() {
-                    let ix = ix0 + kx as isize;
+                    let ix = ix0 + (kx * dw) as isize;
                     if ix >= 0 && (ix as usize) < s.in_w {
-                        let d = &mut line[ix as usize * c..(ix as usize + 1) * c];
-                        for (d, v) in d.iter_mut().zip(sv) {
-                            *d += v;
-                        }
+                        add_run(&mut line[ix as usize * c..(ix as usize + 1) * c], sv);
                     }
                 }
             }
@@ -325,6 +381,23 @@ pub fn conv2d_forward(
     if let Some(b) = bias {
         check_len("conv2d bias", s.filters, b.len())?;
     }
+    let f = s.filters;
+    forward_blocks(s, x, kernel, y, |yblk| {
+        bias_activation_rows(yblk, f, bias, act)
+    });
+    Ok(())
+}
+
+/// `y = conv(x, kernel)` by im2col + GEMM over fixed blocks of output rows
+/// (parallel), calling `epilogue` on each finished block `[rows, filters]`.
+/// Lengths must already be checked.
+pub(crate) fn forward_blocks(
+    s: &Conv2dShape,
+    x: &[f32],
+    kernel: &[f32],
+    y: &mut [f32],
+    epilogue: impl Fn(&mut [f32]) + Sync,
+) {
     let (k, f) = (s.patch_len(), s.filters);
     let block = s.block_rows();
     // The kernel is packed once and shared by every block.
@@ -343,9 +416,8 @@ pub fn conv2d_forward(
                     matmul_rhs(MatRef::row_major(col, rows, k), &w, yblk, f, false);
                 });
             }
-            bias_activation_rows(yblk, f, bias, act);
+            epilogue(yblk);
         });
-    Ok(())
 }
 
 /// Convolution backward for `y = act(conv(x, kernel) + bias)`.
@@ -381,7 +453,6 @@ pub fn conv2d_backward(
         check_len("conv2d bias gradient", s.filters, d.len())?;
     }
     let (k, f) = (s.patch_len(), s.filters);
-    let block = s.block_rows();
 
     // Pass 1: dz in place, plus partial d kernel / d bias per fixed row group.
     let want_dk = dkernel.is_some();
@@ -419,24 +490,7 @@ pub fn conv2d_backward(
                         }
                     }
                     if want_dk {
-                        // The first block overwrites the partial, later ones add.
-                        let g0 = gi * group;
-                        let block = s.dw_block_rows();
-                        for (bi, dzb) in dz.chunks(block * f).enumerate() {
-                            let r0 = g0 + bi * block;
-                            let rows = dzb.len() / f;
-                            let d = MatRef::row_major(dzb, rows, f);
-                            if s.is_pointwise() {
-                                let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
-                                matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
-                            } else {
-                                with_scratch(rows * k, |col| {
-                                    im2col(s, x, r0, rows, col);
-                                    let a = MatRef::row_major(col, rows, k);
-                                    matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
-                                });
-                            }
-                        }
+                        kernel_grad_rows(s, x, dz, gi * group, dk);
                     }
                 });
             let parts = || partials.chunks_exact(stride).take(groups);
@@ -451,26 +505,86 @@ pub fn conv2d_backward(
 
     // Pass 2: d x = col2im(dz × kernelᵀ), parallel over groups of whole images.
     if let Some(dx) = dx {
-        let dz: &[f32] = dy;
-        let wt = Rhs::new(MatRef::row_major(kernel, k, f).t());
-        let opix = s.out_pixels();
-        let il = s.image_len();
-        if opix == 0 || il == 0 {
-            dx.fill(0.0);
-            return Ok(());
+        input_grad(s, dy, kernel, dx, |_| {});
+    }
+    Ok(())
+}
+
+/// Partial kernel gradient of the output rows `g0 .. g0 + dz.len() / filters`:
+/// `dk = im2col(x)[rows]ᵀ × dz` (overwritten), in fixed sub-blocks added in
+/// order (single-threaded).
+fn kernel_grad_rows(s: &Conv2dShape, x: &[f32], dz: &[f32], g0: usize, dk: &mut [f32]) {
+    let (k, f) = (s.patch_len(), s.filters);
+    let block = s.dw_block_rows();
+    // The first block overwrites the partial, later ones add.
+    for (bi, dzb) in dz.chunks(block * f).enumerate() {
+        let r0 = g0 + bi * block;
+        let rows = dzb.len() / f;
+        let d = MatRef::row_major(dzb, rows, f);
+        if s.is_pointwise() {
+            let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
+            matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
+        } else {
+            with_scratch(rows * k, |col| {
+                im2col(s, x, r0, rows, col);
+                let a = MatRef::row_major(col, rows, k);
+                matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
+            });
         }
-        let imgs = s.images_per_task();
-        dx.par_chunks_mut(imgs * il)
+    }
+}
+
+/// `dk = im2col(x)ᵀ × dz` (overwritten; `dz` `[rows, filters]`), as partial
+/// sums over the same fixed row groups as [`conv2d_backward`], added in group
+/// order (deterministic, independent of the thread count). Lengths must
+/// already be checked.
+pub(crate) fn kernel_grad(s: &Conv2dShape, x: &[f32], dz: &[f32], dk: &mut [f32]) {
+    let f = s.filters;
+    let klen = s.kernel_len();
+    let group = s.group_rows();
+    let groups = s.rows().div_ceil(group);
+    with_partials(groups * klen, |partials| {
+        partials
+            .par_chunks_mut(klen)
+            .zip(dz.par_chunks(group * f))
             .enumerate()
-            .for_each(|(ti, dxc)| {
-                let n0 = ti * imgs;
-                let nimg = dxc.len() / il;
-                let (t0, t1) = (n0 * opix, (n0 + nimg) * opix);
-                if s.is_pointwise() {
-                    let d = MatRef::row_major(&dz[t0 * f..t1 * f], t1 - t0, f);
-                    matmul_rhs(d, &wt, dxc, k, false);
-                    return;
-                }
+            .for_each(|(gi, (part, dzg))| kernel_grad_rows(s, x, dzg, gi * group, part));
+        sum_partials(partials.chunks_exact(klen).take(groups), dk);
+    });
+}
+
+/// `dx = col2im(dz × kernelᵀ)` (overwritten), parallel over groups of whole
+/// images; `epilogue` is called on each finished group of images
+/// (`[images * in_h * in_w, in_channels]`) while it is still in cache.
+/// Lengths must already be checked.
+pub(crate) fn input_grad(
+    s: &Conv2dShape,
+    dz: &[f32],
+    kernel: &[f32],
+    dx: &mut [f32],
+    epilogue: impl Fn(&mut [f32]) + Sync,
+) {
+    let (k, f) = (s.patch_len(), s.filters);
+    let block = s.block_rows();
+    let opix = s.out_pixels();
+    let il = s.image_len();
+    if opix == 0 || il == 0 {
+        dx.fill(0.0);
+        epilogue(dx);
+        return;
+    }
+    let wt = Rhs::new(MatRef::row_major(kernel, k, f).t());
+    let imgs = s.images_per_task();
+    dx.par_chunks_mut(imgs * il)
+        .enumerate()
+        .for_each(|(ti, dxc)| {
+            let n0 = ti * imgs;
+            let nimg = dxc.len() / il;
+            let (t0, t1) = (n0 * opix, (n0 + nimg) * opix);
+            if s.is_pointwise() {
+                let d = MatRef::row_major(&dz[t0 * f..t1 * f], t1 - t0, f);
+                matmul_rhs(d, &wt, dxc, k, false);
+            } else {
                 dxc.fill(0.0);
                 let mut r0 = t0;
                 while r0 < t1 {
@@ -482,9 +596,9 @@ pub fn conv2d_backward(
                     });
                     r0 += rows;
                 }
-            });
-    }
-    Ok(())
+            }
+            epilogue(dxc);
+        });
 }
 
 /// `out = Σ partials` added in iteration order (deterministic).

@@ -19,18 +19,26 @@
 //! - [`activation`]: element-wise activations, softmax, bias add, and their derivatives;
 //! - [`pool`]: max and average pooling;
 //! - [`dropout`]: inverted dropout masks;
-//! - [`spatial`]: global average / max pooling and zero padding.
+//! - [`spatial`]: global average / max pooling and zero padding;
+//! - [`batch_norm`]: batch normalization (batch or moving statistics);
+//! - [`join`]: add, multiply and concatenate of several tensors;
+//! - [`upsample`]: nearest and bilinear 2-D upsampling.
 
 pub mod activation;
+pub mod batch_norm;
 pub mod conv;
+pub mod conv_transpose;
 pub mod dense;
+pub mod depthwise;
 pub mod dropout;
 pub mod gemm;
+pub mod join;
 pub mod pool;
 mod scratch;
 #[cfg(target_arch = "x86_64")]
 pub mod sgemm;
 pub mod spatial;
+pub mod upsample;
 
 pub use activation::{
     activation_backward_inplace, activation_forward_inplace, bias_add_backward, bias_add_forward,
@@ -42,6 +50,13 @@ pub use dropout::{dropout_apply, dropout_mask};
 pub use pool::{
     avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Pool2dShape,
 };
+pub use batch_norm::{
+    batch_norm_backward, batch_norm_inference_forward, batch_norm_train_forward, BatchNormShape,
+};
+pub use join::{
+    add_forward, concat_backward, concat_forward, multiply_backward, multiply_forward, ConcatShape,
+};
+pub use upsample::{up_sampling2d_backward, up_sampling2d_forward};
 pub use spatial::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, global_max_pool2d_backward,
     global_max_pool2d_forward, zero_padding2d_backward, zero_padding2d_forward, ImageShape,

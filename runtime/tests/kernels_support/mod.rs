@@ -117,6 +117,7 @@ impl NaiveConv {
             kernel_size: [self.kh, self.kw],
             strides: [self.sh, self.sw],
             pads: self.pads,
+            dilation_rate: [1, 1],
         }
     }
 
@@ -333,6 +334,8 @@ impl GraphBuilder {
                 input: NodeId(0),
                 output: NodeId(0),
                 params: vec![],
+                inputs: vec![],
+                outputs: vec![],
             },
         }
     }
@@ -392,6 +395,7 @@ impl GraphBuilder {
             kernel_size: k,
             strides: s,
             pads,
+            dilation_rate: [1, 1],
         };
         let oh = (h + pads.top + pads.bottom - k[0]) / s[0] + 1;
         let ow = (w + pads.left + pads.right - k[1]) / s[1] + 1;

@@ -6,18 +6,19 @@ use crate::graph::ir::{Graph, Node, NodeId};
 pub(super) struct Editor {
     name: String,
     nodes: Vec<Option<Node>>,
-    input: NodeId,
-    output: NodeId,
+    inputs: Vec<NodeId>,
+    outputs: Vec<NodeId>,
     params: Vec<crate::graph::ir::Param>,
 }
 
 impl Editor {
     pub fn new(graph: Graph) -> Editor {
+        let (inputs, outputs) = (graph.input_ids(), graph.output_ids());
         Editor {
             name: graph.name,
+            inputs,
+            outputs,
             nodes: graph.nodes.into_iter().map(Some).collect(),
-            input: graph.input,
-            output: graph.output,
             params: graph.params,
         }
     }
@@ -35,7 +36,7 @@ impl Editor {
         self.nodes.len()
     }
 
-    /// Readers of each live node (the graph output counts as one).
+    /// Readers of each live node (graph outputs are not listed: see [`Editor::is_output`]).
     pub fn consumers(&self) -> Vec<Vec<NodeId>> {
         let mut readers = vec![Vec::new(); self.nodes.len()];
         for (i, node) in self.nodes.iter().enumerate() {
@@ -48,8 +49,9 @@ impl Editor {
         readers
     }
 
+    /// Whether `id` is one of the graph outputs.
     pub fn is_output(&self, id: NodeId) -> bool {
-        self.output == id
+        self.outputs.contains(&id)
     }
 
     /// Replaces the node at `id` in place (same position, same readers).
@@ -57,7 +59,7 @@ impl Editor {
         self.nodes[id.0] = Some(node);
     }
 
-    /// Removes `id`; every reader of it (and the graph output) now reads `with`.
+    /// Removes `id`; every reader of it (and every graph output naming it) now reads `with`.
     /// `with` must come before every reader of `id`.
     pub fn remove_and_redirect(&mut self, id: NodeId, with: NodeId) {
         self.nodes[id.0] = None;
@@ -68,8 +70,10 @@ impl Editor {
                 }
             }
         }
-        if self.output == id {
-            self.output = with;
+        for output in self.outputs.iter_mut() {
+            if *output == id {
+                *output = with;
+            }
         }
     }
 
@@ -88,12 +92,19 @@ impl Editor {
                 *input = NodeId(new_index[input.0]);
             }
         }
+        let renumber = |ids: Vec<NodeId>| -> Vec<NodeId> {
+            ids.into_iter().map(|id| NodeId(new_index[id.0])).collect()
+        };
+        let inputs = renumber(self.inputs);
+        let outputs = renumber(self.outputs);
         Graph {
             name: self.name,
             nodes,
-            input: NodeId(new_index[self.input.0]),
-            output: NodeId(new_index[self.output.0]),
+            input: inputs[0],
+            output: outputs[0],
             params: self.params,
+            inputs,
+            outputs,
         }
     }
 }

@@ -10,10 +10,13 @@ fn layer(name: &str, kind: LayerKind, input: &[usize], output: &[usize]) -> Laye
         name: name.into(),
         kind,
         span: Span::default(),
+        inputs: vec![],
         input_shape: input.to_vec(),
         output_shape: output.to_vec(),
         pads: Some(Pads2d::default()),
         params: 0,
+        trainable_params: 0,
+        trainable: true,
         flops: 0,
     }
 }
@@ -24,6 +27,7 @@ fn conv(filters: usize, activation: Activation) -> LayerKind {
         kernel_size: [3, 3],
         strides: [1, 1],
         padding: Padding::Same,
+        dilation_rate: [1, 1],
         activation,
         use_bias: true,
     }
@@ -38,18 +42,38 @@ fn dense(units: usize, activation: Activation) -> LayerKind {
 }
 
 /// conv(relu) -> flatten -> dense(relu) -> dropout -> dense(softmax), by hand.
-fn small_model() -> Model {
+/// A chain model: each layer reads the one before it.
+fn chain(name: &str, input_shape: &[usize], mut layers: Vec<Layer>) -> Model {
+    let mut prev = "input".to_string();
+    for l in &mut layers {
+        l.inputs = vec![prev.clone()];
+        prev = l.name.clone();
+    }
     Model {
-        name: "small".into(),
-        input_shape: vec![4, 4, 1],
-        layers: vec![
+        name: name.into(),
+        input_shape: input_shape.to_vec(),
+        inputs: vec![crate::model::ModelInput {
+            name: "input".into(),
+            shape: input_shape.to_vec(),
+            span: Span::default(),
+        }],
+        outputs: vec![prev],
+        layers,
+    }
+}
+
+fn small_model() -> Model {
+    chain(
+        "small",
+        &[4, 4, 1],
+        vec![
             layer("conv2d", conv(2, Activation::Relu), &[4, 4, 1], &[4, 4, 2]),
             layer("flatten", LayerKind::Flatten, &[4, 4, 2], &[32]),
             layer("dense", dense(8, Activation::Relu), &[32], &[8]),
             layer("dropout", LayerKind::Dropout { rate: 0.5 }, &[8], &[8]),
             layer("dense_1", dense(3, Activation::Softmax), &[8], &[3]),
         ],
-    }
+    )
 }
 
 fn op_names(graph: &Graph) -> Vec<&'static str> {
@@ -178,6 +202,7 @@ fn conv_chain(extra: Vec<Node>, output: usize) -> Graph {
             left: 1,
             right: 1,
         },
+        dilation_rate: [1, 1],
     };
     let mut nodes = vec![
         node(Op::Input, &[], &[4, 4, 1]),
@@ -204,6 +229,8 @@ fn conv_chain(extra: Vec<Node>, output: usize) -> Graph {
         nodes,
         input: NodeId(0),
         output: NodeId(output),
+        inputs: vec![NodeId(0)],
+        outputs: vec![NodeId(output)],
         params: vec![
             Param {
                 name: "k".into(),

@@ -1,0 +1,699 @@
+//! Depthwise 2-D convolution (Keras `DepthwiseConv2D`; Howard et al. 2017,
+//! "MobileNets"), NHWC, by a direct loop (no im2col).
+//!
+//! Input `x` `[batch, in_h, in_w, channels]`, kernel
+//! `[kernel_h, kernel_w, channels, depth_multiplier]` (Keras layout), output
+//! `y` `[batch, out_h, out_w, channels * depth_multiplier]`:
+//!
+//! `y[n, oy, ox, c*dm + m] = Σ_{ky,kx} x[n, oy*sh + ky*dh - pad_top, ox*sw + kx*dw - pad_left, c]
+//!                                     * kernel[ky, kx, c, m]`
+//!
+//! (taps outside the image read zero). The kernel slice of one tap,
+//! `kernel[ky, kx, ..]`, is laid out exactly like an output pixel
+//! (`c*dm + m`), so every inner loop runs along the channel axis and
+//! vectorizes. The inner loops are compiled three times (baseline, AVX2,
+//! AVX-512) and chosen at run time; none of them reorders a sum (there is no
+//! reduction along the vectorized axis), so all three give identical results.
+//!
+//! Forward: parallel over fixed chunks of output lines `(n, oy)`; the bias and
+//! activation epilogue is applied to each line while it is in cache.
+//!
+//! Backward (`dz = dy ⊙ act'(y)`, from the saved output `y`):
+//! - `d kernel[ky, kx, c, m] = Σ_pixels dz[.., c*dm + m] * x[.., c]` and
+//!   `d bias = Σ_pixels dz`: partial sums over fixed groups of output lines
+//!   (independent of the thread count), added in group order (deterministic);
+//! - `d x`: parallel over input lines `(n, iy)`; each line gathers from the
+//!   output lines whose taps reach it, in a fixed order (no races, no atomics).
+
+use super::activation::{activation_backward_rows, add_rows_into, bias_activation_rows};
+use super::conv::{effective_kernel, sum_partials};
+use super::scratch::with_partials;
+use super::{check_len, window_output_size, KernelError};
+use cnnc_compiler::graph::ir::DepthwiseConv2dAttrs;
+use cnnc_compiler::model::Activation;
+use rayon::prelude::*;
+
+/// Target floats of output (or input-gradient) per parallel task.
+const TASK_FLOATS: usize = 16 * 1024;
+/// Minimum multiply-adds per weight-gradient partial sum, and maximum number
+/// of partials (each partial is only `kernel_len` floats, so many are cheap).
+const MIN_GROUP_MACS: usize = 1 << 18;
+const MAX_GROUPS: usize = 64;
+
+/// Geometry of a batched depthwise 2-D convolution.
+///
+/// Input `[batch, in_h, in_w, channels]`, kernel
+/// `[kernel_h, kernel_w, channels, depth_multiplier]`, output
+/// `[batch, out_h, out_w, channels * depth_multiplier]` with
+/// `out = floor((in + pad_before + pad_after - (dilation * (kernel - 1) + 1)) / stride) + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseConv2dShape {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub channels: usize,
+    pub depth_multiplier: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub dilation_h: usize,
+    pub dilation_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl DepthwiseConv2dShape {
+    /// Geometry for `batch` inputs of `in_h × in_w × attrs.in_channels`
+    /// (`attrs.pads` explicit, computed for the dilated kernel extent).
+    pub fn new(
+        attrs: &DepthwiseConv2dAttrs,
+        batch: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<DepthwiseConv2dShape, KernelError> {
+        let [kh, kw] = attrs.kernel_size;
+        let [sh, sw] = attrs.strides;
+        let [dh, dw] = attrs.dilation_rate;
+        let p = attrs.pads;
+        let out_h = window_output_size(in_h, effective_kernel(kh, dh)?, sh, p.top, p.bottom)?;
+        let out_w = window_output_size(in_w, effective_kernel(kw, dw)?, sw, p.left, p.right)?;
+        if attrs.in_channels == 0 || attrs.depth_multiplier == 0 {
+            return Err(KernelError::Geometry(
+                "in_channels and depth_multiplier must be positive".into(),
+            ));
+        }
+        Ok(DepthwiseConv2dShape {
+            batch,
+            in_h,
+            in_w,
+            channels: attrs.in_channels,
+            depth_multiplier: attrs.depth_multiplier,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            dilation_h: dh,
+            dilation_w: dw,
+            pad_top: p.top,
+            pad_left: p.left,
+            out_h,
+            out_w,
+        })
+    }
+
+    /// Output channels, `channels * depth_multiplier`.
+    pub fn out_channels(&self) -> usize {
+        self.channels * self.depth_multiplier
+    }
+    /// `batch * in_h * in_w * channels`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.image_len()
+    }
+    /// Values in one input image, `in_h * in_w * channels`.
+    pub fn image_len(&self) -> usize {
+        self.in_h * self.in_w * self.channels
+    }
+    /// `batch * out_h * out_w * channels * depth_multiplier`.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_h * self.out_w * self.out_channels()
+    }
+    /// `kernel_h * kernel_w * channels * depth_multiplier`.
+    pub fn kernel_len(&self) -> usize {
+        self.kernel_h * self.kernel_w * self.out_channels()
+    }
+    /// Multiply-adds of the forward pass (taps falling into padding included).
+    pub fn macs(&self) -> usize {
+        self.output_len() * self.kernel_h * self.kernel_w
+    }
+
+    /// Values in one output line `(n, oy)`: `out_w * channels * depth_multiplier`.
+    fn out_line(&self) -> usize {
+        self.out_w * self.out_channels()
+    }
+    /// Values in one input line `(n, iy)`: `in_w * channels`.
+    fn in_line(&self) -> usize {
+        self.in_w * self.channels
+    }
+    /// Whole lines of `line` floats per parallel task (thread-count independent).
+    fn lines_per_task(line: usize) -> usize {
+        (TASK_FLOATS / line.max(1)).max(1)
+    }
+    /// Output lines per weight-gradient partial sum (depends only on the
+    /// geometry, never on the thread count).
+    fn group_lines(&self) -> usize {
+        let lines = self.batch * self.out_h;
+        let macs = self.macs();
+        let mut groups = 1;
+        while groups * 2 <= MAX_GROUPS.min(lines) && macs / (groups * 2) >= MIN_GROUP_MACS {
+            groups *= 2;
+        }
+        lines.div_ceil(groups).max(1)
+    }
+    /// Input line `iy` read by tap `ky` of output line `oy`, if inside the image.
+    #[inline]
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        let iy = (oy * self.stride_h + ky * self.dilation_h).checked_sub(self.pad_top)?;
+        (iy < self.in_h).then_some(iy)
+    }
+    /// Input column read by tap `kx` of output column `ox`, if inside the image.
+    #[inline]
+    fn input_col(&self, ox: usize, kx: usize) -> Option<usize> {
+        let ix = (ox * self.stride_w + kx * self.dilation_w).checked_sub(self.pad_left)?;
+        (ix < self.in_w).then_some(ix)
+    }
+}
+
+/// Instruction set of the inner loops, detected once per call.
+#[derive(Clone, Copy)]
+enum Isa {
+    Base,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Base
+}
+
+/// Defines `$name` (dispatching on [`Isa`]) over an `#[inline(always)]` body
+/// `$generic`, compiled once per instruction set.
+macro_rules! multiversion {
+    ($name:ident => $generic:ident ($($arg:ident: $ty:ty),*)) => {
+        fn $name(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            fn avx2($($arg: $ty),*) {
+                $generic($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn avx512($($arg: $ty),*) {
+                $generic($($arg),*)
+            }
+            match isa {
+                Isa::Base => $generic($($arg),*),
+                // SAFETY: the features were detected at run time by `isa()`.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+            }
+        }
+    };
+}
+
+/// `acc[c*dm + m] += x[c] * k[c*dm + m]` (one tap of one output pixel).
+#[inline(always)]
+fn tap_fwd(acc: &mut [f32], x: &[f32], k: &[f32], dm: usize) {
+    if dm == 1 {
+        for ((a, &xv), &kv) in acc.iter_mut().zip(x).zip(k) {
+            *a += xv * kv;
+        }
+    } else {
+        for ((a, &xv), kk) in acc.chunks_exact_mut(dm).zip(x).zip(k.chunks_exact(dm)) {
+            for (a, &kv) in a.iter_mut().zip(kk) {
+                *a += xv * kv;
+            }
+        }
+    }
+}
+
+/// `dk[c*dm + m] += x[c] * dz[c*dm + m]` (same access pattern as [`tap_fwd`]).
+#[inline(always)]
+fn tap_dk(dk: &mut [f32], x: &[f32], dz: &[f32], dm: usize) {
+    tap_fwd(dk, x, dz, dm)
+}
+
+/// `dx[c] += Σ_m dz[c*dm + m] * k[c*dm + m]` (m in order).
+#[inline(always)]
+fn tap_dx(dx: &mut [f32], dz: &[f32], k: &[f32], dm: usize) {
+    if dm == 1 {
+        for ((d, &g), &kv) in dx.iter_mut().zip(dz).zip(k) {
+            *d += g * kv;
+        }
+    } else {
+        for ((d, gg), kk) in dx
+            .iter_mut()
+            .zip(dz.chunks_exact(dm))
+            .zip(k.chunks_exact(dm))
+        {
+            let mut acc = *d;
+            for (&g, &kv) in gg.iter().zip(kk) {
+                acc += g * kv;
+            }
+            *d = acc;
+        }
+    }
+}
+
+/// Output line `oy` of image `img` into `yl` (`[out_w, c*dm]`, overwritten).
+#[inline(always)]
+fn forward_line_any(
+    s: &DepthwiseConv2dShape,
+    img: &[f32],
+    kernel: &[f32],
+    oy: usize,
+    yl: &mut [f32],
+) {
+    let (c, oc, dm) = (s.channels, s.out_channels(), s.depth_multiplier);
+    yl.fill(0.0);
+    for ky in 0..s.kernel_h {
+        let Some(iy) = s.input_row(oy, ky) else {
+            continue;
+        };
+        let xline = &img[iy * s.in_line()..(iy + 1) * s.in_line()];
+        let krow = &kernel[ky * s.kernel_w * oc..(ky + 1) * s.kernel_w * oc];
+        for (ox, yo) in yl.chunks_exact_mut(oc).enumerate() {
+            for (kx, kt) in krow.chunks_exact(oc).enumerate() {
+                if let Some(ix) = s.input_col(ox, kx) {
+                    tap_fwd(yo, &xline[ix * c..(ix + 1) * c], kt, dm);
+                }
+            }
+        }
+    }
+}
+
+/// `o` in `0..count` with `0 <= o * stride + offset - pad < size`: the
+/// contiguous range of output positions (or taps) whose input lies inside the
+/// image.
+#[inline(always)]
+fn valid_range(
+    size: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+    count: usize,
+) -> (usize, usize) {
+    let lo = if offset >= pad {
+        0
+    } else {
+        (pad - offset).div_ceil(stride)
+    };
+    let hi = if size + pad > offset {
+        (size + pad - offset).div_ceil(stride).min(count)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// Channels per register block of the `depth_multiplier = 1` paths (two
+/// AVX-512 vectors); tails use blocks of 8, then 1. The block size never
+/// changes the order in which a value's terms are added.
+const CB: usize = 32;
+
+/// `acc += a ⊙ b` on fixed-size blocks (kept in registers by the compiler).
+#[inline(always)]
+fn fma_block<const B: usize>(acc: &mut [f32; B], a: &[f32], b: &[f32]) {
+    let a: &[f32; B] = a[..B].try_into().expect("block length");
+    let b: &[f32; B] = b[..B].try_into().expect("block length");
+    for i in 0..B {
+        acc[i] += a[i] * b[i];
+    }
+}
+
+/// Runs `f::<B>(cb)` over the channel blocks of `0..c`: blocks of [`CB`],
+/// then 8, then single channels.
+macro_rules! channel_blocks {
+    ($c:expr, |$cb:ident, $b:ident| $body:expr) => {{
+        let c = $c;
+        let mut $cb = 0;
+        while $cb + CB <= c {
+            const $b: usize = CB;
+            $body;
+            $cb += CB;
+        }
+        while $cb + 8 <= c {
+            const $b: usize = 8;
+            $body;
+            $cb += 8;
+        }
+        while $cb < c {
+            const $b: usize = 1;
+            $body;
+            $cb += 1;
+        }
+    }};
+}
+
+/// [`forward_line_any`] for `depth_multiplier = 1`: per output pixel and
+/// channel block, all taps accumulate in registers (taps in `(ky, kx)`
+/// order, the same order as the general path).
+#[inline(always)]
+fn forward_line_dm1(
+    s: &DepthwiseConv2dShape,
+    img: &[f32],
+    kernel: &[f32],
+    oy: usize,
+    yl: &mut [f32],
+) {
+    let (c, kw, il) = (s.channels, s.kernel_w, s.in_line());
+    for (ox, yo) in yl.chunks_exact_mut(c).enumerate() {
+        let (k0, k1) = valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw);
+        channel_blocks!(c, |cb, B| {
+            let mut acc = [0.0f32; B];
+            for ky in 0..s.kernel_h {
+                let Some(iy) = s.input_row(oy, ky) else {
+                    continue;
+                };
+                let xl = &img[iy * il..(iy + 1) * il];
+                for kx in k0..k1 {
+                    let ix = ox * s.stride_w + kx * s.dilation_w - s.pad_left;
+                    let k = (ky * kw + kx) * c + cb;
+                    fma_block::<B>(&mut acc, &xl[ix * c + cb..], &kernel[k..]);
+                }
+            }
+            yo[cb..cb + B].copy_from_slice(&acc);
+        });
+    }
+}
+
+/// [`dk_line_any`] for `depth_multiplier = 1`: per tap and channel block, the
+/// sum over the line's output pixels accumulates in registers (pixels in
+/// order, added onto the partial as in the general path).
+#[inline(always)]
+fn dk_line_dm1(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk: &mut [f32]) {
+    let (c, kw, il) = (s.channels, s.kernel_w, s.in_line());
+    for ky in 0..s.kernel_h {
+        let Some(iy) = s.input_row(oy, ky) else {
+            continue;
+        };
+        let xl = &img[iy * il..(iy + 1) * il];
+        for kx in 0..kw {
+            let (o0, o1) = valid_range(s.in_w, s.stride_w, kx * s.dilation_w, s.pad_left, s.out_w);
+            let dkt = &mut dk[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
+            channel_blocks!(c, |cb, B| {
+                let mut acc: [f32; B] = dkt[cb..cb + B].try_into().expect("block length");
+                for ox in o0..o1 {
+                    let ix = ox * s.stride_w + kx * s.dilation_w - s.pad_left;
+                    fma_block::<B>(&mut acc, &dzl[ox * c + cb..], &xl[ix * c + cb..]);
+                }
+                dkt[cb..cb + B].copy_from_slice(&acc);
+            });
+        }
+    }
+}
+
+/// Largest kernel width the register-blocked input-gradient path handles
+/// (wider kernels use the general path).
+const MAX_DX_TAPS: usize = 16;
+
+/// [`dx_line_any`] for `depth_multiplier = 1` and `kernel_w <= 16`: per input
+/// pixel and channel block, gathers every `(ky, kx)` tap that reads it
+/// (in that order) in registers.
+#[inline(always)]
+fn dx_line_dm1(
+    s: &DepthwiseConv2dShape,
+    dz: &[f32],
+    kernel: &[f32],
+    n: usize,
+    iy: usize,
+    dxl: &mut [f32],
+) {
+    let (c, kw, ol) = (s.channels, s.kernel_w, s.out_line());
+    // Output line of each kernel row that reads input line iy (if any).
+    let out_row = |ky: usize| {
+        let t = (iy + s.pad_top).checked_sub(ky * s.dilation_h)?;
+        (t % s.stride_h == 0 && t / s.stride_h < s.out_h).then(|| n * s.out_h + t / s.stride_h)
+    };
+    let mut taps = [(0usize, 0usize); MAX_DX_TAPS];
+    for (ix, dxp) in dxl.chunks_exact_mut(c).enumerate() {
+        // (kx, ox) with ox * sw + kx * dw - pad_left == ix.
+        let mut nt = 0;
+        for kx in 0..kw {
+            let Some(t) = (ix + s.pad_left).checked_sub(kx * s.dilation_w) else {
+                continue;
+            };
+            if t % s.stride_w == 0 && t / s.stride_w < s.out_w {
+                taps[nt] = (kx, t / s.stride_w);
+                nt += 1;
+            }
+        }
+        channel_blocks!(c, |cb, B| {
+            let mut acc = [0.0f32; B];
+            for ky in 0..s.kernel_h {
+                let Some(l) = out_row(ky) else {
+                    continue;
+                };
+                let dzl = &dz[l * ol..(l + 1) * ol];
+                for &(kx, ox) in &taps[..nt] {
+                    let k = (ky * kw + kx) * c + cb;
+                    fma_block::<B>(&mut acc, &dzl[ox * c + cb..], &kernel[k..]);
+                }
+            }
+            dxp[cb..cb + B].copy_from_slice(&acc);
+        });
+    }
+}
+
+#[inline(always)]
+fn forward_line_generic(
+    s: &DepthwiseConv2dShape,
+    img: &[f32],
+    kernel: &[f32],
+    oy: usize,
+    yl: &mut [f32],
+) {
+    if s.depth_multiplier == 1 {
+        forward_line_dm1(s, img, kernel, oy, yl)
+    } else {
+        forward_line_any(s, img, kernel, oy, yl)
+    }
+}
+
+#[inline(always)]
+fn dk_line_generic(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk: &mut [f32]) {
+    if s.depth_multiplier == 1 {
+        dk_line_dm1(s, img, dzl, oy, dk)
+    } else {
+        dk_line_any(s, img, dzl, oy, dk)
+    }
+}
+
+#[inline(always)]
+fn dx_line_generic(
+    s: &DepthwiseConv2dShape,
+    dz: &[f32],
+    kernel: &[f32],
+    n: usize,
+    iy: usize,
+    dxl: &mut [f32],
+) {
+    if s.depth_multiplier == 1 && s.kernel_w <= MAX_DX_TAPS {
+        dx_line_dm1(s, dz, kernel, n, iy, dxl)
+    } else {
+        dx_line_any(s, dz, kernel, n, iy, dxl)
+    }
+}
+
+multiversion!(forward_line => forward_line_generic(s: &DepthwiseConv2dShape, img: &[f32], kernel: &[f32], oy: usize, yl: &mut [f32]));
+
+/// Adds output line `oy`'s kernel gradient (`dzl` `[out_w, c*dm]`) into `dk`.
+#[inline(always)]
+fn dk_line_any(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk: &mut [f32]) {
+    let (c, oc, dm) = (s.channels, s.out_channels(), s.depth_multiplier);
+    for ky in 0..s.kernel_h {
+        let Some(iy) = s.input_row(oy, ky) else {
+            continue;
+        };
+        let xline = &img[iy * s.in_line()..(iy + 1) * s.in_line()];
+        let dkrow = &mut dk[ky * s.kernel_w * oc..(ky + 1) * s.kernel_w * oc];
+        for (ox, g) in dzl.chunks_exact(oc).enumerate() {
+            for (kx, dkt) in dkrow.chunks_exact_mut(oc).enumerate() {
+                if let Some(ix) = s.input_col(ox, kx) {
+                    tap_dk(dkt, &xline[ix * c..(ix + 1) * c], g, dm);
+                }
+            }
+        }
+    }
+}
+multiversion!(dk_line => dk_line_generic(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk: &mut [f32]));
+
+/// Input-gradient line `iy` of image `n` into `dxl` (`[in_w, c]`,
+/// overwritten), gathered from the output lines whose taps read it.
+#[inline(always)]
+fn dx_line_any(
+    s: &DepthwiseConv2dShape,
+    dz: &[f32],
+    kernel: &[f32],
+    n: usize,
+    iy: usize,
+    dxl: &mut [f32],
+) {
+    let (c, oc, dm) = (s.channels, s.out_channels(), s.depth_multiplier);
+    dxl.fill(0.0);
+    for ky in 0..s.kernel_h {
+        // Output line oy with oy * sh + ky * dh - pad_top == iy.
+        let Some(t) = (iy + s.pad_top).checked_sub(ky * s.dilation_h) else {
+            continue;
+        };
+        if t % s.stride_h != 0 || t / s.stride_h >= s.out_h {
+            continue;
+        }
+        let oy = t / s.stride_h;
+        let l = n * s.out_h + oy;
+        let dzl = &dz[l * s.out_line()..(l + 1) * s.out_line()];
+        let krow = &kernel[ky * s.kernel_w * oc..(ky + 1) * s.kernel_w * oc];
+        for (ox, g) in dzl.chunks_exact(oc).enumerate() {
+            for (kx, kt) in krow.chunks_exact(oc).enumerate() {
+                if let Some(ix) = s.input_col(ox, kx) {
+                    tap_dx(&mut dxl[ix * c..(ix + 1) * c], g, kt, dm);
+                }
+            }
+        }
+    }
+}
+multiversion!(dx_line => dx_line_generic(s: &DepthwiseConv2dShape, dz: &[f32], kernel: &[f32], n: usize, iy: usize, dxl: &mut [f32]));
+
+/// Fused depthwise convolution forward: `y = act(depthwise(x, kernel) + bias)`.
+///
+/// `x`: `[batch, in_h, in_w, channels]`; `kernel`:
+/// `[kernel_h, kernel_w, channels, depth_multiplier]`; `bias`:
+/// `[channels * depth_multiplier]`; `y`:
+/// `[batch, out_h, out_w, channels * depth_multiplier]` (overwritten), output
+/// channel `c * depth_multiplier + m`. Softmax (if asked) is over the output
+/// channels of each pixel.
+pub fn depthwise_conv2d_forward(
+    s: &DepthwiseConv2dShape,
+    x: &[f32],
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_len("depthwise_conv2d input", s.input_len(), x.len())?;
+    check_len("depthwise_conv2d kernel", s.kernel_len(), kernel.len())?;
+    check_len("depthwise_conv2d output", s.output_len(), y.len())?;
+    if let Some(b) = bias {
+        check_len("depthwise_conv2d bias", s.out_channels(), b.len())?;
+    }
+    let (line, oc, il) = (s.out_line(), s.out_channels(), s.image_len());
+    let lpt = DepthwiseConv2dShape::lines_per_task(line);
+    let isa = isa();
+    y.par_chunks_mut(lpt * line)
+        .enumerate()
+        .for_each(|(ti, yc)| {
+            for (li, yl) in yc.chunks_exact_mut(line).enumerate() {
+                let l = ti * lpt + li;
+                let (n, oy) = (l / s.out_h, l % s.out_h);
+                forward_line(isa, s, &x[n * il..(n + 1) * il], kernel, oy, yl);
+                bias_activation_rows(yl, oc, bias, act);
+            }
+        });
+    Ok(())
+}
+
+/// Depthwise convolution backward for `y = act(depthwise(x, kernel) + bias)`.
+///
+/// `y` is the saved forward output and `dy` = d loss / d y, both
+/// `[batch, out_h, out_w, channels * depth_multiplier]`. On return `dy` holds
+/// `dz = dy ⊙ act'(y)`. Each requested gradient is overwritten: `dx`
+/// `[batch, in_h, in_w, channels]`, `dkernel`
+/// `[kernel_h, kernel_w, channels, depth_multiplier]`, `dbias`
+/// `[channels * depth_multiplier]`.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_conv2d_backward(
+    s: &DepthwiseConv2dShape,
+    x: &[f32],
+    kernel: &[f32],
+    y: &[f32],
+    act: Activation,
+    dy: &mut [f32],
+    dx: Option<&mut [f32]>,
+    dkernel: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+) -> Result<(), KernelError> {
+    check_len("depthwise_conv2d input", s.input_len(), x.len())?;
+    check_len("depthwise_conv2d kernel", s.kernel_len(), kernel.len())?;
+    check_len("depthwise_conv2d output", s.output_len(), y.len())?;
+    check_len("depthwise_conv2d output gradient", s.output_len(), dy.len())?;
+    if let Some(d) = dx.as_deref() {
+        check_len("depthwise_conv2d input gradient", s.input_len(), d.len())?;
+    }
+    if let Some(d) = dkernel.as_deref() {
+        check_len("depthwise_conv2d kernel gradient", s.kernel_len(), d.len())?;
+    }
+    if let Some(d) = dbias.as_deref() {
+        check_len("depthwise_conv2d bias gradient", s.out_channels(), d.len())?;
+    }
+    let (line, oc, il) = (s.out_line(), s.out_channels(), s.image_len());
+    let isa = isa();
+
+    // Pass 1: dz in place, plus partial d kernel / d bias per fixed line group.
+    let want_dk = dkernel.is_some();
+    let want_db = dbias.is_some();
+    if want_dk || want_db || act != Activation::Linear {
+        let group = s.group_lines();
+        let groups = (s.batch * s.out_h).div_ceil(group);
+        let dk_len = if want_dk { s.kernel_len() } else { 0 };
+        let db_len = if want_db { oc } else { 0 };
+        let stride = (dk_len + db_len).max(1);
+        with_partials(groups * stride, |partials| {
+            partials
+                .par_chunks_mut(stride)
+                .zip(
+                    dy.par_chunks_mut(group * line)
+                        .zip(y.par_chunks(group * line)),
+                )
+                .enumerate()
+                .for_each(|(gi, (part, (dz, yg)))| {
+                    let (dk, rest) = part.split_at_mut(dk_len);
+                    let db = &mut rest[..db_len];
+                    activation_backward_rows(act, yg, dz, oc);
+                    if want_db {
+                        db.fill(0.0);
+                        add_rows_into(dz, oc, db);
+                    }
+                    if want_dk {
+                        dk.fill(0.0);
+                        for (li, dzl) in dz.chunks_exact(line).enumerate() {
+                            let l = gi * group + li;
+                            let (n, oy) = (l / s.out_h, l % s.out_h);
+                            dk_line(isa, s, &x[n * il..(n + 1) * il], dzl, oy, dk);
+                        }
+                    }
+                });
+            let parts = || partials.chunks_exact(stride).take(groups);
+            if let Some(out) = dkernel {
+                sum_partials(parts().map(|p| &p[..dk_len]), out);
+            }
+            if let Some(out) = dbias {
+                sum_partials(parts().map(|p| &p[dk_len..dk_len + db_len]), out);
+            }
+        });
+    }
+
+    // Pass 2: d x, parallel over chunks of input lines.
+    if let Some(dx) = dx {
+        let dz: &[f32] = dy;
+        let in_line = s.in_line();
+        if in_line == 0 {
+            return Ok(()); // an empty input has an empty gradient
+        }
+        let lpt = DepthwiseConv2dShape::lines_per_task(in_line);
+        dx.par_chunks_mut(lpt * in_line)
+            .enumerate()
+            .for_each(|(ti, dxc)| {
+                for (li, dxl) in dxc.chunks_exact_mut(in_line).enumerate() {
+                    let l = ti * lpt + li;
+                    let (n, iy) = (l / s.in_h, l % s.in_h);
+                    dx_line(isa, s, dz, kernel, n, iy, dxl);
+                }
+            });
+    }
+    Ok(())
+}
