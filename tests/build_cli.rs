@@ -174,12 +174,23 @@ fn dot_of_a_graph_marks_frozen_layers_and_joins() {
     .unwrap();
     let out = cnnc(&["build", spec.to_str().unwrap(), "--emit", "dot"]);
     std::fs::remove_dir_all(&dir).ok();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dot = String::from_utf8_lossy(&out.stdout).into_owned();
     // The frozen conv is drawn dashed and grey; the add reads both convs.
     let frozen_line = dot.lines().find(|l| l.starts_with("  n1 [")).unwrap();
-    assert!(frozen_line.contains("frozen") && frozen_line.contains("dashed"), "{frozen_line}");
-    assert!(!dot.lines().find(|l| l.starts_with("  n2 [")).unwrap().contains("dashed"));
+    assert!(
+        frozen_line.contains("frozen") && frozen_line.contains("dashed"),
+        "{frozen_line}"
+    );
+    assert!(!dot
+        .lines()
+        .find(|l| l.starts_with("  n2 ["))
+        .unwrap()
+        .contains("dashed"));
     assert!(dot.contains("  n1 -> n3 [label=\" (None, 8, 8, 4)\"]"));
     assert!(dot.contains("  n2 -> n3 [label=\" (None, 8, 8, 4)\"]"));
     // Two outputs, named by their tensors.

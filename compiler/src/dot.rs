@@ -110,13 +110,22 @@ fn arguments(layer: &Layer) -> String {
         }
         LayerKind::BatchNormalization { epsilon, .. } => format!("epsilon={epsilon}"),
         LayerKind::UpSampling2d { size, .. } => format!("size={}x{}", size[0], size[1]),
-        LayerKind::Reshape { target_shape } => format!("target_shape={}", keras_shape(target_shape)),
-        LayerKind::Concatenate { axis } => format!("axis={}", *axis as i64 - layer.output_shape.len() as i64),
+        LayerKind::Reshape { target_shape } => {
+            format!("target_shape={}", keras_shape(target_shape))
+        }
+        LayerKind::Concatenate { axis } => {
+            format!("axis={}", *axis as i64 - layer.output_shape.len() as i64)
+        }
         LayerKind::Add | LayerKind::Multiply => String::new(),
     }
 }
 
-fn window_parts(parts: &mut Vec<String>, strides: [usize; 2], padding: Padding, activation: crate::model::Activation) {
+fn window_parts(
+    parts: &mut Vec<String>,
+    strides: [usize; 2],
+    padding: Padding,
+    activation: crate::model::Activation,
+) {
     if strides != [1, 1] {
         parts.push(format!("strides={}x{}", strides[0], strides[1]));
     }
@@ -134,7 +143,8 @@ pub fn render(model: &Model) -> String {
     out += "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"Helvetica\"];\n";
     out += "  edge [fontname=\"Helvetica\", fontsize=10];\n";
     // Node ids are positional (`i0` inputs, `n1` layers), so no layer name can clash.
-    let mut ids: std::collections::HashMap<&str, (String, &[usize])> = std::collections::HashMap::new();
+    let mut ids: std::collections::HashMap<&str, (String, &[usize])> =
+        std::collections::HashMap::new();
     for (i, input) in model.inputs.iter().enumerate() {
         let id = format!("i{i}");
         out += &format!(
@@ -170,7 +180,11 @@ pub fn render(model: &Model) -> String {
     }
     for (k, output) in model.outputs.iter().enumerate() {
         if let Some((from, shape)) = ids.get(output.as_str()) {
-            let name = if model.outputs.len() == 1 { "output".to_string() } else { escape(output) };
+            let name = if model.outputs.len() == 1 {
+                "output".to_string()
+            } else {
+                escape(output)
+            };
             out += &format!(
                 "  out{k} [shape=plaintext, style=\"\", label=\"{name}\"];\n  {from} -> out{k} [label=\" {}\"];\n",
                 keras_shape(shape)

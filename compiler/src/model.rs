@@ -416,7 +416,10 @@ impl Model {
     pub fn is_chain(&self) -> bool {
         self.inputs.len() == 1
             && self.outputs.len() == 1
-            && self.layers.last().is_some_and(|l| l.name == self.outputs[0])
+            && self
+                .layers
+                .last()
+                .is_some_and(|l| l.name == self.outputs[0])
             && self.layers.iter().enumerate().all(|(i, l)| {
                 let prev = if i == 0 {
                     self.inputs[0].name.as_str()

@@ -83,7 +83,11 @@ pub fn render_text(model: &Model) -> String {
             keras_shape(&l.output_shape),
             thousands(l.params as u64),
             thousands(l.flops),
-            if graph { l.inputs.join(", ") } else { String::new() },
+            if graph {
+                l.inputs.join(", ")
+            } else {
+                String::new()
+            },
         ]
     }));
     // Column widths of the Keras 2 table (widened for long names).
@@ -133,7 +137,13 @@ pub fn render_text(model: &Model) -> String {
     };
     out.push_str(&format!("Model: \"{}\"\n", model.name));
     out.push_str(&format!("{}\n", "_".repeat(width)));
-    out.push_str(&row(" Layer (type)", "Output Shape", "Param #", "FLOPs", "Connected to"));
+    out.push_str(&row(
+        " Layer (type)",
+        "Output Shape",
+        "Param #",
+        "FLOPs",
+        "Connected to",
+    ));
     out.push_str(&format!("{}\n", "=".repeat(width)));
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {

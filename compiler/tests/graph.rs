@@ -44,7 +44,13 @@ model m {
     let names: Vec<&str> = m.layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(
         names,
-        ["s1_0_conv", "s1_1_conv", "activation", "s1_2_conv", "s1_add"]
+        [
+            "s1_0_conv",
+            "s1_1_conv",
+            "activation",
+            "s1_2_conv",
+            "s1_add"
+        ]
     );
     // 1x1 conv 64 -> 64 filters: 64*64 + 64 = 4,160; strided: 56 -> 28.
     assert_eq!(layer(&m, "s1_0_conv").params, 4_160);
@@ -165,14 +171,19 @@ fn up_sampling_reshape_and_joins() {
     assert_eq!(layer(&m, "reshape").output_shape, [48, 12]);
     assert_eq!(m.outputs, ["concatenate", "multiply", "reshape"]);
     // Concatenate along height: widths and channels must agree.
-    let m = ok("model m {\n input [4, 6, 3]\n a = conv2d(3, 1)\n concatenate(input, a, axis=0)\n}\n");
+    let m =
+        ok("model m {\n input [4, 6, 3]\n a = conv2d(3, 1)\n concatenate(input, a, axis=0)\n}\n");
     assert_eq!(m.layers[1].output_shape, [8, 6, 3]);
     assert_eq!(
-        codes("model m {\n input [4, 6, 3]\n a = conv2d(5, 1)\n concatenate(input, a, axis=1)\n}\n"),
+        codes(
+            "model m {\n input [4, 6, 3]\n a = conv2d(5, 1)\n concatenate(input, a, axis=1)\n}\n"
+        ),
         ["E0023"]
     );
     assert_eq!(
-        codes("model m {\n input [4, 6, 3]\n a = conv2d(3, 1)\n concatenate(input, a, axis=3)\n}\n"),
+        codes(
+            "model m {\n input [4, 6, 3]\n a = conv2d(3, 1)\n concatenate(input, a, axis=3)\n}\n"
+        ),
         ["E0005"]
     );
     assert_eq!(codes("model m {\n input [4, 6, 3]\n add\n}\n"), ["E0024"]);
@@ -201,7 +212,8 @@ fn several_inputs_and_outputs() {
 
 #[test]
 fn repeats_conditions_and_freezing() {
-    let m = ok("block unit(f) {\n conv2d(f, 3, padding=same) -> relu\n}\nmodel m(top=true, deep=false) {
+    let m = ok(
+        "block unit(f) {\n conv2d(f, 3, padding=same) -> relu\n}\nmodel m(top=true, deep=false) {
   input [8, 8, 2]
   unit(4) * 3
   if deep { unit(4) } else { conv2d(4, 1, trainable=false) }
@@ -209,7 +221,8 @@ fn repeats_conditions_and_freezing() {
     global_max_pooling2d
     dense(3)
   }
-}");
+}",
+    );
     let convs: Vec<&str> = m
         .layers
         .iter()
@@ -264,15 +277,36 @@ fn imported_model_without_its_top() {
 
 #[test]
 fn expansion_errors() {
-    assert_eq!(codes("block b(f) {\n conv2d(f / 0, 1)\n}\nmodel m {\n input [4, 4, 1]\n b(4)\n}\n"), ["E0022"]);
-    assert_eq!(codes("model m(top=1) {\n input [4, 4, 1]\n if top { flatten }\n}\n"), ["E0022"]);
-    assert_eq!(codes("model m {\n input [4, 4, 1]\n flatten * 0\n}\n"), ["E0022"]);
-    assert_eq!(codes("model m {\n input [4, 4, 1]\n x = flatten\n x -> dense(2)\n y -> dense(2)\n}\n"), ["E0020"]);
-    assert_eq!(codes("block b() {\n input [4, 4, 1]\n}\nmodel m {\n input [4, 4, 1]\n b\n}\n"), ["E0024"]);
-    assert_eq!(codes("block a() {\n b\n}\nblock b() {\n a\n}\nmodel m {\n input [4, 4, 1]\n a\n}\n"), ["E0025"]);
+    assert_eq!(
+        codes("block b(f) {\n conv2d(f / 0, 1)\n}\nmodel m {\n input [4, 4, 1]\n b(4)\n}\n"),
+        ["E0022"]
+    );
+    assert_eq!(
+        codes("model m(top=1) {\n input [4, 4, 1]\n if top { flatten }\n}\n"),
+        ["E0022"]
+    );
+    assert_eq!(
+        codes("model m {\n input [4, 4, 1]\n flatten * 0\n}\n"),
+        ["E0022"]
+    );
+    assert_eq!(
+        codes("model m {\n input [4, 4, 1]\n x = flatten\n x -> dense(2)\n y -> dense(2)\n}\n"),
+        ["E0020"]
+    );
+    assert_eq!(
+        codes("block b() {\n input [4, 4, 1]\n}\nmodel m {\n input [4, 4, 1]\n b\n}\n"),
+        ["E0024"]
+    );
+    assert_eq!(
+        codes("block a() {\n b\n}\nblock b() {\n a\n}\nmodel m {\n input [4, 4, 1]\n a\n}\n"),
+        ["E0025"]
+    );
     assert_eq!(codes("model m {\n input [4, 4, 1]\n flatten\n}\nblock flatten2() { flatten }\nblock flatten2() { flatten }\n"), ["E0021"]);
     // Imports need a file.
-    assert_eq!(codes("import \"x.cnn\"\nmodel m {\n input [4, 4, 1]\n flatten\n}\n"), ["E0019"]);
+    assert_eq!(
+        codes("import \"x.cnn\"\nmodel m {\n input [4, 4, 1]\n flatten\n}\n"),
+        ["E0019"]
+    );
 }
 
 #[test]

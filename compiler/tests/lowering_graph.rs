@@ -474,7 +474,9 @@ fn depthwise_transpose_dilation_upsampling_reshape() {
     assert_eq!(g.nodes[6].shape, [48, 24]);
     // The dump names the new ops' attributes.
     let text = render_text(&g, &[]);
-    assert!(text.contains("depth_multiplier=3 kernel_size=3x3 strides=1x1 pads=(2, 2, 2, 2) dilation_rate=2x2"));
+    assert!(text.contains(
+        "depth_multiplier=3 kernel_size=3x3 strides=1x1 pads=(2, 2, 2, 2) dilation_rate=2x2"
+    ));
     assert!(text.contains("size=2x1 interpolation=bilinear"));
 }
 
@@ -503,11 +505,20 @@ fn two_inputs_two_outputs_and_concatenate() {
                 &[4, 4, 4],
                 &[4, 4, 4],
             ),
-            layer("scaled", LayerKind::Multiply, &["bn", "cat", "bn"], &[4, 4, 4], &[4, 4, 4]),
+            layer(
+                "scaled",
+                LayerKind::Multiply,
+                &["bn", "cat", "bn"],
+                &[4, 4, 4],
+                &[4, 4, 4],
+            ),
         ],
     );
     let g = try_lower(&m).unwrap();
-    assert_eq!(ops(&g), ["input", "input", "concat", "batch_norm", "multiply"]);
+    assert_eq!(
+        ops(&g),
+        ["input", "input", "concat", "batch_norm", "multiply"]
+    );
     assert_eq!(g.inputs, [NodeId(0), NodeId(1)]);
     assert_eq!(g.outputs, [NodeId(2), NodeId(4)]);
     assert_eq!(g.nodes[1].layer, "mask");

@@ -171,7 +171,8 @@ fn syntax_error_messages() {
     }
     insta::assert_snapshot!("syntax_errors", out);
     // Files that parse but hold no single model.
-    let two = check_source("model m {\n  input [28, 28, 1]\n  flatten\n}\nmodel n {\n}\n").unwrap_err();
+    let two =
+        check_source("model m {\n  input [28, 28, 1]\n  flatten\n}\nmodel n {\n}\n").unwrap_err();
     assert_eq!(two[0].code, "E0021", "two models in one file");
     let empty = check_source("").unwrap_err();
     assert_eq!(empty.len(), 1);

@@ -421,7 +421,10 @@ impl Plan {
                         _ => {
                             return Err(err(
                                 i,
-                                format!("conv2d_transpose output {:?} is not [h, w, c]", node.shape),
+                                format!(
+                                    "conv2d_transpose output {:?} is not [h, w, c]",
+                                    node.shape
+                                ),
                             ))
                         }
                     };
@@ -1128,7 +1131,10 @@ impl Executor {
     /// (Keras 3 `BatchNormalization`). Each forward's statistics are applied
     /// at most once; after an inference forward, or a forward on an empty
     /// batch, nothing changes. Returns how many batch norms were updated.
-    pub fn update_moving_statistics(&mut self, params: &mut ParamStore) -> Result<usize, ExecError> {
+    pub fn update_moving_statistics(
+        &mut self,
+        params: &mut ParamStore,
+    ) -> Result<usize, ExecError> {
         let plan = self.plan.as_ref().map_err(Clone::clone)?;
         params.check(&self.graph)?;
         let mut updated = 0;
@@ -1375,8 +1381,14 @@ impl Executor {
                     size,
                     interpolation,
                 } => {
-                    up_sampling2d_forward(&image(batch, *in_shape), *size, *interpolation, x, &mut out)
-                        .map_err(kerr)?;
+                    up_sampling2d_forward(
+                        &image(batch, *in_shape),
+                        *size,
+                        *interpolation,
+                        x,
+                        &mut out,
+                    )
+                    .map_err(kerr)?;
                 }
             }
             drop(xs);

@@ -275,25 +275,21 @@ impl Classifier {
         let is_last = output.0 + 1 == graph.nodes.len();
         let single_input = graph.node(output).inputs.len() == 1;
         let single_output = graph.output_ids().len() == 1;
-        let output_kind = if is_softmax
-            && is_last
-            && single_input
-            && single_output
-            && output != graph.input
-        {
-            graph.output = graph.node(output).inputs[0];
-            graph.outputs = vec![graph.output];
-            graph.nodes.pop();
-            Output::Logits {
-                softmax_removed: true,
-            }
-        } else if is_softmax {
-            Output::Probabilities
-        } else {
-            Output::Logits {
-                softmax_removed: false,
-            }
-        };
+        let output_kind =
+            if is_softmax && is_last && single_input && single_output && output != graph.input {
+                graph.output = graph.node(output).inputs[0];
+                graph.outputs = vec![graph.output];
+                graph.nodes.pop();
+                Output::Logits {
+                    softmax_removed: true,
+                }
+            } else if is_softmax {
+                Output::Probabilities
+            } else {
+                Output::Logits {
+                    softmax_removed: false,
+                }
+            };
         let shape = graph.node(graph.output).shape.clone();
         let [classes] = shape[..] else {
             return Err(TrainError::NotAClassifier { shape });

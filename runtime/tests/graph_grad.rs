@@ -74,7 +74,16 @@ fn frozen_batch_norm_uses_moving_statistics_in_training() {
     let graph = residual_dag(true);
     let params = params_for(&graph, 8);
     let x = tensor(&[3, 4, 4, 2], 9);
-    let grads = check_dag_grads(&graph, &params, &[x.clone()], TRAIN, 1e-3, 12, 3e-2, 3e-3);
+    let grads = check_dag_grads(
+        &graph,
+        &params,
+        std::slice::from_ref(&x),
+        TRAIN,
+        1e-3,
+        12,
+        3e-2,
+        3e-3,
+    );
     for (prm, g) in graph.params.iter().zip(&grads) {
         if prm.name.starts_with("bn") && !prm.trainable {
             assert!(g.iter().all(|v| *v == 0.0), "{}", prm.name);
@@ -88,8 +97,16 @@ fn frozen_batch_norm_uses_moving_statistics_in_training() {
     let g = d.build();
     let p = params_for(&g, 10);
     let mut ex = Executor::new(g);
-    let y_train = ex.forward(&p, &x.clone().into_shape_with_order(IxDyn(&[32, 3])).unwrap(), TRAIN);
-    let y_inf = ex.forward(&p, &x.into_shape_with_order(IxDyn(&[32, 3])).unwrap(), Mode::Inference);
+    let y_train = ex.forward(
+        &p,
+        &x.clone().into_shape_with_order(IxDyn(&[32, 3])).unwrap(),
+        TRAIN,
+    );
+    let y_inf = ex.forward(
+        &p,
+        &x.into_shape_with_order(IxDyn(&[32, 3])).unwrap(),
+        Mode::Inference,
+    );
     assert_eq!(slice(&y_train), slice(&y_inf));
 }
 
@@ -119,7 +136,16 @@ fn several_inputs_and_outputs_gradients() {
     let x1 = tensor(&[2, 3, 3, 2], 13);
     let x2 = tensor(&[2, 2, 3, 2], 14);
     for mode in [TRAIN, Mode::Inference] {
-        check_dag_grads(&graph, &params, &[x1.clone(), x2.clone()], mode, 1e-3, 10, 3e-2, 3e-3);
+        check_dag_grads(
+            &graph,
+            &params,
+            &[x1.clone(), x2.clone()],
+            mode,
+            1e-3,
+            10,
+            3e-2,
+            3e-3,
+        );
     }
 }
 
@@ -142,7 +168,8 @@ fn single_gradient_api_backpropagates_the_first_output_only() {
     }
     // forward_multi_into reuses the caller's tensors and gives the same values.
     let mut outs = vec![];
-    ex.forward_multi_into(&params, &[&x1, &x2], TRAIN, &mut outs).unwrap();
+    ex.forward_multi_into(&params, &[&x1, &x2], TRAIN, &mut outs)
+        .unwrap();
     assert_eq!(outs.len(), 2);
     assert_eq!(slice(&outs[0]), slice(&ys[0]));
     assert_eq!(slice(&outs[1]), slice(&ys[1]));
@@ -258,7 +285,6 @@ fn dag_step_is_bit_identical_across_thread_counts() {
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
 }
-
 
 /// The conv family through lowering, on [5, 5, 2] inputs:
 /// separable_conv2d(3, 3, same, depth_multiplier=2, relu) -> [5, 5, 3]
@@ -399,7 +425,16 @@ fn conv_family_gradients_through_lowering() {
     for g in [graph, training] {
         let params = params_for(&g, 40);
         let x = tensor(&[2, 5, 5, 2], 41);
-        check_dag_grads(&g, &params, &[x.clone()], TRAIN, 1e-3, 10, 3e-2, 3e-3);
+        check_dag_grads(
+            &g,
+            &params,
+            std::slice::from_ref(&x),
+            TRAIN,
+            1e-3,
+            10,
+            3e-2,
+            3e-3,
+        );
         check_dag_grads(&g, &params, &[x], Mode::Inference, 1e-3, 10, 3e-2, 3e-3);
     }
 }

@@ -121,20 +121,29 @@ fn nearest_upsampling_repeats_pixels() {
     let x = [1.0, 2.0, 3.0, 4.0];
     let mut y = vec![0.0; 2 * 3 * 2];
     up_sampling2d_forward(&s, [1, 3], Interpolation::Nearest, &x, &mut y).unwrap();
-    assert_eq!(y, [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 4.0, 4.0, 4.0]);
+    assert_eq!(
+        y,
+        [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 4.0, 4.0, 4.0]
+    );
     let mut y = vec![0.0; 16];
     up_sampling2d_forward(&s, [2, 2], Interpolation::Nearest, &x, &mut y).unwrap();
     assert_eq!(
         y,
-        [
-            1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0
-        ]
+        [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]
     );
     // Backward sums each 2 x 2 block.
     let dy: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let mut dx = vec![0.0; 4];
     up_sampling2d_backward(&s, [2, 2], Interpolation::Nearest, &dy, &mut dx).unwrap();
-    assert_eq!(dx, [0.0 + 1.0 + 4.0 + 5.0, 2.0 + 3.0 + 6.0 + 7.0, 8.0 + 9.0 + 12.0 + 13.0, 10.0 + 11.0 + 14.0 + 15.0]);
+    assert_eq!(
+        dx,
+        [
+            0.0 + 1.0 + 4.0 + 5.0,
+            2.0 + 3.0 + 6.0 + 7.0,
+            8.0 + 9.0 + 12.0 + 13.0,
+            10.0 + 11.0 + 14.0 + 15.0
+        ]
+    );
     assert!(up_sampling2d_forward(&s, [0, 2], Interpolation::Nearest, &x, &mut y).is_err());
 }
 
@@ -247,7 +256,18 @@ fn batch_norm_inference_is_the_formula() {
     batch_norm_inference_forward(&s, &x, None, None, &mean, &var, eps, &mut y, &mut inv).unwrap();
     assert_close(&y, &[0.0, 8.0, 1.0, -4.0], 1e-5, "no affine");
     // Wrong lengths are errors.
-    assert!(batch_norm_inference_forward(&s, &x, None, None, &mean[..1], &var, eps, &mut y, &mut inv).is_err());
+    assert!(batch_norm_inference_forward(
+        &s,
+        &x,
+        None,
+        None,
+        &mean[..1],
+        &var,
+        eps,
+        &mut y,
+        &mut inv
+    )
+    .is_err());
 }
 
 #[test]
@@ -261,8 +281,18 @@ fn batch_norm_training_uses_batch_mean_and_biased_variance() {
     let x = [1.0, 0.0, 2.0, 0.0, 3.0, 4.0, 6.0, 4.0];
     let eps = 0.5;
     let (mut y, mut mean, mut var, mut inv) = (vec![0.0; 8], [0.0; 2], [0.0; 2], [0.0; 2]);
-    batch_norm_train_forward(&s, &x, None, Some(&[1.0, 0.0]), eps, &mut y, &mut mean, &mut var, &mut inv)
-        .unwrap();
+    batch_norm_train_forward(
+        &s,
+        &x,
+        None,
+        Some(&[1.0, 0.0]),
+        eps,
+        &mut y,
+        &mut mean,
+        &mut var,
+        &mut inv,
+    )
+    .unwrap();
     assert_close(&mean, &[3.0, 2.0], 1e-6, "mean");
     assert_close(&var, &[3.5, 4.0], 1e-6, "variance");
     let i0 = 1.0 / (3.5f32 + 0.5).sqrt();
@@ -296,11 +326,27 @@ fn bn_loss(
     let (mut m, mut v, mut inv) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
     match fixed {
         None => batch_norm_train_forward(
-            s, x, Some(gamma), Some(beta), 1e-3, &mut y, &mut m, &mut v, &mut inv,
+            s,
+            x,
+            Some(gamma),
+            Some(beta),
+            1e-3,
+            &mut y,
+            &mut m,
+            &mut v,
+            &mut inv,
         )
         .unwrap(),
         Some((mm, mv)) => batch_norm_inference_forward(
-            s, x, Some(gamma), Some(beta), mm, mv, 1e-3, &mut y, &mut inv,
+            s,
+            x,
+            Some(gamma),
+            Some(beta),
+            mm,
+            mv,
+            1e-3,
+            &mut y,
+            &mut inv,
         )
         .unwrap(),
     }
@@ -314,7 +360,10 @@ fn batch_norm_backward_matches_finite_differences() {
         rows: 300,
         channels: 3,
     };
-    let x: Vec<f32> = rand_vec(s.len(), 41).iter().map(|v| 2.0 * v + 0.5).collect();
+    let x: Vec<f32> = rand_vec(s.len(), 41)
+        .iter()
+        .map(|v| 2.0 * v + 0.5)
+        .collect();
     let gamma = [1.5, -0.7, 0.9];
     let beta = [0.1, 0.2, -0.3];
     let w = rand_vec(s.len(), 42);
@@ -326,12 +375,28 @@ fn batch_norm_backward_matches_finite_differences() {
             (vec![0.0; s.len()], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
         match fixed {
             None => batch_norm_train_forward(
-                &s, &x, Some(&gamma), Some(&beta), 1e-3, &mut y, &mut mean, &mut var, &mut inv,
+                &s,
+                &x,
+                Some(&gamma),
+                Some(&beta),
+                1e-3,
+                &mut y,
+                &mut mean,
+                &mut var,
+                &mut inv,
             )
             .unwrap(),
             Some((m, v)) => {
                 batch_norm_inference_forward(
-                    &s, &x, Some(&gamma), Some(&beta), m, v, 1e-3, &mut y, &mut inv,
+                    &s,
+                    &x,
+                    Some(&gamma),
+                    Some(&beta),
+                    m,
+                    v,
+                    1e-3,
+                    &mut y,
+                    &mut inv,
                 )
                 .unwrap();
                 mean.copy_from_slice(m);
@@ -351,7 +416,11 @@ fn batch_norm_backward_matches_finite_differences() {
             Some(&mut db),
         )
         .unwrap();
-        let what = if fixed.is_none() { "train" } else { "inference" };
+        let what = if fixed.is_none() {
+            "train"
+        } else {
+            "inference"
+        };
         check_fd(
             &format!("{what} dx"),
             &x,
@@ -414,11 +483,27 @@ fn batch_norm_is_deterministic_across_thread_counts() {
                 .unwrap();
             let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; c], vec![0.0; c]);
             batch_norm_backward(
-                &s, &x, &m, &inv, None, true, &w, Some(&mut dx), Some(&mut dg), Some(&mut db),
+                &s,
+                &x,
+                &m,
+                &inv,
+                None,
+                true,
+                &w,
+                Some(&mut dx),
+                Some(&mut dg),
+                Some(&mut db),
             )
             .unwrap();
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            (bits(&y), bits(&m), bits(&v), bits(&dx), bits(&dg), bits(&db))
+            (
+                bits(&y),
+                bits(&m),
+                bits(&v),
+                bits(&dx),
+                bits(&dg),
+                bits(&db),
+            )
         })
     };
     assert_eq!(run(1), run(2));

@@ -20,7 +20,10 @@ fn check(path: &Path) -> Model {
     let (sources, result) = cnnc_compiler::check_file(path, &text);
     match result {
         Ok(model) => model,
-        Err(diags) => panic!("{path:?} does not check:\n{}", sources.render(&diags, false)),
+        Err(diags) => panic!(
+            "{path:?} does not check:\n{}",
+            sources.render(&diags, false)
+        ),
     }
 }
 
@@ -29,7 +32,11 @@ fn validated_graphs(model: &Model, what: &str) -> [Graph; 3] {
     let raw = lower::try_lower(model).unwrap_or_else(|e| panic!("{what}: {e}"));
     let (training, _) = passes::optimize(raw.clone(), passes::Target::Training);
     let (inference, _) = passes::optimize(raw.clone(), passes::Target::Inference);
-    for (g, kind) in [(&raw, "raw"), (&training, "training"), (&inference, "inference")] {
+    for (g, kind) in [
+        (&raw, "raw"),
+        (&training, "training"),
+        (&inference, "inference"),
+    ] {
         if let Err(e) = Executor::new(g.clone()).validate() {
             panic!("{what} ({kind} graph): {e}");
         }
@@ -38,7 +45,11 @@ fn validated_graphs(model: &Model, what: &str) -> [Graph; 3] {
 }
 
 fn trainable_count(g: &Graph) -> usize {
-    g.params.iter().filter(|p| p.trainable).map(|p| p.len()).sum()
+    g.params
+        .iter()
+        .filter(|p| p.trainable)
+        .map(|p| p.len())
+        .sum()
 }
 
 #[test]
@@ -58,8 +69,16 @@ fn zoo_and_examples_lower_to_valid_graphs() {
             let model = check(&path);
             let what = path.display().to_string();
             let [raw, training, inference] = validated_graphs(&model, &what);
-            assert_eq!(raw.param_count(), model.total_params(), "{what}: total params");
-            assert_eq!(trainable_count(&raw), model.trainable_params(), "{what}: trainable");
+            assert_eq!(
+                raw.param_count(),
+                model.total_params(),
+                "{what}: total params"
+            );
+            assert_eq!(
+                trainable_count(&raw),
+                model.trainable_params(),
+                "{what}: trainable"
+            );
             // The passes never touch the parameter list.
             assert_eq!(training.params, raw.params, "{what}");
             assert_eq!(inference.params, raw.params, "{what}");

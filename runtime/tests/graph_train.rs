@@ -99,7 +99,14 @@ fn bn_net(conv_trainable: bool, bn_trainable: bool) -> Model {
             conv("conv", "input", [4, 4, 1], 2, conv_trainable),
             bn("bn", "conv", &[4, 4, 2], 0.9, bn_trainable),
             act("relu", "bn", &[4, 4, 2], Activation::Relu),
-            layer("flatten", LayerKind::Flatten, &["relu"], &[4, 4, 2], &[32], true),
+            layer(
+                "flatten",
+                LayerKind::Flatten,
+                &["relu"],
+                &[4, 4, 2],
+                &[32],
+                true,
+            ),
             dense("dense", "flatten", 32, 4),
         ],
     )
@@ -188,7 +195,12 @@ fn batch_norm_inference_matches_the_formula() {
     let (g, p) = vector_bn(true);
     assert_eq!(
         g.params.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
-        ["bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"]
+        [
+            "bn/gamma",
+            "bn/beta",
+            "bn/moving_mean",
+            "bn/moving_variance"
+        ]
     );
     let x = Tensor::from_shape_vec(IxDyn(&[2, 3]), vec![2.0, 1.0, 0.0, 0.5, -3.0, -1.0]).unwrap();
     let mut ex = Executor::new(g);
@@ -202,7 +214,12 @@ fn batch_norm_inference_matches_the_formula() {
         0.5 * (-3.0 - 0.0) / 2.0 - 0.2,
         -(-1.0 + 2.0) / 1.0 + 0.3,
     ];
-    assert_close(y.as_slice().unwrap(), &expected, 1e-5, "inference batch norm");
+    assert_close(
+        y.as_slice().unwrap(),
+        &expected,
+        1e-5,
+        "inference batch norm",
+    );
     // Inference never touches the moving statistics.
     let mut q = p.clone();
     assert_eq!(ex.update_moving_statistics(&mut q).unwrap(), 0);
@@ -216,12 +233,12 @@ fn batch_norm_training_normalizes_with_batch_statistics_and_updates_moving_ones(
     let (g, p) = vector_bn(true);
     // Channel 0: 1, 3 (mean 2, var 1); channel 1: 0, 4 (mean 2, var 4);
     // channel 2: -1, -1 (mean -1, var 0).
-    let x =
-        Tensor::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 0.0, -1.0, 3.0, 4.0, -1.0]).unwrap();
+    let x = Tensor::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 0.0, -1.0, 3.0, 4.0, -1.0]).unwrap();
     let mut ex = Executor::new(g.clone());
     let y = ex.forward(&p, &x, Mode::Train { seed: 1 });
     let eps = 1e-3f64;
-    let norm = |x: f64, m: f64, v: f64, gamma: f64, beta: f64| gamma * (x - m) / (v + eps).sqrt() + beta;
+    let norm =
+        |x: f64, m: f64, v: f64, gamma: f64, beta: f64| gamma * (x - m) / (v + eps).sqrt() + beta;
     let expected = [
         norm(1.0, 2.0, 1.0, 2.0, 0.1),
         norm(0.0, 2.0, 4.0, 0.5, -0.2),
@@ -231,7 +248,12 @@ fn batch_norm_training_normalizes_with_batch_statistics_and_updates_moving_ones(
         norm(-1.0, -1.0, 0.0, -1.0, 0.3),
     ]
     .map(|v| v as f32);
-    assert_close(y.as_slice().unwrap(), &expected, 1e-5, "training batch norm");
+    assert_close(
+        y.as_slice().unwrap(),
+        &expected,
+        1e-5,
+        "training batch norm",
+    );
 
     let mut q = p.clone();
     assert_eq!(ex.update_moving_statistics(&mut q).unwrap(), 1);
@@ -245,7 +267,12 @@ fn batch_norm_training_normalizes_with_batch_statistics_and_updates_moving_ones(
         .map(|(old, b)| 0.8 * old + 0.2 * b)
         .collect();
     assert_close(&values(&q, &g, "bn/moving_mean"), &mm, 1e-6, "moving mean");
-    assert_close(&values(&q, &g, "bn/moving_variance"), &mv, 1e-6, "moving variance");
+    assert_close(
+        &values(&q, &g, "bn/moving_variance"),
+        &mv,
+        1e-6,
+        "moving variance",
+    );
     // gamma and beta are the optimizer's business: unchanged here.
     assert_eq!(values(&q, &g, "bn/gamma"), values(&p, &g, "bn/gamma"));
     // A forward's statistics are applied once.
@@ -298,7 +325,11 @@ fn a_training_step_updates_moving_statistics_with_momentum() {
     // parameters (the step's one batch is all 16 images).
     let data = quadrants(16, 3);
     let mut ex = Executor::new(g.clone());
-    ex.forward(&before, &data.gather(&(0..16).collect::<Vec<_>>()).0, Mode::Train { seed: 0 });
+    ex.forward(
+        &before,
+        &data.gather(&(0..16).collect::<Vec<_>>()).0,
+        Mode::Train { seed: 0 },
+    );
     let bn_node = g
         .nodes
         .iter()
@@ -316,11 +347,31 @@ fn a_training_step_updates_moving_statistics_with_momentum() {
     let mv: Vec<f32> = (0..2)
         .map(|j| (0.9 * f64::from(old_mv[j]) + 0.1 * var[j]) as f32)
         .collect();
-    assert_close(&values(&after, &g, "bn/moving_mean"), &mm, 1e-5, "moving mean");
-    assert_close(&values(&after, &g, "bn/moving_variance"), &mv, 1e-5, "moving variance");
+    assert_close(
+        &values(&after, &g, "bn/moving_mean"),
+        &mm,
+        1e-5,
+        "moving mean",
+    );
+    assert_close(
+        &values(&after, &g, "bn/moving_variance"),
+        &mv,
+        1e-5,
+        "moving variance",
+    );
     // Everything trainable moved.
-    for name in ["conv/kernel", "bn/gamma", "bn/beta", "dense/kernel", "dense/bias"] {
-        assert_ne!(values(&after, &g, name), values(&before, &g, name), "{name}");
+    for name in [
+        "conv/kernel",
+        "bn/gamma",
+        "bn/beta",
+        "dense/kernel",
+        "dense/bias",
+    ] {
+        assert_ne!(
+            values(&after, &g, name),
+            values(&before, &g, name),
+            "{name}"
+        );
     }
 }
 
@@ -331,7 +382,10 @@ fn frozen_layers_keep_their_parameters_while_others_train() {
     for prm in &g.params {
         let frozen = prm.name.starts_with("conv/") || prm.name.starts_with("bn/");
         assert_eq!(prm.trainable, !frozen, "{}", prm.name);
-        let (b, a) = (values(&before, &g, &prm.name), values(&after, &g, &prm.name));
+        let (b, a) = (
+            values(&before, &g, &prm.name),
+            values(&after, &g, &prm.name),
+        );
         if frozen {
             assert_eq!(a, b, "{} must not change", prm.name);
         } else {
@@ -365,7 +419,14 @@ fn residual_net() -> Model {
                 &[4, 4, 16],
                 true,
             ),
-            layer("gap", LayerKind::GlobalAvgPool2d, &["concat"], &[4, 4, 16], &[16], true),
+            layer(
+                "gap",
+                LayerKind::GlobalAvgPool2d,
+                &["concat"],
+                &[4, 4, 16],
+                &[16],
+                true,
+            ),
             dense("dense", "gap", 16, 4),
         ],
     )
@@ -399,10 +460,19 @@ fn residual_network_learns_quadrants() {
     let first = history.epochs.first().unwrap().loss;
     let last = history.epochs.last().unwrap().loss;
     assert!(last < first * 0.5, "training loss {first} -> {last}");
-    assert!(after.loss < before.loss, "test loss {} -> {}", before.loss, after.loss);
+    assert!(
+        after.loss < before.loss,
+        "test loss {} -> {}",
+        before.loss,
+        after.loss
+    );
     assert!(after.accuracy >= 0.9, "test accuracy {}", after.accuracy);
     // The moving statistics moved away from their initial 0 / 1.
     let p = trainer.params();
-    assert!(values(p, &training, "bn_1/moving_mean").iter().any(|v| *v != 0.0));
-    assert!(values(p, &training, "bn_2/moving_variance").iter().any(|v| *v != 1.0));
+    assert!(values(p, &training, "bn_1/moving_mean")
+        .iter()
+        .any(|v| *v != 0.0));
+    assert!(values(p, &training, "bn_2/moving_variance")
+        .iter()
+        .any(|v| *v != 1.0));
 }

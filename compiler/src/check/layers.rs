@@ -808,7 +808,10 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, def: &LayerDef, bound: &Bound<'_>) -> R
                 None => Some(crate::model::Interpolation::Nearest),
             };
             match (size, interpolation) {
-                (Some(size), Some(interpolation)) => Some(LayerKind::UpSampling2d { size, interpolation }),
+                (Some(size), Some(interpolation)) => Some(LayerKind::UpSampling2d {
+                    size,
+                    interpolation,
+                }),
                 _ => None,
             }
         }

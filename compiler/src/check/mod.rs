@@ -113,8 +113,10 @@ fn tidy(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
         let more = out.len() - MAX_DIAGNOSTICS;
         out.truncate(MAX_DIAGNOSTICS);
         if let Some(last) = out.last_mut() {
-            last.notes
-                .push(format!("{more} further error{} not shown", if more == 1 { "" } else { "s" }));
+            last.notes.push(format!(
+                "{more} further error{} not shown",
+                if more == 1 { "" } else { "s" }
+            ));
         }
     }
     out
@@ -202,7 +204,11 @@ impl Checker<'_> {
         for input in &ex.inputs {
             let shape = self.input_shape(&input.stmt);
             let what = if input.stmt.name.is_some() {
-                format!("the `input` `{}` at {}", input.name, self.where_(input.stmt.span))
+                format!(
+                    "the `input` `{}` at {}",
+                    input.name,
+                    self.where_(input.stmt.span)
+                )
             } else {
                 format!("the `input` at {}", self.where_(input.stmt.span))
             };
@@ -234,13 +240,22 @@ impl Checker<'_> {
         let mut total_flops = 0u64;
         for node in &ex.nodes {
             let before = self.ctx.diags.len();
-            let flow = self.node(node, &inputs, &flows, &mut layers, &mut total_params, &mut total_flops);
+            let flow = self.node(
+                node,
+                &inputs,
+                &flows,
+                &mut layers,
+                &mut total_params,
+                &mut total_flops,
+            );
             flows.push(flow);
             if !node.context.is_empty() {
                 let notes: Vec<String> = node
                     .context
                     .iter()
-                    .map(|(block, span)| format!("in `{block}`, called at {}", self.sources.location(*span)))
+                    .map(|(block, span)| {
+                        format!("in `{block}`, called at {}", self.sources.location(*span))
+                    })
                     .collect();
                 for d in &mut self.ctx.diags[before..] {
                     d.notes.extend(notes.iter().cloned());
@@ -710,11 +725,26 @@ impl Checker<'_> {
             } => {
                 let [h, w, cin] = self.image_input(l, name, incoming)?;
                 let (oh, ow) = self.dilated_windows(
-                    l, res, name, incoming, [h, w], kernel_size, strides, dilation_rate, padding,
+                    l,
+                    res,
+                    name,
+                    incoming,
+                    [h, w],
+                    kernel_size,
+                    strides,
+                    dilation_rate,
+                    padding,
                 )?;
                 let out_c = cin.checked_mul(depth_multiplier);
-                let params = out_c.and_then(|c| shape::conv2d_params(kernel_size, c, 1, false)?.checked_add(if use_bias { c } else { 0 }));
-                let flops = out_c.and_then(|c| shape::conv2d_flops([oh.out, ow.out], c, kernel_size, 1));
+                let params = out_c.and_then(|c| {
+                    shape::conv2d_params(kernel_size, c, 1, false)?.checked_add(if use_bias {
+                        c
+                    } else {
+                        0
+                    })
+                });
+                let flops =
+                    out_c.and_then(|c| shape::conv2d_flops([oh.out, ow.out], c, kernel_size, 1));
                 let (Some(out_c), Some(params), Some(flops)) = (out_c, params, flops) else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
                     return None;
@@ -749,7 +779,15 @@ impl Checker<'_> {
                     Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
                 };
                 let (oh, ow) = self.dilated_windows(
-                    l, res, name, incoming, [h, w], kernel_size, strides, dilation_rate, padding,
+                    l,
+                    res,
+                    name,
+                    incoming,
+                    [h, w],
+                    kernel_size,
+                    strides,
+                    dilation_rate,
+                    padding,
                 )?;
                 let mid = cin.checked_mul(depth_multiplier);
                 // Depthwise kernel kh*kw*cin*dm, pointwise cin*dm*filters, bias filters.
@@ -762,7 +800,8 @@ impl Checker<'_> {
                         .checked_add(shape::conv2d_flops([oh.out, ow.out], filters, [1, 1], m)?)
                 });
                 let output = vec![oh.out, ow.out, filters];
-                let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output)) else {
+                let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output))
+                else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
                     return None;
                 };
@@ -823,7 +862,13 @@ impl Checker<'_> {
                     let n = [h, w][axis];
                     let k = shape::dilated(kernel_size[axis], dilation_rate[axis]);
                     let o = k.and_then(|k| {
-                        shape::transpose_output(n, k, strides[axis], padding, output_padding.map(|p| p[axis]))
+                        shape::transpose_output(
+                            n,
+                            k,
+                            strides[axis],
+                            padding,
+                            output_padding.map(|p| p[axis]),
+                        )
                     });
                     let (Some(k), Some(o)) = (k, o) else {
                         self.overflow(l, name, "its output size");
@@ -835,7 +880,8 @@ impl Checker<'_> {
                 let params = shape::conv2d_params(kernel_size, cin, filters, use_bias);
                 let flops = shape::conv2d_flops([h, w], filters, kernel_size, cin);
                 let output = vec![out[0], out[1], filters];
-                let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output)) else {
+                let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output))
+                else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
                     return None;
                 };
@@ -913,11 +959,13 @@ impl Checker<'_> {
             LayerKind::Reshape { .. } => {
                 let (target, span) = res.target_shape.clone()?;
                 let n = element_count(input)?;
-                let known: usize = target.iter().flatten().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+                let known: usize = target
+                    .iter()
+                    .flatten()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))?;
                 let output: Option<Vec<usize>> = if target.iter().any(Option::is_none) {
-                    (known > 0 && n % known == 0).then(|| {
-                        target.iter().map(|d| d.unwrap_or(n / known)).collect()
-                    })
+                    (known > 0 && n % known == 0)
+                        .then(|| target.iter().map(|d| d.unwrap_or(n / known)).collect())
                 } else {
                     (known == n).then(|| target.iter().flatten().copied().collect())
                 };
@@ -973,9 +1021,15 @@ impl Checker<'_> {
                 if a < 0 || a >= rank {
                     let d = Diagnostic::error(
                         "E0005",
-                        format!("`axis={axis}` is out of range for inputs of shape {}", fmt_shape(first)),
+                        format!(
+                            "`axis={axis}` is out of range for inputs of shape {}",
+                            fmt_shape(first)
+                        ),
                     )
-                    .with_label(axis_span.unwrap_or(l.keyword.span), format!("valid axes are -{rank} to {}", rank - 1))
+                    .with_label(
+                        axis_span.unwrap_or(l.keyword.span),
+                        format!("valid axes are -{rank} to {}", rank - 1),
+                    )
                     .with_note("axes count dimensions of one example (NHWC without the batch)")
                     .with_help("use `axis=-1` (the default) to join along channels");
                     self.ctx.diags.push(d);
@@ -984,11 +1038,16 @@ impl Checker<'_> {
                 let a = a as usize;
                 let fits = |s: &[usize]| {
                     s.len() == first.len()
-                        && s.iter().zip(first).enumerate().all(|(i, (x, y))| i == a || x == y)
+                        && s.iter()
+                            .zip(first)
+                            .enumerate()
+                            .all(|(i, (x, y))| i == a || x == y)
                 };
                 if incoming.iter().all(|f| fits(&f.shape)) {
                     let mut out = first.clone();
-                    let total = incoming.iter().try_fold(0usize, |acc, f| acc.checked_add(f.shape[a]));
+                    let total = incoming
+                        .iter()
+                        .try_fold(0usize, |acc, f| acc.checked_add(f.shape[a]));
                     let Some(total) = total else {
                         self.overflow(l, name, "its output size");
                         return None;
@@ -996,14 +1055,22 @@ impl Checker<'_> {
                     out[a] = total;
                     (out, LayerKind::Concatenate { axis: a }, None)
                 } else {
-                    (Vec::new(), kind, Some(format!("all dimensions but axis {axis} must agree")))
+                    (
+                        Vec::new(),
+                        kind,
+                        Some(format!("all dimensions but axis {axis} must agree")),
+                    )
                 }
             }
             _ => {
                 if incoming.iter().all(|f| &f.shape == first) {
                     (first.clone(), kind, None)
                 } else {
-                    (Vec::new(), kind, Some("all inputs must have the same shape".to_string()))
+                    (
+                        Vec::new(),
+                        kind,
+                        Some("all inputs must have the same shape".to_string()),
+                    )
                 }
             }
         };
@@ -1031,18 +1098,29 @@ impl Checker<'_> {
                     Some(h) => format!(": {h}"),
                     None => String::new(),
                 };
-                let mut note = format!("{} is produced by {}{how}", fmt_shape(&f.shape), f.origin.what);
+                let mut note = format!(
+                    "{} is produced by {}{how}",
+                    fmt_shape(&f.shape),
+                    f.origin.what
+                );
                 let differs = |axis: &dyn Fn(&[usize]) -> Vec<usize>| {
                     incoming.iter().any(|g| axis(&g.shape) != axis(first))
                 };
                 let hw = |s: &[usize]| s[..s.len().saturating_sub(1)].to_vec();
                 let c = |s: &[usize]| s.last().copied().into_iter().collect::<Vec<_>>();
                 let trail = [
-                    (differs(&hw), &f.origin.spatial, "its height and width were set"),
+                    (
+                        differs(&hw),
+                        &f.origin.spatial,
+                        "its height and width were set",
+                    ),
                     (differs(&c), &f.origin.channels, "its channels were set"),
                 ];
                 for (relevant, step, words) in trail {
-                    if let Some(step) = step.as_ref().filter(|s| relevant && !s.starts_with(&f.origin.what)) {
+                    if let Some(step) = step
+                        .as_ref()
+                        .filter(|s| relevant && !s.starts_with(&f.origin.what))
+                    {
                         note += &format!("; {words} where {step}");
                     }
                 }
@@ -1082,10 +1160,13 @@ impl Checker<'_> {
                 "E0005",
                 format!("`{name}` has both `strides` and `dilation_rate` above 1"),
             )
-            .with_label(l.span, format!(
-                "strides {}x{} with dilation_rate {}x{}",
-                strides[0], strides[1], dilation_rate[0], dilation_rate[1]
-            ))
+            .with_label(
+                l.span,
+                format!(
+                    "strides {}x{} with dilation_rate {}x{}",
+                    strides[0], strides[1], dilation_rate[0], dilation_rate[1]
+                ),
+            )
             .with_note("Keras rejects this combination: a dilated kernel moves one pixel at a time")
             .with_help("use `strides=1` with `dilation_rate`, or a separate strided layer");
             self.ctx.diags.push(d);
@@ -1099,7 +1180,17 @@ impl Checker<'_> {
             self.overflow(l, name, "its dilated kernel size");
             return None;
         };
-        self.windows(l, res, name, incoming, hw, [kh, kw], strides, padding, "kernel")
+        self.windows(
+            l,
+            res,
+            name,
+            incoming,
+            hw,
+            [kh, kw],
+            strides,
+            padding,
+            "kernel",
+        )
     }
 
     /// `[h, w, c]` of an image input, or `E0015`.

@@ -145,7 +145,13 @@ pub fn transpose_output(
 /// `n`): `total = max((n - 1) * s + k - out, 0)`, `before = total / 2`.
 /// Returns `(before, after)`; `after` is 0 when `out` exceeds the full
 /// output (extra rows of `output_padding` get no contributions).
-pub fn transpose_crop(n: usize, k: usize, s: usize, out: usize, padding: Padding) -> (usize, usize) {
+pub fn transpose_crop(
+    n: usize,
+    k: usize,
+    s: usize,
+    out: usize,
+    padding: Padding,
+) -> (usize, usize) {
     let full = (n.saturating_sub(1)).saturating_mul(s).saturating_add(k);
     let total = full.saturating_sub(out);
     let before = match padding {

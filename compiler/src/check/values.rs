@@ -450,12 +450,19 @@ impl Ctx<'_> {
     }
 
     /// `up_sampling2d`'s `interpolation`: `nearest` or `bilinear`.
-    pub fn interpolation(&mut self, v: &Value, params: &[&str]) -> Option<crate::model::Interpolation> {
+    pub fn interpolation(
+        &mut self,
+        v: &Value,
+        params: &[&str],
+    ) -> Option<crate::model::Interpolation> {
         use crate::model::Interpolation;
         self.one_of(
             v,
             "interpolation",
-            &[("nearest", Interpolation::Nearest), ("bilinear", Interpolation::Bilinear)],
+            &[
+                ("nearest", Interpolation::Nearest),
+                ("bilinear", Interpolation::Bilinear),
+            ],
             params,
         )
     }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// Imports nested deeper than this are reported (a chain of files this long
 /// is a mistake, and the bound keeps loading finite).
 const MAX_IMPORT_DEPTH: usize = 32;
+/// Imported files larger than this are refused.
+const MAX_IMPORT_BYTES: u64 = 16 << 20;
 
 /// The parsed files of one check, in the order of `Sources` (file 0 is the root).
 pub struct Loaded {
@@ -28,12 +30,19 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
         files: Vec::new(),
         diags: Vec::new(),
     };
-    let root_path = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(display));
+    let root_path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(display));
     let mut seen: HashMap<PathBuf, usize> = HashMap::new();
     if let Some(p) = path {
         seen.insert(canonical(p), 0);
     }
-    add(&mut loaded, &root_path, display.to_string(), text.to_string());
+    add(
+        &mut loaded,
+        &root_path,
+        display.to_string(),
+        text.to_string(),
+    );
     let mut queue: Vec<(usize, usize)> = vec![(0, 0)];
     while let Some((index, depth)) = queue.pop() {
         let imports = match &loaded.files[index] {
@@ -44,7 +53,10 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
             if path.is_none() {
                 loaded.diags.push(
                     Diagnostic::error("E0019", format!("cannot import `{}` here", import.path))
-                        .with_label(import.path_span, "imports are resolved relative to the spec's file")
+                        .with_label(
+                            import.path_span,
+                            "imports are resolved relative to the spec's file",
+                        )
                         .with_help("check the spec from a file (`cnnc build path/to/model.cnn`)"),
                 );
                 continue;
@@ -58,9 +70,32 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
             }
             if depth + 1 > MAX_IMPORT_DEPTH {
                 loaded.diags.push(
-                    Diagnostic::error("E0019", format!("imports nested more than {MAX_IMPORT_DEPTH} deep"))
-                        .with_label(import.path_span, "this import is too deep")
-                        .with_help("import the files you need directly from the model's file"),
+                    Diagnostic::error(
+                        "E0019",
+                        format!("imports nested more than {MAX_IMPORT_DEPTH} deep"),
+                    )
+                    .with_label(import.path_span, "this import is too deep")
+                    .with_help("import the files you need directly from the model's file"),
+                );
+                continue;
+            }
+            // Only regular files of a sane size: not `/dev/zero`, a pipe or a directory.
+            let checked = match std::fs::metadata(&target) {
+                Ok(m) if !m.is_file() => Err("not a regular file".to_string()),
+                Ok(m) if m.len() > MAX_IMPORT_BYTES => {
+                    Err(format!("larger than {} MiB", MAX_IMPORT_BYTES >> 20))
+                }
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err("no such file".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = checked {
+                loaded.diags.push(
+                    Diagnostic::error("E0019", format!("cannot import `{}`: {reason}", import.path))
+                        .with_label(import.path_span, format!("looked for {}", target.display()))
+                        .with_help("import paths are relative to the importing file, e.g. `import \"../zoo/resnet50.cnn\"`"),
                 );
                 continue;
             }

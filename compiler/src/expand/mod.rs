@@ -20,8 +20,7 @@ use crate::check::layers::{self, LayerDef};
 use crate::diagnostics::Diagnostic;
 use crate::model::Span;
 use crate::syntax::{
-    Arg, BlockDef, ChainStmt, Ident, InputStmt, LayerStmt, ModelAst, ParamDef, Statement,
-    ValueKind,
+    Arg, BlockDef, ChainStmt, Ident, InputStmt, LayerStmt, ModelAst, ParamDef, Statement, ValueKind,
 };
 use std::collections::HashMap;
 use subst::{subst, Params};
@@ -29,7 +28,12 @@ use subst::{subst, Params};
 /// Blocks may nest (call each other) at most this deep.
 const MAX_DEPTH: usize = 64;
 /// The most layers an expanded model may have.
-const MAX_NODES: usize = 1_000_000;
+const MAX_NODES: usize = 200_000;
+/// The most block calls and repeat steps one expansion may take (blocks
+/// that add no layers would otherwise allow exponential work).
+const MAX_WORK: usize = 2_000_000;
+/// Expansion stops after this many errors (the rest would be follow-ups).
+const MAX_ERRORS: usize = 1_000;
 /// The largest `* N`.
 const MAX_REPEAT: i64 = 10_000;
 
@@ -142,6 +146,8 @@ struct Expander<'a> {
     calls: usize,
     /// The model being built (not offered as a block to call).
     root: String,
+    /// Block calls and repeat steps taken so far (bounded by [`MAX_WORK`]).
+    work: usize,
 }
 
 /// Expands the root file's model. `files[0]` is the root; the others are
@@ -160,6 +166,7 @@ pub fn expand(files: &[Option<crate::syntax::FileAst>]) -> (Option<Expanded>, Ve
         too_large: false,
         calls: 0,
         root: String::new(),
+        work: 0,
     };
     for file in files.iter().flatten() {
         let defs = file
@@ -176,15 +183,13 @@ pub fn expand(files: &[Option<crate::syntax::FileAst>]) -> (Option<Expanded>, Ve
         _ => return (None, ex.diags),
     };
     let Some(model) = root.models.first() else {
-        let span = root
-            .blocks
-            .first()
-            .map(|b| b.name.span)
-            .unwrap_or_default();
+        let span = root.blocks.first().map(|b| b.name.span).unwrap_or_default();
         ex.diags.push(
             Diagnostic::error("E0024", "this file defines no model")
                 .with_label(span, "only blocks here")
-                .with_help("add `model NAME { input [...] ... }`, or build the file that imports this one"),
+                .with_help(
+                    "add `model NAME { input [...] ... }`, or build the file that imports this one",
+                ),
         );
         return (None, ex.diags);
     };
@@ -207,7 +212,10 @@ pub fn expand(files: &[Option<crate::syntax::FileAst>]) -> (Option<Expanded>, Ve
         result: None,
         inputs_seen: 0,
     };
+    // The model itself is on the call stack: a model that calls itself is E0025.
+    ex.stack.push((model.name.name.clone(), model.name.span));
     ex.statements(&model.statements, &mut scope, true);
+    ex.stack.pop();
     if ex.inputs.is_empty() {
         ex.diags.push(
             Diagnostic::error("E0008", format!("model `{}` has no `input`", model.name.name))
@@ -237,6 +245,33 @@ pub fn expand(files: &[Option<crate::syntax::FileAst>]) -> (Option<Expanded>, Ve
 }
 
 impl<'a> Expander<'a> {
+    /// Whether expansion should stop: the model is too large or there are
+    /// too many errors already.
+    fn stop(&self) -> bool {
+        self.too_large || self.diags.len() >= MAX_ERRORS
+    }
+
+    /// Counts one step of work (a block call or a repeat); `false` and
+    /// `E0017` once [`MAX_WORK`] is exceeded.
+    fn spend(&mut self, span: Span) -> bool {
+        self.work += 1;
+        if self.work <= MAX_WORK {
+            return true;
+        }
+        if !self.too_large {
+            self.too_large = true;
+            self.diags.push(
+                Diagnostic::error(
+                    "E0017",
+                    format!("expanding the model takes more than {MAX_WORK} block calls"),
+                )
+                .with_label(span, "expansion stopped here")
+                .with_help("check the repeat counts (`* N`) of nested blocks"),
+            );
+        }
+        false
+    }
+
     fn define(&mut self, def: Def<'a>) {
         let name = def.name();
         // A model named like a layer (`model linear`) is fine on its own;
@@ -244,8 +279,15 @@ impl<'a> Expander<'a> {
         if matches!(def, Def::Block(_)) && layers::lookup(&name.name).is_some() {
             self.diags.push(
                 Diagnostic::error("E0021", format!("`{}` is already a layer", name.name))
-                    .with_label(name.span, format!("this {} has the name of a built-in layer", def.kind()))
-                    .with_help(format!("rename the {}, e.g. `my_{}`", def.kind(), name.name)),
+                    .with_label(
+                        name.span,
+                        format!("this {} has the name of a built-in layer", def.kind()),
+                    )
+                    .with_help(format!(
+                        "rename the {}, e.g. `my_{}`",
+                        def.kind(),
+                        name.name
+                    )),
             );
             return;
         }
@@ -290,7 +332,7 @@ impl<'a> Expander<'a> {
 
     fn statements(&mut self, statements: &[Statement], scope: &mut Scope, trainable: bool) {
         for stmt in statements {
-            if self.too_large {
+            if self.stop() {
                 return;
             }
             match stmt {
@@ -328,18 +370,31 @@ impl<'a> Expander<'a> {
                             ValueKind::Ident(b) if b == "false" => Some(false),
                             _ => {
                                 self.diags.push(
-                                    Diagnostic::error("E0022", format!("`if {}` needs `true` or `false`", i.condition.name))
-                                        .with_label(i.condition.span, "not a boolean")
-                                        .with_label(v.span, "its value")
-                                        .with_help(format!("pass `{}=true` or `{}=false`", i.condition.name, i.condition.name)),
+                                    Diagnostic::error(
+                                        "E0022",
+                                        format!(
+                                            "`if {}` needs `true` or `false`",
+                                            i.condition.name
+                                        ),
+                                    )
+                                    .with_label(i.condition.span, "not a boolean")
+                                    .with_label(v.span, "its value")
+                                    .with_help(format!(
+                                        "pass `{}=true` or `{}=false`",
+                                        i.condition.name, i.condition.name
+                                    )),
                                 );
                                 None
                             }
                         },
                         None => {
-                            let names: Vec<&str> = scope.params.keys().map(String::as_str).collect();
-                            let d = Diagnostic::error("E0022", format!("unknown parameter `{}` in `if`", i.condition.name))
-                                .with_label(i.condition.span, "not a parameter here");
+                            let names: Vec<&str> =
+                                scope.params.keys().map(String::as_str).collect();
+                            let d = Diagnostic::error(
+                                "E0022",
+                                format!("unknown parameter `{}` in `if`", i.condition.name),
+                            )
+                            .with_label(i.condition.span, "not a parameter here");
                             let d = match did_you_mean(&i.condition.name, &names) {
                                 Some(s) => d.with_help(format!("did you mean `{s}`?")),
                                 None => d.with_help("`if` tests a boolean parameter of the enclosing block or model, e.g. `model m(include_top=true) { ... if include_top { ... } }`"),
@@ -468,8 +523,10 @@ impl<'a> Expander<'a> {
         for (k, step) in c.steps.iter().enumerate() {
             let call = &step.call;
             let word = &call.keyword.name;
-            let is_callable = layers::lookup(word).is_some() || self.defs.contains_key(word.as_str());
-            let is_tensor = scope.tensors.contains_key(word) || (word == "input" && scope.kind != ScopeKind::Top);
+            let is_callable =
+                layers::lookup(word).is_some() || self.defs.contains_key(word.as_str());
+            let is_tensor = scope.tensors.contains_key(word)
+                || (word == "input" && scope.kind != ScopeKind::Top);
             if is_tensor && !is_callable {
                 if k > 0 || call.args_span.is_some() || step.repeat.is_some() {
                     let d = Diagnostic::error("E0024", format!("`{word}` is a tensor, not a layer"))
@@ -490,24 +547,37 @@ impl<'a> Expander<'a> {
                     ValueKind::Int(Some(n)) if (1..=MAX_REPEAT).contains(n) => *n as usize,
                     _ => {
                         self.diags.push(
-                            Diagnostic::error("E0022", format!("a repeat count must be from 1 to {MAX_REPEAT}"))
-                                .with_label(v.span, "invalid count")
-                                .with_help("`block(64) * 3` applies the block three times in a chain"),
+                            Diagnostic::error(
+                                "E0022",
+                                format!("a repeat count must be from 1 to {MAX_REPEAT}"),
+                            )
+                            .with_label(v.span, "invalid count")
+                            .with_help("`block(64) * 3` applies the block three times in a chain"),
                         );
                         1
                     }
                 },
             };
             let unknown = layers::lookup(word).is_none() && !self.defs.contains_key(word.as_str());
-            if k == 0 && c.steps.len() > 1 && unknown && call.args_span.is_none() && step.repeat.is_none() {
+            if k == 0
+                && c.steps.len() > 1
+                && unknown
+                && call.args_span.is_none()
+                && step.repeat.is_none()
+            {
                 // `y -> dense(2)`: a chain starting at a name is a tensor reference.
                 cur = self.tensor(&call.keyword, scope).flatten();
                 continue;
             }
-            for _ in 0..repeat {
+            for n in 0..repeat {
+                let errors = self.diags.len();
                 cur = self.apply(call, k == 0, cur, scope, trainable);
-                if self.too_large {
+                if self.stop() || !self.spend(call.span) {
                     return;
+                }
+                // One report per mistake: a repeat that failed once fails again.
+                if self.diags.len() > errors && n + 1 < repeat {
+                    break;
                 }
             }
         }
@@ -533,9 +603,12 @@ impl<'a> Expander<'a> {
                 match &value.kind {
                     ValueKind::Ident(b) if b == "true" || b == "false" => trainable = b == "true",
                     _ => self.diags.push(
-                        Diagnostic::error("E0004", "wrong type for `trainable`: expected `true` or `false`")
-                            .with_label(value.span, "expected `true` or `false`")
-                            .with_help("write `trainable=false` to freeze the layer's weights"),
+                        Diagnostic::error(
+                            "E0004",
+                            "wrong type for `trainable`: expected `true` or `false`",
+                        )
+                        .with_label(value.span, "expected `true` or `false`")
+                        .with_help("write `trainable=false` to freeze the layer's weights"),
                     ),
                 }
                 continue;
@@ -614,13 +687,17 @@ impl<'a> Expander<'a> {
             if self.nodes.len() >= MAX_NODES {
                 self.too_large = true;
                 self.diags.push(
-                    Diagnostic::error("E0017", format!("the model has more than {MAX_NODES} layers"))
-                        .with_label(call.span, "expansion stopped here")
-                        .with_help("check the repeat counts (`* N`) of blocks"),
+                    Diagnostic::error(
+                        "E0017",
+                        format!("the model has more than {MAX_NODES} layers"),
+                    )
+                    .with_label(call.span, "expansion stopped here")
+                    .with_help("check the repeat counts (`* N`) of blocks"),
                 );
                 return None;
             }
-            let context = self.stack.iter().rev().cloned().collect();
+            // The root model (the stack's first entry) is not a call site.
+            let context = self.stack.iter().skip(1).rev().cloned().collect();
             self.nodes.push(Node {
                 call: LayerStmt {
                     keyword: call.keyword.clone(),
@@ -656,7 +733,21 @@ impl<'a> Expander<'a> {
         trainable: bool,
     ) -> Option<Ref> {
         let name = def.name().name.clone();
-        if self.stack.iter().any(|(n, _)| *n == name) || self.stack.len() >= MAX_DEPTH {
+        if !self.spend(call.span) {
+            return None;
+        }
+        if self.stack.len() >= MAX_DEPTH && !self.stack.iter().any(|(n, _)| *n == name) {
+            self.diags.push(
+                Diagnostic::error("E0025", format!("blocks nested more than {MAX_DEPTH} deep"))
+                    .with_label(
+                        call.keyword.span,
+                        format!("`{name}` would be level {}", self.stack.len() + 1),
+                    )
+                    .with_help("flatten the nesting: call the inner blocks one after another"),
+            );
+            return None;
+        }
+        if self.stack.iter().any(|(n, _)| *n == name) {
             let d = Diagnostic::error("E0025", format!("{} `{name}` calls itself", def.kind()))
                 .with_label(call.keyword.span, "this call repeats forever")
                 .with_label(def.name().span, format!("`{name}` is defined here"))
@@ -692,11 +783,25 @@ impl<'a> Expander<'a> {
                 .collect::<Vec<_>>()
                 .join(", ");
             self.diags.push(
-                Diagnostic::error("E0011", format!("missing argument{} {list} of {} `{name}`", if missing.len() > 1 { "s" } else { "" }, def.kind()))
-                    .with_label(call.span, format!("{list} not given"))
-                    .with_label(def.name().span, format!("`{name}` is defined here"))
-                    .with_note(format!("signature: {}", signature(def)))
-                    .with_help(format!("pass {list}, e.g. `{name}({})`", missing.iter().map(|m| format!("{m}=...")).collect::<Vec<_>>().join(", "))),
+                Diagnostic::error(
+                    "E0011",
+                    format!(
+                        "missing argument{} {list} of {} `{name}`",
+                        if missing.len() > 1 { "s" } else { "" },
+                        def.kind()
+                    ),
+                )
+                .with_label(call.span, format!("{list} not given"))
+                .with_label(def.name().span, format!("`{name}` is defined here"))
+                .with_note(format!("signature: {}", signature(def)))
+                .with_help(format!(
+                    "pass {list}, e.g. `{name}({})`",
+                    missing
+                        .iter()
+                        .map(|m| format!("{m}=..."))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             );
             return None;
         }
@@ -735,10 +840,14 @@ impl<'a> Expander<'a> {
                 Some(n) => {
                     first_named.get_or_insert(arg.span);
                     if !params.iter().any(|p| p.name.name == n.name) {
-                        let names: Vec<&str> = params.iter().map(|p| p.name.name.as_str()).collect();
-                        let d = Diagnostic::error("E0003", format!("unknown argument `{}` for {} `{name}`", n.name, def.kind()))
-                            .with_label(n.span, format!("`{name}` has no parameter `{}`", n.name))
-                            .with_note(format!("signature: {}", signature(def)));
+                        let names: Vec<&str> =
+                            params.iter().map(|p| p.name.name.as_str()).collect();
+                        let d = Diagnostic::error(
+                            "E0003",
+                            format!("unknown argument `{}` for {} `{name}`", n.name, def.kind()),
+                        )
+                        .with_label(n.span, format!("`{name}` has no parameter `{}`", n.name))
+                        .with_note(format!("signature: {}", signature(def)));
                         let d = match did_you_mean(&n.name, &names) {
                             Some(s) => d.with_help(format!("did you mean `{s}`?")),
                             None => d.with_help("remove this argument"),
@@ -760,10 +869,20 @@ impl<'a> Expander<'a> {
                     }
                     let Some(p) = params.get(positional) else {
                         self.diags.push(
-                            Diagnostic::error("E0013", format!("too many arguments for {} `{name}`", def.kind()))
-                                .with_label(arg.span, format!("`{name}` takes {} argument{}", params.len(), if params.len() == 1 { "" } else { "s" }))
-                                .with_note(format!("signature: {}", signature(def)))
-                                .with_help("remove the extra arguments"),
+                            Diagnostic::error(
+                                "E0013",
+                                format!("too many arguments for {} `{name}`", def.kind()),
+                            )
+                            .with_label(
+                                arg.span,
+                                format!(
+                                    "`{name}` takes {} argument{}",
+                                    params.len(),
+                                    if params.len() == 1 { "" } else { "s" }
+                                ),
+                            )
+                            .with_note(format!("signature: {}", signature(def)))
+                            .with_help("remove the extra arguments"),
                         );
                         continue;
                     };

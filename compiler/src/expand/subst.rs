@@ -11,6 +11,20 @@ use std::collections::HashMap;
 /// Parameter values of one block or model call, by name.
 pub type Params = HashMap<String, Value>;
 
+/// The longest string a substitution may build (`name="{name}{name}"`
+/// nested in blocks doubles at every level).
+const MAX_STRING: usize = 4096;
+/// The most values a substituted tuple may hold, nested ones included.
+const MAX_TUPLE_VALUES: usize = 1000;
+
+/// Number of scalar values in `v`, counting inside tuples.
+fn size(v: &Value) -> usize {
+    match &v.kind {
+        ValueKind::Tuple(items) => items.iter().map(size).sum::<usize>() + 1,
+        _ => 1,
+    }
+}
+
 /// `value` with every parameter name replaced by its value and every
 /// arithmetic expression evaluated. Names that are not parameters (`relu`,
 /// `same`) are left alone for the layer to interpret.
@@ -21,14 +35,27 @@ pub fn subst(value: &Value, params: &Params, diags: &mut Vec<Diagnostic>) -> Opt
             Some(v) => return Some(v.clone()),
             None => return Some(value.clone()),
         },
-        ValueKind::Str(s) if s.contains('{') => ValueKind::Str(interpolate(s, span, params, diags)?),
-        ValueKind::Tuple(items) => ValueKind::Tuple(
-            items
+        ValueKind::Str(s) if s.contains('{') => {
+            ValueKind::Str(interpolate(s, span, params, diags)?)
+        }
+        ValueKind::Tuple(items) => {
+            let items = items
                 .iter()
                 .map(|v| subst(v, params, diags))
-                .collect::<Option<Vec<_>>>()?,
-        ),
-        ValueKind::Channels(ChannelExpr { op: Some((op, operand)) }) => {
+                .collect::<Option<Vec<_>>>()?;
+            if items.iter().map(size).sum::<usize>() > MAX_TUPLE_VALUES {
+                diags.push(
+                    Diagnostic::error("E0022", format!("a tuple of more than {MAX_TUPLE_VALUES} values"))
+                        .with_label(span, "this tuple grows too large when parameters are substituted")
+                        .with_help("tuples hold sizes such as `(3, 3)`; check the parameters passed through the blocks"),
+                );
+                return None;
+            }
+            ValueKind::Tuple(items)
+        }
+        ValueKind::Channels(ChannelExpr {
+            op: Some((op, operand)),
+        }) => {
             let operand = subst(operand, params, diags)?;
             ValueKind::Channels(ChannelExpr {
                 op: Some((*op, Box::new(operand))),
@@ -56,9 +83,12 @@ fn operand(v: &Value, params: &Params, diags: &mut Vec<Diagnostic>, expr: Span) 
         ValueKind::Float(f) => Some(Num::Float(*f)),
         ValueKind::Ident(name) => {
             let names: Vec<&str> = params.keys().map(String::as_str).collect();
-            let mut d = Diagnostic::error("E0022", format!("unknown parameter `{name}` in an expression"))
-                .with_label(v.span, "not a parameter of this block")
-                .with_label(expr, "in this expression");
+            let mut d = Diagnostic::error(
+                "E0022",
+                format!("unknown parameter `{name}` in an expression"),
+            )
+            .with_label(v.span, "not a parameter of this block")
+            .with_label(expr, "in this expression");
             d = match did_you_mean(name, &names) {
                 Some(s) => d.with_help(format!("did you mean `{s}`?")),
                 None if names.is_empty() => {
@@ -146,7 +176,12 @@ fn evaluate(
 }
 
 /// Replaces each `{param}` in `s` by the parameter's value as text.
-fn interpolate(s: &str, span: Span, params: &Params, diags: &mut Vec<Diagnostic>) -> Option<String> {
+fn interpolate(
+    s: &str,
+    span: Span,
+    params: &Params,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(open) = rest.find('{') {
@@ -168,27 +203,49 @@ fn interpolate(s: &str, span: Span, params: &Params, diags: &mut Vec<Diagnostic>
                 ValueKind::Float(f) => out += &f.to_string(),
                 _ => {
                     diags.push(
-                        Diagnostic::error("E0022", format!("parameter `{key}` cannot be inserted into a string"))
-                            .with_label(span, format!("`{{{key}}}` is not a name, string or number"))
-                            .with_label(v.span, "its value"),
+                        Diagnostic::error(
+                            "E0022",
+                            format!("parameter `{key}` cannot be inserted into a string"),
+                        )
+                        .with_label(span, format!("`{{{key}}}` is not a name, string or number"))
+                        .with_label(v.span, "its value"),
                     );
                     return None;
                 }
             },
             None => {
                 let names: Vec<&str> = params.keys().map(String::as_str).collect();
-                let d = Diagnostic::error("E0022", format!("unknown parameter `{key}` in a string"))
-                    .with_label(span, format!("`{{{key}}}` names no parameter"));
+                let d =
+                    Diagnostic::error("E0022", format!("unknown parameter `{key}` in a string"))
+                        .with_label(span, format!("`{{{key}}}` names no parameter"));
                 let d = match did_you_mean(key, &names) {
                     Some(m) => d.with_help(format!("did you mean `{{{m}}}`?")),
-                    None => d.with_help("`{p}` inserts the value of parameter `p` of the enclosing block or model"),
+                    None => d.with_help(
+                        "`{p}` inserts the value of parameter `p` of the enclosing block or model",
+                    ),
                 };
                 diags.push(d);
                 return None;
             }
         }
         rest = &after[close + 1..];
+        if out.len() > MAX_STRING {
+            break;
+        }
     }
     out += rest;
+    if out.len() > MAX_STRING {
+        diags.push(
+            Diagnostic::error("E0022", format!("a string longer than {MAX_STRING} bytes"))
+                .with_label(
+                    span,
+                    "this string grows too long when parameters are inserted",
+                )
+                .with_help(
+                    "layer names are short: check the `{...}` insertions passed through the blocks",
+                ),
+        );
+        return None;
+    }
     Some(out)
 }

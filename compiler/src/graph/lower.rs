@@ -440,8 +440,12 @@ impl Builder {
                 let beta = center.then(|| self.weight(layer, "beta", vec![c], Init::Zeros));
                 let moving_mean =
                     self.param(format!("{name}/moving_mean"), vec![c], Init::Zeros, false);
-                let moving_variance =
-                    self.param(format!("{name}/moving_variance"), vec![c], Init::Ones, false);
+                let moving_variance = self.param(
+                    format!("{name}/moving_variance"),
+                    vec![c],
+                    Init::Ones,
+                    false,
+                );
                 self.push(
                     Op::BatchNorm {
                         epsilon: *epsilon,

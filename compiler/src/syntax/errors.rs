@@ -195,9 +195,7 @@ fn rule_words(rule: Rule) -> Option<(u8, &'static str)> {
         | Rule::string
         | Rule::float
         | Rule::int
-        | Rule::kw_in => {
-            (21, "a value")
-        }
+        | Rule::kw_in => (21, "a value"),
         Rule::tuple => (22, "a shape such as `[28, 28, 1]`"),
         Rule::chan_op => (25, "`*`"),
         Rule::ident => (1, "a name"),

@@ -96,7 +96,10 @@ impl Builder {
         for p in pair.into_inner() {
             let span = self.span_of(&p);
             let mut it = p.into_inner();
-            let name = it.next().map(|n| self.ident(n)).ok_or_else(|| self.internal(span))?;
+            let name = it
+                .next()
+                .map(|n| self.ident(n))
+                .ok_or_else(|| self.internal(span))?;
             let default = it.next().map(|v| self.value(v)).transpose()?;
             params.push(ParamDef {
                 name,
@@ -298,11 +301,17 @@ impl Builder {
 
     fn arg(&self, pair: Pair<'_, Rule>) -> Result<Arg, Diagnostic> {
         let span = self.span_of(&pair);
-        let inner = pair.into_inner().next().ok_or_else(|| self.internal(span))?;
+        let inner = pair
+            .into_inner()
+            .next()
+            .ok_or_else(|| self.internal(span))?;
         match inner.as_rule() {
             Rule::named_arg => {
                 let mut it = inner.into_inner();
-                let name = it.next().map(|n| self.ident(n)).ok_or_else(|| self.internal(span))?;
+                let name = it
+                    .next()
+                    .map(|n| self.ident(n))
+                    .ok_or_else(|| self.internal(span))?;
                 let value = it
                     .next()
                     .ok_or_else(|| self.internal(span))
@@ -326,7 +335,9 @@ impl Builder {
     fn value(&self, pair: Pair<'_, Rule>) -> Result<Value, Diagnostic> {
         let span = self.span_of(&pair);
         let pair = if pair.as_rule() == Rule::value {
-            pair.into_inner().next().ok_or_else(|| self.internal(span))?
+            pair.into_inner()
+                .next()
+                .ok_or_else(|| self.internal(span))?
         } else {
             pair
         };

@@ -25,7 +25,9 @@ const CHUNK: usize = 1 << 15;
 
 fn check_inputs(what: &'static str, inputs: &[&[f32]], len: usize) -> Result<(), KernelError> {
     if inputs.is_empty() {
-        return Err(KernelError::Geometry(format!("{what} needs at least one input")));
+        return Err(KernelError::Geometry(format!(
+            "{what} needs at least one input"
+        )));
     }
     for x in inputs {
         check_len(what, len, x.len())?;

@@ -44,23 +44,23 @@ pub use activation::{
     activation_backward_inplace, activation_forward_inplace, bias_add_backward, bias_add_forward,
     column_sums,
 };
-pub use conv::{conv2d_backward, conv2d_forward, Conv2dShape};
-pub use dense::{matmul_backward, matmul_forward, MatMulShape};
-pub use dropout::{dropout_apply, dropout_mask};
-pub use pool::{
-    avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Pool2dShape,
-};
 pub use batch_norm::{
     batch_norm_backward, batch_norm_inference_forward, batch_norm_train_forward, BatchNormShape,
 };
+pub use conv::{conv2d_backward, conv2d_forward, Conv2dShape};
+pub use dense::{matmul_backward, matmul_forward, MatMulShape};
+pub use dropout::{dropout_apply, dropout_mask};
 pub use join::{
     add_forward, concat_backward, concat_forward, multiply_backward, multiply_forward, ConcatShape,
 };
-pub use upsample::{up_sampling2d_backward, up_sampling2d_forward};
+pub use pool::{
+    avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Pool2dShape,
+};
 pub use spatial::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, global_max_pool2d_backward,
     global_max_pool2d_forward, zero_padding2d_backward, zero_padding2d_forward, ImageShape,
 };
+pub use upsample::{up_sampling2d_backward, up_sampling2d_forward};
 
 /// Errors from kernels: inconsistent geometry or buffer lengths.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

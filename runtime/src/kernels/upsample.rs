@@ -44,11 +44,7 @@ struct Tap {
 
 /// TensorFlow's half-pixel bilinear weights for `out` samples of `n` pixels.
 fn taps(n: usize, out: usize) -> Vec<Tap> {
-    let scale = if out == 0 {
-        0.0
-    } else {
-        n as f32 / out as f32
-    };
+    let scale = if out == 0 { 0.0 } else { n as f32 / out as f32 };
     (0..out)
         .map(|o| {
             let p = (o as f32 + 0.5) * scale - 0.5;

@@ -6,7 +6,9 @@
 
 use crate::kernels_support::{check_fd, rand_vec, same_pads2d, weighted_sum};
 use cnnc_compiler::graph::ir::{Conv2dAttrs, Graph, Init, Node, NodeId, Op, Param, ParamId};
-use cnnc_compiler::model::{Activation, Interpolation, Layer, LayerKind, Model, ModelInput, Pads2d, Span};
+use cnnc_compiler::model::{
+    Activation, Interpolation, Layer, LayerKind, Model, ModelInput, Pads2d, Span,
+};
 use cnnc_runtime::executor::{Executor, Mode};
 use cnnc_runtime::params::ParamStore;
 use cnnc_runtime::tensor::Tensor;
@@ -99,7 +101,10 @@ impl Dag {
             pads,
             dilation_rate: [1, 1],
         };
-        let (oh, ow) = (h + pads.top + pads.bottom + 1 - k, w + pads.left + pads.right + 1 - k);
+        let (oh, ow) = (
+            h + pads.top + pads.bottom + 1 - k,
+            w + pads.left + pads.right + 1 - k,
+        );
         let y = self.node(Op::Conv2d { attrs, kernel }, &[x], vec![oh, ow, filters]);
         if bias {
             let b = self.param(&format!("conv{idx}/bias"), &[filters], Init::Zeros, true);
@@ -131,7 +136,14 @@ impl Dag {
     }
 
     /// Batch norm over the last axis (gamma and beta unless `affine` is false).
-    pub fn bn(&mut self, x: NodeId, momentum: f32, epsilon: f32, frozen: bool, affine: bool) -> NodeId {
+    pub fn bn(
+        &mut self,
+        x: NodeId,
+        momentum: f32,
+        epsilon: f32,
+        frozen: bool,
+        affine: bool,
+    ) -> NodeId {
         let shape = self.shape(x);
         let c = *shape.last().expect("non-scalar");
         let idx = self.graph.params.len();
@@ -182,7 +194,12 @@ impl Dag {
         self.node(Op::Concat { axis }, xs, s)
     }
 
-    pub fn upsample(&mut self, x: NodeId, size: [usize; 2], interpolation: Interpolation) -> NodeId {
+    pub fn upsample(
+        &mut self,
+        x: NodeId,
+        size: [usize; 2],
+        interpolation: Interpolation,
+    ) -> NodeId {
         let [h, w, c] = <[usize; 3]>::try_from(self.shape(x)).expect("[h, w, c]");
         self.node(
             Op::UpSampling2d {
@@ -234,15 +251,17 @@ pub fn params_for(graph: &Graph, seed: u64) -> ParamStore {
             continue;
         }
         let r = rand_vec(v.len(), 1000 + i as u64);
-        let base = if prm.name.ends_with("gamma") { 1.0 } else { 0.0 };
+        let base = if prm.name.ends_with("gamma") {
+            1.0
+        } else {
+            0.0
+        };
         let shift = if prm.name.ends_with("moving_variance") {
             1.0
         } else {
             base
         };
-        v.iter_mut()
-            .zip(r)
-            .for_each(|(a, b)| *a = shift + 0.5 * b);
+        v.iter_mut().zip(r).for_each(|(a, b)| *a = shift + 0.5 * b);
     }
     p
 }

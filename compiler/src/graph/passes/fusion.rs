@@ -24,6 +24,10 @@ impl Pass for ConvBiasActivationFusion {
     fn run(&self, graph: Graph) -> (Graph, Vec<Rewrite>) {
         let mut editor = Editor::new(graph);
         let mut rewrites = Vec::new();
+        // Readers are computed once (linear time in all): a fusion only
+        // rewires a head's own bias/activation chain, whose nodes read a
+        // single input, so the readers of every later head stay valid.
+        let readers = editor.consumers();
         for i in 0..editor.len() {
             let head = NodeId(i);
             if !editor.is_live(head)
@@ -31,7 +35,6 @@ impl Pass for ConvBiasActivationFusion {
             {
                 continue;
             }
-            let readers = editor.consumers();
             // The single node that reads `id`, when `id` may be folded away.
             let sole_reader = |id: NodeId| -> Option<NodeId> {
                 match readers[id.0].as_slice() {
