@@ -159,7 +159,13 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         BenchMode::Train => Target::Training,
         BenchMode::Infer => Target::Inference,
     };
-    let graph = cnnc_compiler::graph::lower::lower(&model);
+    let graph = match cnnc_compiler::graph::lower::try_lower(&model) {
+        Ok(graph) => graph,
+        Err(err) => {
+            eprintln!("error: {path}: {err}; benchmarks need a fixed input size");
+            return ExitCode::from(1);
+        }
+    };
     let (graph, rewrites) = optimize(graph, target);
     let input_shape = graph.node(graph.input).shape.clone();
     let param_count = graph.param_count();

@@ -78,7 +78,16 @@ pub fn execute(args: BuildArgs) -> ExitCode {
             return ExitCode::from(2);
         }
         (Emit::Graph, format) => {
-            let graph = lower::lower(&model);
+            let graph = match lower::try_lower(&model) {
+                Ok(graph) => graph,
+                Err(err) => {
+                    eprintln!(
+                        "error: {}: {err}; declare a fixed input size to see the op graph",
+                        args.file.display()
+                    );
+                    return ExitCode::from(1);
+                }
+            };
             let (graph, rewrites) = if args.no_optimize {
                 (graph, Vec::new())
             } else {

@@ -230,10 +230,26 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
         message: sources.render(&diagnostics, std::io::stderr().is_terminal()),
         rendered: true,
     })?;
-    let graph = lower::lower(&model);
+    if model.inputs.len() != 1 || model.outputs.len() != 1 {
+        return Err(Failure::invalid(format!(
+            "{shown}: the model has {} input{} and {} output{}; `cnnc run` trains and runs \
+             classifiers with one input and one output (several inputs or weighted \
+             multi-output losses are not supported by run files yet); `cnnc build` checks \
+             and summarizes the model",
+            model.inputs.len(),
+            if model.inputs.len() == 1 { "" } else { "s" },
+            model.outputs.len(),
+            if model.outputs.len() == 1 { "" } else { "s" },
+        )));
+    }
+    let graph = lower::try_lower(&model).map_err(|e| {
+        Failure::invalid(format!(
+            "{shown}: {e}; `cnnc run` needs a model with a fixed input size, e.g. `input [28, 28, 1]`"
+        ))
+    })?;
     let (training, _) = passes::optimize(graph.clone(), passes::Target::Training);
     let (inference, _) = passes::optimize(graph, passes::Target::Inference);
-    let output_shape = model.output_shape().to_vec();
+    let output_shape: Vec<usize> = graph_sizes(model.output_shape());
     let [classes] = output_shape[..] else {
         return Err(Failure::invalid(format!(
             "{shown}: the model output has shape {output_shape:?}; `cnnc run` trains \
@@ -259,7 +275,7 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
         name: model.name.clone(),
         training,
         inference,
-        input_shape: model.input_shape.clone(),
+        input_shape: graph_sizes(&model.input_shape),
         classes,
         class_names,
     })
@@ -901,6 +917,11 @@ fn predict(
         "predictions": predictions,
         "wall_seconds": started.elapsed().as_secs_f64(),
     }))
+}
+
+/// The sizes of a checked shape (known once `try_lower` succeeded).
+fn graph_sizes(dims: &[cnnc_compiler::model::Dim]) -> Vec<usize> {
+    dims.iter().map(|d| d.known().unwrap_or(0)).collect()
 }
 
 #[cfg(test)]

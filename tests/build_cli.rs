@@ -210,3 +210,26 @@ fn dot_has_no_json_form() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn unknown_input_sizes_build_but_have_no_op_graph() {
+    let dir = std::env::temp_dir().join(format!("cnnc-fcn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("fcn.cnn");
+    std::fs::write(
+        &spec,
+        "model fcn {\n input [?, ?, 3]\n conv2d(8, 3, padding=same)\n conv2d(2, 1, activation=softmax)\n}\n",
+    )
+    .unwrap();
+    let path = spec.to_str().unwrap();
+    let summary = cnnc(&["build", path]);
+    let graph = cnnc(&["build", path, "--emit", "graph"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(summary.status.success());
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(text.contains("(None, None, None, 8)"), "{text}");
+    // 3*3*3*8 + 8 = 224 and 8*2 + 2 = 18.
+    assert!(text.contains("Total params: 242"), "{text}");
+    assert_eq!(graph.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&graph.stderr).contains("unknown size"));
+}

@@ -103,3 +103,29 @@ fn residual_network_trains_and_its_checkpoint_evaluates_the_same() {
     assert_eq!(evaluation["test_accuracy"], report["test_accuracy"]);
     assert_eq!(evaluation["test_loss"], report["test_loss"]);
 }
+
+/// A model with two outputs is refused before any training, with the reason.
+#[test]
+fn run_refuses_several_outputs_up_front() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-two-heads");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("heads.cnn"),
+        "model heads {\n input [28, 28, 1]\n f = flatten\n a = f -> dense(10)\n b = f -> dense(3)\n output a, b\n}\n",
+    )
+    .unwrap();
+    let run = format!(
+        "spec: heads.cnn\nmode: train\ndata:\n  train_images: {}\n  train_labels: {}\n  test_images: {}\n  test_labels: {}\nepochs: 1\ncheckpoint: out/heads.safetensors\n",
+        common::sample("train-images-idx3-ubyte.gz"),
+        common::sample("train-labels-idx1-ubyte.gz"),
+        common::sample("t10k-images-idx3-ubyte.gz"),
+        common::sample("t10k-labels-idx1-ubyte.gz"),
+    );
+    std::fs::write(dir.join("run.yaml"), run).unwrap();
+    let out = cnnc(&["run", dir.join("run.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 input and 2 outputs"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Epoch"));
+}

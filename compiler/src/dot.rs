@@ -143,7 +143,7 @@ pub fn render(model: &Model) -> String {
     out += "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"Helvetica\"];\n";
     out += "  edge [fontname=\"Helvetica\", fontsize=10];\n";
     // Node ids are positional (`i0` inputs, `n1` layers), so no layer name can clash.
-    let mut ids: std::collections::HashMap<&str, (String, &[usize])> =
+    let mut ids: std::collections::HashMap<&str, (String, &[crate::model::Dim])> =
         std::collections::HashMap::new();
     for (i, input) in model.inputs.iter().enumerate() {
         let id = format!("i{i}");

@@ -8,6 +8,61 @@
 
 use serde::Serialize;
 
+/// One dimension of a per-example shape: a size, or unknown (`?` in an
+/// `input` shape, printed `None` as Keras does) for models whose spatial
+/// size is only fixed when they run (fully convolutional networks).
+///
+/// Compares equal to a `usize` when it is that known size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(transparent)]
+pub struct Dim(pub Option<usize>);
+
+impl Dim {
+    /// An unknown size.
+    pub const UNKNOWN: Dim = Dim(None);
+
+    /// The size, if known.
+    pub fn known(self) -> Option<usize> {
+        self.0
+    }
+
+    pub fn is_known(self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl From<usize> for Dim {
+    fn from(n: usize) -> Dim {
+        Dim(Some(n))
+    }
+}
+
+impl PartialEq<usize> for Dim {
+    fn eq(&self, other: &usize) -> bool {
+        self.0 == Some(*other)
+    }
+}
+
+impl std::fmt::Display for Dim {
+    /// The size, or `?` when unknown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("?"),
+        }
+    }
+}
+
+/// The sizes of `dims`, if all are known.
+pub fn known_shape(dims: &[Dim]) -> Option<Vec<usize>> {
+    dims.iter().map(|d| d.0).collect()
+}
+
+/// `dims` as known sizes.
+pub fn dims(shape: &[usize]) -> Vec<Dim> {
+    shape.iter().map(|&n| Dim(Some(n))).collect()
+}
+
 /// A byte range `[start, end)` in the spec's source text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 pub struct Span {
@@ -339,11 +394,14 @@ pub struct Layer {
     /// joins (`add`, `multiply`, `concatenate`), which read two or more.
     pub inputs: Vec<String>,
     /// Per-example input shape (NHWC without batch) of the first input.
-    pub input_shape: Vec<usize>,
-    /// Per-example output shape (NHWC without batch).
-    pub output_shape: Vec<usize>,
+    pub input_shape: Vec<Dim>,
+    /// Per-example output shape (NHWC without batch); spatial sizes may be
+    /// unknown (see [`Dim`]).
+    pub output_shape: Vec<Dim>,
     /// Padding actually applied (conv and pooling: computed with
     /// TensorFlow's `same` rule; zero padding: its `padding` argument).
+    /// `None` for a `same` window over an unknown size (the padding depends
+    /// on the size; lowering computes it).
     pub pads: Option<Pads2d>,
     /// Parameter count, trainable or not (Keras's `Param #` column):
     /// weights, biases, and batch norm's moving statistics.
@@ -357,7 +415,7 @@ pub struct Layer {
     pub trainable: bool,
     /// Floating-point operations per example, forward: 2 x multiply-adds of
     /// conv and dense layers (the convention of Keras-era FLOP counters);
-    /// zero for other layers.
+    /// zero for other layers, and for layers whose output size is unknown.
     pub flops: u64,
 }
 
@@ -366,8 +424,9 @@ pub struct Layer {
 pub struct ModelInput {
     /// `input` unless named (`input image [224, 224, 3]`).
     pub name: String,
-    /// Per-example shape, NHWC without batch (e.g. `[28, 28, 1]`).
-    pub shape: Vec<usize>,
+    /// Per-example shape, NHWC without batch (e.g. `[28, 28, 1]`, or
+    /// `[?, ?, 3]` with unknown height and width).
+    pub shape: Vec<Dim>,
     #[serde(skip)]
     pub span: Span,
 }
@@ -378,7 +437,7 @@ pub struct ModelInput {
 pub struct Model {
     pub name: String,
     /// Per-example shape of the first input, NHWC without batch (e.g. `[28, 28, 1]`).
-    pub input_shape: Vec<usize>,
+    pub input_shape: Vec<Dim>,
     /// All inputs, in declaration order (the first has `input_shape`).
     pub inputs: Vec<ModelInput>,
     /// The model's outputs: names of layers (or of inputs), in order. A
@@ -389,7 +448,7 @@ pub struct Model {
 
 impl Model {
     /// Per-example shape of the tensor called `name` (a layer or an input).
-    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+    pub fn shape_of(&self, name: &str) -> Option<&[Dim]> {
         self.layers
             .iter()
             .find(|l| l.name == name)
@@ -403,7 +462,7 @@ impl Model {
     }
 
     /// Per-example shape of the first output.
-    pub fn output_shape(&self) -> &[usize] {
+    pub fn output_shape(&self) -> &[Dim] {
         self.outputs
             .first()
             .and_then(|o| self.shape_of(o))
@@ -443,6 +502,18 @@ impl Model {
     /// Non-trainable parameter count.
     pub fn non_trainable_params(&self) -> usize {
         self.total_params() - self.trainable_params()
+    }
+
+    /// Whether every shape in the model is known (no `?` input sizes): only
+    /// then can it be lowered and run.
+    pub fn is_fully_known(&self) -> bool {
+        self.inputs
+            .iter()
+            .all(|i| i.shape.iter().all(|d| d.is_known()))
+            && self
+                .layers
+                .iter()
+                .all(|l| l.output_shape.iter().all(|d| d.is_known()))
     }
 
     /// Forward FLOPs per example (see [`Layer::flops`]).

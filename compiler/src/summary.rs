@@ -46,10 +46,15 @@ pub fn readable_flops(flops: u64) -> String {
     }
 }
 
-/// `(None, 28, 28, 64)`: a per-example shape with the batch as `None`, as Keras prints it.
-pub fn keras_shape(shape: &[usize]) -> String {
+/// `(None, 28, 28, 64)`: a per-example shape with the batch as `None`, as
+/// Keras prints it; unknown sizes are `None` too (`(None, None, None, 3)`).
+/// Takes sizes (`usize`) or checked dimensions ([`crate::model::Dim`]).
+pub fn keras_shape<D: Copy + Into<crate::model::Dim>>(shape: &[D]) -> String {
     let mut parts = vec!["None".to_string()];
-    parts.extend(shape.iter().map(|d| d.to_string()));
+    parts.extend(shape.iter().map(|&d| match d.into().known() {
+        Some(n) => n.to_string(),
+        None => "None".to_string(),
+    }));
     format!("({})", parts.join(", "))
 }
 
@@ -78,11 +83,16 @@ pub fn render_text(model: &Model) -> String {
     }
     rows.extend(model.layers.iter().map(|l| {
         let frozen = if l.trainable { "" } else { " (frozen)" };
+        let known = l.output_shape.iter().all(|d| d.is_known());
         [
             format!(" {} ({}){frozen}", l.name, l.kind.keras_class()),
             keras_shape(&l.output_shape),
             thousands(l.params as u64),
-            thousands(l.flops),
+            if known {
+                thousands(l.flops)
+            } else {
+                "?".to_string()
+            },
             if graph {
                 l.inputs.join(", ")
             } else {
@@ -171,19 +181,24 @@ pub fn render_text(model: &Model) -> String {
         thousands(non_trainable),
         bytes(non_trainable)
     ));
-    out.push_str(&format!(
-        "FLOPs per image (forward): {} ({})\n",
-        thousands(model.flops()),
-        readable_flops(model.flops())
-    ));
+    if model.is_fully_known() {
+        out.push_str(&format!(
+            "FLOPs per image (forward): {} ({})\n",
+            thousands(model.flops()),
+            readable_flops(model.flops())
+        ));
+    } else {
+        out.push_str("FLOPs per image (forward): unknown (they depend on the input's `?` sizes)\n");
+    }
     out.push_str(&format!("{}\n", "_".repeat(width)));
     out
 }
 
-/// A shape with the batch dimension as `null`: `[null, 28, 28, 64]`.
-fn json_shape(shape: &[usize]) -> Value {
+/// A shape with the batch dimension (and unknown sizes) as `null`:
+/// `[null, 28, 28, 64]`.
+fn json_shape(shape: &[crate::model::Dim]) -> Value {
     let mut v = vec![Value::Null];
-    v.extend(shape.iter().map(|&d| json!(d)));
+    v.extend(shape.iter().map(|d| json!(d.known())));
     Value::Array(v)
 }
 
@@ -221,7 +236,7 @@ pub fn to_json(model: &Model) -> serde_json::Value {
                 "params": l.params,
                 "trainable_params": l.trainable_params,
                 "trainable": l.trainable,
-                "flops": l.flops,
+                "flops": l.output_shape.iter().all(|d| d.is_known()).then_some(l.flops),
                 "config": config,
             })
         })
@@ -245,7 +260,7 @@ pub fn to_json(model: &Model) -> serde_json::Value {
         "total_params": model.total_params(),
         "trainable_params": model.trainable_params(),
         "non_trainable_params": model.non_trainable_params(),
-        "flops": model.flops(),
+        "flops": model.is_fully_known().then(|| model.flops()),
         "layers": layers,
     })
 }

@@ -93,6 +93,9 @@ fn batch_normalization_counts_moving_statistics_as_non_trainable() {
         codes("model m {\n input [8, 8, 4]\n batch_normalization(axis=1)\n}\n"),
         ["E0005"]
     );
+    // Keras's NHWC channel axis is 3 (axis 0 is the batch).
+    ok("model m {\n input [8, 8, 4]\n batch_normalization(axis=3)\n}\n");
+    ok("model m {\n input [16]\n batch_normalization(axis=1)\n}\n");
     assert_eq!(
         codes("model m {\n input [8, 8, 4]\n batch_normalization(momentum=1.5)\n}\n"),
         ["E0005"]
@@ -170,22 +173,21 @@ fn up_sampling_reshape_and_joins() {
     // 8 * 12 * 6 = 576 values = 48 x 12.
     assert_eq!(layer(&m, "reshape").output_shape, [48, 12]);
     assert_eq!(m.outputs, ["concatenate", "multiply", "reshape"]);
-    // Concatenate along height: widths and channels must agree.
-    let m =
-        ok("model m {\n input [4, 6, 3]\n a = conv2d(3, 1)\n concatenate(input, a, axis=0)\n}\n");
+    // Keras numbering: axis 0 is the batch, 1 the height: widths and
+    // channels must agree.
+    let cat = |extra: &str, axis: &str| {
+        format!("model m {{\n input [4, 6, 3]\n a = conv2d({extra}, 1)\n concatenate(input, a, axis={axis})\n}}\n")
+    };
+    let m = ok(&cat("3", "1"));
     assert_eq!(m.layers[1].output_shape, [8, 6, 3]);
-    assert_eq!(
-        codes(
-            "model m {\n input [4, 6, 3]\n a = conv2d(5, 1)\n concatenate(input, a, axis=1)\n}\n"
-        ),
-        ["E0023"]
-    );
-    assert_eq!(
-        codes(
-            "model m {\n input [4, 6, 3]\n a = conv2d(3, 1)\n concatenate(input, a, axis=3)\n}\n"
-        ),
-        ["E0005"]
-    );
+    assert_eq!(m.layers[1].kind, LayerKind::Concatenate { axis: 0 });
+    assert_eq!(ok(&cat("3", "2")).layers[1].output_shape, [4, 12, 3]);
+    assert_eq!(ok(&cat("5", "3")).layers[1].output_shape, [4, 6, 8]);
+    assert_eq!(ok(&cat("5", "-1")).layers[1].output_shape, [4, 6, 8]);
+    assert_eq!(codes(&cat("5", "1")), ["E0023"]);
+    for axis in ["0", "4", "-4"] {
+        assert_eq!(codes(&cat("3", axis)), ["E0005"], "axis={axis}");
+    }
     assert_eq!(codes("model m {\n input [4, 6, 3]\n add\n}\n"), ["E0024"]);
 }
 
@@ -315,4 +317,138 @@ fn the_shipped_bad_lib_is_only_blocks() {
     let src = std::fs::read_to_string(&path).unwrap();
     let (_, checked) = check_file(&path, &src);
     assert_eq!(checked.unwrap_err()[0].code, "E0024");
+}
+
+#[test]
+fn unknown_spatial_sizes_flow_through_a_fully_convolutional_model() {
+    let m = ok("model fcn {
+  input [?, ?, 3]
+  enc = conv2d(16, 3, padding=same, activation=relu)
+  max_pool2d(2)
+  conv2d(32, 3, strides=2, padding=same)
+  conv2d_transpose(16, 3, strides=2, padding=same)
+  up_sampling2d(2)
+  add(enc)
+  concatenate(enc)
+  zero_padding2d(1)
+  conv2d(4, 3, activation=softmax)
+}");
+    use cnnc_compiler::model::Dim;
+    let unknown = Dim::UNKNOWN;
+    assert_eq!(m.input_shape, vec![unknown, unknown, Dim::from(3)]);
+    for l in &m.layers {
+        assert_eq!(l.output_shape[..2], [unknown, unknown], "{}", l.name);
+    }
+    assert_eq!(layer(&m, "concatenate").output_shape[2], 32);
+    // Parameters do not depend on the size: 3*3*3*16 + 16 = 448, ...
+    assert_eq!(layer(&m, "conv2d").params, 448);
+    // FLOPs do: unknown, counted 0; the model cannot be lowered as is.
+    assert_eq!(layer(&m, "conv2d").flops, 0);
+    assert!(!m.is_fully_known());
+    assert!(matches!(
+        cnnc_compiler::graph::lower::try_lower(&m),
+        Err(cnnc_compiler::graph::lower::LowerError::UnknownSize(_))
+    ));
+    let text = cnnc_compiler::summary::render_text(&m);
+    assert!(text.contains("(None, None, None, 16)"), "{text}");
+    assert!(
+        text.contains("FLOPs per image (forward): unknown"),
+        "{text}"
+    );
+    let json = cnnc_compiler::summary::to_json(&m);
+    assert_eq!(
+        json["input_shape"],
+        serde_json::json!([null, null, null, 3])
+    );
+    assert_eq!(json["flops"], serde_json::Value::Null);
+    // `same` padding depends on the size: left to lowering; `valid` pads nothing.
+    assert_eq!(layer(&m, "conv2d").pads, None);
+    assert_eq!(layer(&m, "conv2d_2").pads, Some(Default::default()));
+}
+
+#[test]
+fn global_pooling_removes_unknown_sizes_and_flatten_cannot() {
+    let m = ok(
+        "model m {\n input [?, 32, 3]\n conv2d(8, 3)\n global_average_pooling2d\n dense(10)\n}\n",
+    );
+    // Height unknown, width known: valid 3x3 gives [?, 30, 8].
+    assert_eq!(m.layers[0].output_shape[1], 30);
+    assert!(!m.layers[0].output_shape[0].is_known());
+    assert_eq!(m.layers[2].output_shape, [10]);
+    assert_eq!(m.layers[2].params, 8 * 10 + 10);
+    // flatten of an unknown size feeding dense: located error.
+    let src = "model m {\n input [?, ?, 3]\n conv2d(8, 3)\n flatten\n dense(10)\n}\n";
+    let diags = check_source(src).unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].code, "E0027");
+    let dense_at = src.find("dense").unwrap();
+    assert_eq!(diags[0].primary_span().start, dense_at);
+    assert!(diags[0]
+        .help
+        .as_deref()
+        .unwrap()
+        .contains("global_average_pooling2d"));
+    // `?` only for height and width; reshape needs a known size; joins of
+    // known sizes still have to agree.
+    assert_eq!(
+        codes("model m {\n input [?, ?, ?]\n flatten\n}\n"),
+        ["E0016"]
+    );
+    assert_eq!(codes("model m {\n input [?]\n flatten\n}\n"), ["E0016"]);
+    assert_eq!(
+        codes("model m {\n input [4, 4, 1]\n conv2d(?, 3)\n}\n"),
+        ["E0004"]
+    );
+    assert_eq!(
+        codes("model m {\n input [?, ?, 1]\n reshape([-1])\n}\n"),
+        ["E0027"]
+    );
+    assert_eq!(
+        codes("model m {\n input [?, 8, 1]\n a = conv2d(4, 3)\n b = input -> conv2d(4, 1)\n add(a, b)\n}\n"),
+        ["E0023"]
+    );
+    // A valid window larger than a known axis is still an error with `?` elsewhere.
+    assert_eq!(
+        codes("model m {\n input [?, 2, 1]\n conv2d(4, 3)\n}\n"),
+        ["E0006"]
+    );
+}
+
+#[test]
+fn layers_no_output_depends_on_are_left_out_as_keras_does() {
+    // b3 is never joined: Keras's Model(inputs, outputs) leaves it out.
+    let m = ok("model m {
+  input [8, 8, 3]
+  b1 = conv2d(8, 1)
+  b2 = input -> conv2d(8, 3, padding=same)
+  b3 = input -> conv2d(8, 5, padding=same)
+  concatenate(b1, b2)
+  global_average_pooling2d
+  dense(2)
+}");
+    // b1: 3*8 + 8 = 32; b2: 9*3*8 + 8 = 224; dense: 16*2 + 2 = 34.
+    assert_eq!(m.total_params(), 290);
+    assert!(m.layers.iter().all(|l| l.name != "conv2d_2"));
+    // The names are still given in order, as Keras names layers when they are created.
+    assert_eq!(m.layers[2].name, "concatenate");
+}
+
+#[test]
+fn review_findings_get_precise_messages() {
+    // A misspelt parameter inside a block body.
+    let d = check_source("block cb(filters, strides=1) {\n conv2d(filter, 3, strides=strides)\n}\nmodel m {\n input [8, 8, 1]\n cb(4)\n}\n").unwrap_err();
+    assert_eq!(d[0].code, "E0022");
+    assert_eq!(d[0].help.as_deref(), Some("did you mean `filters`?"));
+    assert_eq!(d.len(), 1);
+    // Python's `False` for a model parameter points at the value.
+    let src = "model m(top=False) {\n input [8]\n if top { dense(2) } else { dense(3) }\n}\n";
+    let d = check_source(src).unwrap_err();
+    assert_eq!(d[0].code, "E0022");
+    assert_eq!(d[0].primary_span().start, src.find("False").unwrap());
+    assert_eq!(
+        d[0].help.as_deref(),
+        Some("write it in lower case: `top=false`")
+    );
+    // Values that look like parameters are not flagged (`same` next to `name`...).
+    ok("block b(name, size) {\n conv2d(4, 3, padding=same, name=name)\n}\nmodel m {\n input [8, 8, 1]\n b(\"x\", 3)\n}\n");
 }

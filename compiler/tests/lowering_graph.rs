@@ -17,8 +17,8 @@ fn layer(name: &str, kind: LayerKind, inputs: &[&str], input: &[usize], output: 
         kind,
         span: Span::default(),
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        input_shape: input.to_vec(),
-        output_shape: output.to_vec(),
+        input_shape: cnnc_compiler::model::dims(input),
+        output_shape: cnnc_compiler::model::dims(output),
         pads: None,
         params: 0,
         trainable_params: 0,
@@ -30,7 +30,7 @@ fn layer(name: &str, kind: LayerKind, inputs: &[&str], input: &[usize], output: 
 fn input(name: &str, shape: &[usize]) -> ModelInput {
     ModelInput {
         name: name.into(),
-        shape: shape.to_vec(),
+        shape: cnnc_compiler::model::dims(shape),
         span: Span::default(),
     }
 }

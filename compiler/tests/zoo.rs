@@ -460,20 +460,24 @@ fn assert_topological(model: &Model) {
 
 /// (c) One line per layer: name, Keras class, output shape.
 fn shapes_text(model: &Model) -> String {
+    let fmt = |dims: &[cnnc_compiler::model::Dim]| {
+        let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        format!("[{}]", parts.join(", "))
+    };
     let mut out = format!(
-        "{} input {:?}, {} layers, {} params ({} trainable)\n",
+        "{} input {}, {} layers, {} params ({} trainable)\n",
         model.name,
-        model.input_shape,
+        fmt(&model.input_shape),
         model.layers.len(),
         model.total_params(),
         model.trainable_params()
     );
     for l in &model.layers {
         out += &format!(
-            "{:<28} {:<22} {:?}\n",
+            "{:<28} {:<22} {}\n",
             l.name,
             l.kind.keras_class(),
-            l.output_shape
+            fmt(&l.output_shape)
         );
     }
     out
@@ -561,12 +565,12 @@ fn classification_localization() {
     let model = check("examples/classification_localization.cnn");
     assert_eq!(model.input_shape, [224, 224, 3]);
     assert_eq!(model.outputs, ["class", "box"]);
-    assert_eq!(model.shape_of("class"), Some(&[5usize][..]));
-    assert_eq!(model.shape_of("box"), Some(&[4usize][..]));
+    assert_eq!(model.shape_of("class").unwrap(), [5]);
+    assert_eq!(model.shape_of("box").unwrap(), [4]);
     // 224 -> 111 -> 109 -> 55 -> 28 -> 14 -> 7 through the strided stages.
     assert_eq!(
-        model.shape_of("block14_sepconv2_act"),
-        Some(&[7usize, 7, 2048][..])
+        model.shape_of("block14_sepconv2_act").unwrap(),
+        [7, 7, 2048]
     );
     let heads = dense(2048, 5) + dense(2048, 4);
     assert_eq!(model.total_params(), XCEPTION - dense(2048, 1000) + heads);
@@ -653,7 +657,12 @@ fn fcn() {
         .layers
         .iter()
         .filter(|l| l.kind == LayerKind::Add)
-        .map(|l| (l.inputs.len(), l.output_shape.clone()))
+        .map(|l| {
+            (
+                l.inputs.len(),
+                cnnc_compiler::model::known_shape(&l.output_shape).unwrap(),
+            )
+        })
         .collect();
     assert_eq!(joins, [(2, vec![64, 64, 64]), (2, vec![128, 128, 32])]);
 }

@@ -33,7 +33,9 @@ fn agree(name: &str, spec: &str, input: &[usize]) {
     assert!(optimized.nodes.len() < raw.nodes.len(), "{name}");
     let params = params_for(&raw, 11);
     let x = tensor(input, 12);
-    let a = Executor::new(raw).try_forward(&params, &x, Mode::Inference).unwrap();
+    let a = Executor::new(raw)
+        .try_forward(&params, &x, Mode::Inference)
+        .unwrap();
     let b = Executor::new(optimized)
         .try_forward(&params, &x, Mode::Inference)
         .unwrap();
@@ -44,7 +46,10 @@ fn agree(name: &str, spec: &str, input: &[usize]) {
         .zip(b.iter())
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(a.iter().all(|v| v.is_finite()), "{name}: non-finite output");
-    assert!(diff <= 1e-4 * scale, "{name}: max |raw - optimized| = {diff}, max |raw| = {scale}");
+    assert!(
+        diff <= 1e-4 * scale,
+        "{name}: max |raw - optimized| = {diff}, max |raw| = {scale}"
+    );
 }
 
 #[test]
@@ -88,7 +93,10 @@ fn fcn_example() {
     let fcn = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../specs/examples/fcn.cnn");
     agree(
         "fcn",
-        &format!("import \"{}\"\nmodel f {{ input [32, 32, 3]\n fcn(n_classes=4) }}\n", fcn.display()),
+        &format!(
+            "import \"{}\"\nmodel f {{ input [32, 32, 3]\n fcn(n_classes=4) }}\n",
+            fcn.display()
+        ),
         &[2, 32, 32, 3],
     );
 }

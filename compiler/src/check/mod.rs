@@ -18,7 +18,7 @@ pub use suggest::did_you_mean;
 
 use crate::diagnostics::Diagnostic;
 use crate::expand::{expand, load, Expanded, Node, Ref};
-use crate::model::{Layer, LayerKind, Model, ModelInput, Padding, Pads2d, Span};
+use crate::model::{Dim, Layer, LayerKind, Model, ModelInput, Padding, Pads2d, Span};
 use crate::sources::Sources;
 use crate::syntax::{ChannelOp, InputStmt, LayerStmt, ValueKind};
 use layers::{bind, resolve, LayerDef, Resolved};
@@ -47,7 +47,28 @@ fn check_loaded(loaded: crate::expand::Loaded) -> (Sources, Result<Model, Vec<Di
     if loaded.files.first().is_none_or(Option::is_none) {
         return (loaded.sources, Err(diags));
     }
-    let (expanded, expand_diags) = expand(&loaded.files);
+    let (expanded, mut expand_diags) = expand(&loaded.files);
+    // A name that a failed import would have defined is not a second mistake.
+    let failed: Vec<String> = diags
+        .iter()
+        .filter(|d| d.code == "E0019")
+        .filter_map(|d| d.message.split('`').nth(1).map(str::to_string))
+        .collect();
+    if !failed.is_empty() {
+        for d in expand_diags.iter_mut().filter(|d| d.code == "E0002") {
+            d.notes.insert(
+                0,
+                format!(
+                    "it may be defined in {}, which could not be imported",
+                    failed
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
     diags.extend(expand_diags);
     let mut model = None;
     if let Some(ex) = &expanded {
@@ -59,6 +80,7 @@ fn check_loaded(loaded: crate::expand::Loaded) -> (Sources, Result<Model, Vec<Di
             names: HashMap::new(),
             counters: HashMap::new(),
             sources: &loaded.sources,
+            bad_calls: Default::default(),
         };
         model = checker.model(ex);
         diags.extend(checker.ctx.diags);
@@ -140,14 +162,14 @@ struct Origin {
 /// A tensor flowing between layers: its shape and origin.
 #[derive(Debug, Clone)]
 struct Flow {
-    shape: Vec<usize>,
+    shape: Vec<Dim>,
     origin: Origin,
     /// The layer or input name (for [`Layer::inputs`]).
     name: String,
 }
 
-/// `[3, 3, 256]`.
-fn fmt_shape(shape: &[usize]) -> String {
+/// `[3, 3, 256]`, `[?, ?, 64]`.
+fn fmt_shape(shape: &[Dim]) -> String {
     format!(
         "[{}]",
         shape
@@ -161,7 +183,7 @@ fn fmt_shape(shape: &[usize]) -> String {
 /// A layer's output before it is assembled into a [`Layer`].
 struct Inferred {
     kind: LayerKind,
-    output: Vec<usize>,
+    output: Vec<Dim>,
     pads: Option<Pads2d>,
     params: usize,
     /// Parameters never trained (batch norm's moving statistics).
@@ -170,7 +192,7 @@ struct Inferred {
 }
 
 impl Inferred {
-    fn plain(kind: LayerKind, output: Vec<usize>) -> Inferred {
+    fn plain(kind: LayerKind, output: Vec<Dim>) -> Inferred {
         Inferred {
             kind,
             output,
@@ -190,6 +212,9 @@ struct Checker<'s> {
     counters: HashMap<&'static str, usize>,
     /// The files, for "at line N" in notes.
     sources: &'s Sources,
+    /// Calls whose arguments were invalid once: a block expanded again
+    /// repeats the same mistake, which is reported once.
+    bad_calls: std::collections::HashSet<Span>,
 }
 
 impl Checker<'_> {
@@ -274,6 +299,19 @@ impl Checker<'_> {
                 outputs.push(f.name);
             }
         }
+        // As Keras's `Model(inputs, outputs)`: layers that no output depends
+        // on (a branch left out of a join) are not part of the model.
+        let mut needed: std::collections::HashSet<&str> =
+            outputs.iter().map(String::as_str).collect();
+        let mut keep = vec![false; layers.len()];
+        for (i, layer) in layers.iter().enumerate().rev() {
+            if needed.contains(layer.name.as_str()) {
+                keep[i] = true;
+                needed.extend(layer.inputs.iter().map(String::as_str));
+            }
+        }
+        let mut keep = keep.into_iter();
+        layers.retain(|_| keep.next().unwrap_or(true));
         let first = model_inputs.first()?.shape.clone();
         Some(Model {
             name: ex.name.name.clone(),
@@ -296,11 +334,14 @@ impl Checker<'_> {
     ) -> Option<Flow> {
         let l = &node.call;
         let def = node.def;
-        if !node.args_ok {
+        if !node.args_ok || self.bad_calls.contains(&l.span) {
             return None;
         }
         let bound = bind(&mut self.ctx, def, l);
         let res = resolve(&mut self.ctx, def, &bound);
+        if res.had_error {
+            self.bad_calls.insert(l.span);
+        }
         let name = self.layer_name(def, l, &res);
         let incoming: Vec<Flow> = node
             .inputs
@@ -341,7 +382,7 @@ impl Checker<'_> {
                 fmt_shape(before),
                 fmt_shape(&inf.output)
             );
-            let split = |s: &[usize]| -> (Vec<usize>, Option<usize>) {
+            let split = |s: &[Dim]| -> (Vec<Dim>, Option<Dim>) {
                 match s.split_last() {
                     Some((c, hw)) => (hw.to_vec(), Some(*c)),
                     None => (Vec::new(), None),
@@ -405,14 +446,32 @@ impl Checker<'_> {
         Some(flow)
     }
 
-    /// The input shape: 3 positive dimensions `[h, w, c]` or 1 `[features]`.
-    fn input_shape(&mut self, input: &InputStmt) -> Option<Vec<usize>> {
+    /// The input shape: 3 positive dimensions `[h, w, c]` or 1 `[features]`;
+    /// height and width may be `?` (unknown until the model runs).
+    fn input_shape(&mut self, input: &InputStmt) -> Option<Vec<Dim>> {
         let ValueKind::Tuple(items) = &input.shape.kind else {
             return None;
         };
+        let image = items.len() == 3;
+        let mut unknown = Vec::new();
         let dims: Vec<Option<usize>> = items
             .iter()
-            .map(|v| self.ctx.positive_int(v, "input", &[]))
+            .enumerate()
+            .map(|(i, v)| {
+                if matches!(v.kind, ValueKind::Unknown) && image && i < 2 {
+                    unknown.push(i);
+                    Some(1)
+                } else if matches!(v.kind, ValueKind::Unknown) {
+                    let d = Diagnostic::error("E0016", "only the height and width of an input may be unknown")
+                        .with_label(v.span, if image { "the channels must be known" } else { "a flat input's size must be known" })
+                        .with_note("`?` leaves a spatial size open for fully convolutional models: `input [?, ?, 3]`")
+                        .with_help("give the number here, e.g. `input [?, ?, 3]`");
+                    self.ctx.diags.push(d);
+                    None
+                } else {
+                    self.ctx.positive_int(v, "input", &[])
+                }
+            })
             .collect();
         if items.len() != 3 && items.len() != 1 {
             let given = crate::check::values::snippet(self.ctx.source, input.shape.span);
@@ -441,8 +500,8 @@ impl Checker<'_> {
             self.ctx.diags.push(d);
             return None;
         }
-        let dims: Vec<usize> = dims.into_iter().collect::<Option<_>>()?;
-        if dims
+        let sizes: Vec<usize> = dims.into_iter().collect::<Option<_>>()?;
+        if sizes
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .is_none()
@@ -456,7 +515,19 @@ impl Checker<'_> {
             self.ctx.diags.push(d);
             return None;
         }
-        Some(dims)
+        Some(
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    if unknown.contains(&i) {
+                        Dim::UNKNOWN
+                    } else {
+                        Dim::from(n)
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// The explicit or generated (Keras-style) name of a layer; reports duplicates.
@@ -541,12 +612,12 @@ impl Checker<'_> {
                 activation,
                 use_bias,
             } => {
-                let [h, w, cin] = self.image_input(l, name, incoming)?;
+                let ([h, w], cin) = self.image_input(l, name, incoming)?;
                 let filters = match &res.filters_expr {
                     None => filters,
                     Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
                 };
-                let (oh, ow) = self.dilated_windows(
+                let win = self.dilated_windows(
                     l,
                     res,
                     name,
@@ -558,8 +629,8 @@ impl Checker<'_> {
                     padding,
                 )?;
                 let params = shape::conv2d_params(kernel_size, cin, filters, use_bias);
-                let flops = shape::conv2d_flops([oh.out, ow.out], filters, kernel_size, cin);
-                let output = vec![oh.out, ow.out, filters];
+                let flops = win.flops(|o| shape::conv2d_flops(o, filters, kernel_size, cin));
+                let output = win.shape(filters);
                 let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output))
                 else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
@@ -576,7 +647,7 @@ impl Checker<'_> {
                         use_bias,
                     },
                     output,
-                    pads: Some(pads(oh, ow)),
+                    pads: win.pads,
                     params,
                     frozen_params: 0,
                     flops,
@@ -592,8 +663,8 @@ impl Checker<'_> {
                 strides,
                 padding,
             } => {
-                let [h, w, c] = self.image_input(l, name, incoming)?;
-                let (oh, ow) = self.windows(
+                let ([h, w], c) = self.image_input(l, name, incoming)?;
+                let win = self.windows(
                     l,
                     res,
                     name,
@@ -606,17 +677,24 @@ impl Checker<'_> {
                 )?;
                 Some(Inferred {
                     kind,
-                    output: vec![oh.out, ow.out, c],
-                    pads: Some(pads(oh, ow)),
+                    output: win.shape(c),
+                    pads: win.pads,
                     params: 0,
                     frozen_params: 0,
                     flops: 0,
                 })
             }
             LayerKind::Flatten => {
-                let Some(n) = element_count(input) else {
-                    self.overflow(l, name, "its output size");
-                    return None;
+                // With an unknown height or width the length is unknown too.
+                let n = match known(input) {
+                    Some(sizes) => match count(&sizes) {
+                        Some(n) => Dim::from(n),
+                        None => {
+                            self.overflow(l, name, "its output size");
+                            return None;
+                        }
+                    },
+                    None => Dim::UNKNOWN,
                 };
                 Some(Inferred {
                     kind,
@@ -633,7 +711,7 @@ impl Checker<'_> {
                 if input.len() != 1 {
                     let mut keras_shape = input.clone();
                     if let Some(last) = keras_shape.last_mut() {
-                        *last = units;
+                        *last = Dim::from(units);
                     }
                     let d = Diagnostic::error(
                         "E0007",
@@ -650,7 +728,19 @@ impl Checker<'_> {
                     self.ctx.diags.push(d);
                     return None;
                 }
-                let inputs = input[0];
+                let Some(inputs) = input[0].known() else {
+                    let d = Diagnostic::error(
+                        "E0027",
+                        format!("`{name}` needs a known number of input features, but its input has shape {}", fmt_shape(input)),
+                    )
+                    .with_label(l.keyword.span, "the size of its weights depends on the number of inputs")
+                    .with_label(incoming.origin.span, format!("outputs {}", fmt_shape(input)))
+                    .with_note(self.produced_note(incoming))
+                    .with_note("the input's height or width is `?`, so the flattened length is unknown")
+                    .with_help("use `global_average_pooling2d` (or `global_max_pooling2d`) instead of `flatten`, which removes the unknown sizes, or give the input a fixed size");
+                    self.ctx.diags.push(d);
+                    return None;
+                };
                 let params = shape::dense_params(inputs, units, use_bias);
                 let flops = shape::dense_flops(inputs, units);
                 let (Some(params), Some(flops)) = (params, flops) else {
@@ -660,7 +750,7 @@ impl Checker<'_> {
                 };
                 Some(Inferred {
                     kind,
-                    output: vec![units],
+                    output: vec![Dim::from(units)],
                     pads: None,
                     params,
                     frozen_params: 0,
@@ -668,10 +758,10 @@ impl Checker<'_> {
                 })
             }
             LayerKind::GlobalAvgPool2d | LayerKind::GlobalMaxPool2d => {
-                let [_, _, c] = self.image_input(l, name, incoming)?;
+                let (_, c) = self.image_input(l, name, incoming)?;
                 Some(Inferred {
                     kind,
-                    output: vec![c],
+                    output: vec![Dim::from(c)],
                     pads: None,
                     params: 0,
                     frozen_params: 0,
@@ -679,15 +769,18 @@ impl Checker<'_> {
                 })
             }
             LayerKind::ZeroPadding2d { padding } => {
-                let [h, w, c] = self.image_input(l, name, incoming)?;
-                let oh = h
-                    .checked_add(padding.top)
-                    .and_then(|v| v.checked_add(padding.bottom));
-                let ow = w
-                    .checked_add(padding.left)
-                    .and_then(|v| v.checked_add(padding.right));
-                let output = match (oh, ow) {
-                    (Some(oh), Some(ow)) => vec![oh, ow, c],
+                let ([h, w], c) = self.image_input(l, name, incoming)?;
+                let grow = |n: Dim, a: usize, b: usize| -> Option<Dim> {
+                    match n.known() {
+                        Some(n) => n.checked_add(a)?.checked_add(b).map(Dim::from),
+                        None => Some(Dim::UNKNOWN),
+                    }
+                };
+                let output = match (
+                    grow(h, padding.top, padding.bottom),
+                    grow(w, padding.left, padding.right),
+                ) {
+                    (Some(oh), Some(ow)) => vec![oh, ow, Dim::from(c)],
                     _ => {
                         self.overflow(l, name, "its output size");
                         return None;
@@ -723,8 +816,8 @@ impl Checker<'_> {
                 use_bias,
                 ..
             } => {
-                let [h, w, cin] = self.image_input(l, name, incoming)?;
-                let (oh, ow) = self.dilated_windows(
+                let ([h, w], cin) = self.image_input(l, name, incoming)?;
+                let win = self.dilated_windows(
                     l,
                     res,
                     name,
@@ -744,12 +837,12 @@ impl Checker<'_> {
                     })
                 });
                 let flops =
-                    out_c.and_then(|c| shape::conv2d_flops([oh.out, ow.out], c, kernel_size, 1));
+                    out_c.and_then(|c| win.flops(|o| shape::conv2d_flops(o, c, kernel_size, 1)));
                 let (Some(out_c), Some(params), Some(flops)) = (out_c, params, flops) else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
                     return None;
                 };
-                let output = vec![oh.out, ow.out, out_c];
+                let output = win.shape(out_c);
                 element_count(&output).or_else(|| {
                     self.overflow(l, name, "its output size");
                     None
@@ -757,7 +850,7 @@ impl Checker<'_> {
                 Some(Inferred {
                     kind,
                     output,
-                    pads: Some(pads(oh, ow)),
+                    pads: win.pads,
                     params,
                     frozen_params: 0,
                     flops,
@@ -773,12 +866,12 @@ impl Checker<'_> {
                 activation,
                 use_bias,
             } => {
-                let [h, w, cin] = self.image_input(l, name, incoming)?;
+                let ([h, w], cin) = self.image_input(l, name, incoming)?;
                 let filters = match &res.filters_expr {
                     None => filters,
                     Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
                 };
-                let (oh, ow) = self.dilated_windows(
+                let win = self.dilated_windows(
                     l,
                     res,
                     name,
@@ -795,11 +888,14 @@ impl Checker<'_> {
                     shape::conv2d_params(kernel_size, m, 1, false)?
                         .checked_add(shape::conv2d_params([1, 1], m, filters, use_bias)?)
                 });
-                let flops = mid.and_then(|m| {
-                    shape::conv2d_flops([oh.out, ow.out], m, kernel_size, 1)?
-                        .checked_add(shape::conv2d_flops([oh.out, ow.out], filters, [1, 1], m)?)
-                });
-                let output = vec![oh.out, ow.out, filters];
+                let flops =
+                    mid.and_then(|m| {
+                        win.flops(|o| {
+                            shape::conv2d_flops(o, m, kernel_size, 1)?
+                                .checked_add(shape::conv2d_flops(o, filters, [1, 1], m)?)
+                        })
+                    });
+                let output = win.shape(filters);
                 let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output))
                 else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
@@ -817,7 +913,7 @@ impl Checker<'_> {
                         use_bias,
                     },
                     output,
-                    pads: Some(pads(oh, ow)),
+                    pads: win.pads,
                     params,
                     frozen_params: 0,
                     flops,
@@ -833,7 +929,7 @@ impl Checker<'_> {
                 activation,
                 use_bias,
             } => {
-                let [h, w, cin] = self.image_input(l, name, incoming)?;
+                let ([h, w], cin) = self.image_input(l, name, incoming)?;
                 let filters = match &res.filters_expr {
                     None => filters,
                     Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
@@ -856,10 +952,13 @@ impl Checker<'_> {
                         }
                     }
                 }
-                let mut out = [0usize; 2];
+                let mut out = [Dim::UNKNOWN; 2];
                 let mut crop = [(0usize, 0usize); 2];
                 for axis in 0..2 {
-                    let n = [h, w][axis];
+                    // The crop does not depend on the input size (TF's rule),
+                    // so an unknown size is computed as 2 for it.
+                    let size = [h, w][axis];
+                    let n = size.known().unwrap_or(2);
                     let k = shape::dilated(kernel_size[axis], dilation_rate[axis]);
                     let o = k.and_then(|k| {
                         shape::transpose_output(
@@ -874,12 +973,19 @@ impl Checker<'_> {
                         self.overflow(l, name, "its output size");
                         return None;
                     };
-                    out[axis] = o;
+                    out[axis] = if size.is_known() {
+                        Dim::from(o)
+                    } else {
+                        Dim::UNKNOWN
+                    };
                     crop[axis] = shape::transpose_crop(n, k, strides[axis], o, padding);
                 }
                 let params = shape::conv2d_params(kernel_size, cin, filters, use_bias);
-                let flops = shape::conv2d_flops([h, w], filters, kernel_size, cin);
-                let output = vec![out[0], out[1], filters];
+                let flops = match (h.known(), w.known()) {
+                    (Some(h), Some(w)) => shape::conv2d_flops([h, w], filters, kernel_size, cin),
+                    _ => Some(0),
+                };
+                let output = vec![out[0], out[1], Dim::from(filters)];
                 let (Some(params), Some(flops), Some(_)) = (params, flops, element_count(&output))
                 else {
                     self.overflow(l, name, "its parameter, FLOP or output size");
@@ -909,24 +1015,25 @@ impl Checker<'_> {
                 })
             }
             LayerKind::BatchNormalization { center, scale, .. } => {
+                // Keras numbering (axis 0 is the batch): the channels are -1 or `rank`.
                 let rank = input.len() as i64;
                 let (axis, axis_span) = res.axis;
-                if axis != -1 && axis != rank - 1 {
+                if axis != -1 && axis != rank {
                     let d = Diagnostic::error(
                         "E0005",
                         format!("`batch_normalization` over axis {axis} is not supported"),
                     )
                     .with_label(axis_span.unwrap_or(l.keyword.span), "only the last (channel) axis")
                     .with_note(format!(
-                        "its input has shape {} (NHWC without the batch): the channel axis is -1 or {}",
+                        "its input has shape {} (NHWC without the batch); as in Keras, axis 0 is the batch, so the channel axis is -1 or {}",
                         fmt_shape(input),
-                        rank - 1
+                        rank
                     ))
                     .with_help("use `axis=-1` (the default)");
                     self.ctx.diags.push(d);
                     return None;
                 }
-                let c = *input.last()?;
+                let c = input.last()?.known()?;
                 let per = usize::from(center) + usize::from(scale) + 2;
                 let Some(params) = c.checked_mul(per) else {
                     self.overflow(l, name, "its parameter count");
@@ -942,9 +1049,15 @@ impl Checker<'_> {
                 })
             }
             LayerKind::UpSampling2d { size, .. } => {
-                let [h, w, c] = self.image_input(l, name, incoming)?;
-                let output = match (h.checked_mul(size[0]), w.checked_mul(size[1])) {
-                    (Some(oh), Some(ow)) => vec![oh, ow, c],
+                let ([h, w], c) = self.image_input(l, name, incoming)?;
+                let scale = |n: Dim, f: usize| -> Option<Dim> {
+                    match n.known() {
+                        Some(n) => n.checked_mul(f).map(Dim::from),
+                        None => Some(Dim::UNKNOWN),
+                    }
+                };
+                let output = match (scale(h, size[0]), scale(w, size[1])) {
+                    (Some(oh), Some(ow)) => vec![oh, ow, Dim::from(c)],
                     _ => {
                         self.overflow(l, name, "its output size");
                         return None;
@@ -958,7 +1071,24 @@ impl Checker<'_> {
             }
             LayerKind::Reshape { .. } => {
                 let (target, span) = res.target_shape.clone()?;
-                let n = element_count(input)?;
+                let Some(n) = known(input).and_then(|sizes| count(&sizes)) else {
+                    let d = Diagnostic::error(
+                        "E0027",
+                        format!(
+                            "`{name}` needs a known input size, but its input has shape {}",
+                            fmt_shape(input)
+                        ),
+                    )
+                    .with_label(l.keyword.span, "cannot check the number of values")
+                    .with_label(
+                        incoming.origin.span,
+                        format!("outputs {}", fmt_shape(input)),
+                    )
+                    .with_note(self.produced_note(incoming))
+                    .with_help("give the input a fixed size, or reshape after global pooling");
+                    self.ctx.diags.push(d);
+                    return None;
+                };
                 let known: usize = target
                     .iter()
                     .flatten()
@@ -993,7 +1123,7 @@ impl Checker<'_> {
                     LayerKind::Reshape {
                         target_shape: output.clone(),
                     },
-                    output,
+                    crate::model::dims(&output),
                 ))
             }
             LayerKind::Add | LayerKind::Multiply | LayerKind::Concatenate { .. } => None,
@@ -1017,8 +1147,15 @@ impl Checker<'_> {
             LayerKind::Concatenate { .. } => {
                 let rank = first.len() as i64;
                 let (axis, axis_span) = res.axis;
-                let a = if axis < 0 { rank + axis } else { axis };
+                // Keras numbering: axis 0 is the batch, 1.. the dimensions
+                // of an example; negative axes count from the end.
+                let a = if axis < 0 { rank + axis } else { axis - 1 };
                 if a < 0 || a >= rank {
+                    let what = if axis == 0 {
+                        "axis 0 is the batch, which cannot be joined".to_string()
+                    } else {
+                        format!("valid axes are 1 to {rank} or -{rank} to -1")
+                    };
                     let d = Diagnostic::error(
                         "E0005",
                         format!(
@@ -1026,33 +1163,34 @@ impl Checker<'_> {
                             fmt_shape(first)
                         ),
                     )
-                    .with_label(
-                        axis_span.unwrap_or(l.keyword.span),
-                        format!("valid axes are -{rank} to {}", rank - 1),
-                    )
-                    .with_note("axes count dimensions of one example (NHWC without the batch)")
+                    .with_label(axis_span.unwrap_or(l.keyword.span), what)
+                    .with_note("as in Keras, axis 0 is the batch: for [height, width, channels] inputs axis 1 is the height, 2 the width, 3 (or -1) the channels")
                     .with_help("use `axis=-1` (the default) to join along channels");
                     self.ctx.diags.push(d);
                     return None;
                 }
                 let a = a as usize;
-                let fits = |s: &[usize]| {
+                let fits = |s: &[Dim]| {
                     s.len() == first.len()
                         && s.iter()
                             .zip(first)
                             .enumerate()
-                            .all(|(i, (x, y))| i == a || x == y)
+                            .all(|(i, (x, y))| i == a || compatible(*x, *y))
                 };
                 if incoming.iter().all(|f| fits(&f.shape)) {
-                    let mut out = first.clone();
-                    let total = incoming
-                        .iter()
-                        .try_fold(0usize, |acc, f| acc.checked_add(f.shape[a]));
+                    let mut out = joined(incoming.iter().map(|f| f.shape.as_slice()));
+                    // The joined axis: the sum, unknown if any part is.
+                    let total = incoming.iter().try_fold(Some(0usize), |acc, f| {
+                        Some(match (acc, f.shape[a].known()) {
+                            (Some(t), Some(n)) => Some(t.checked_add(n)?),
+                            _ => None,
+                        })
+                    });
                     let Some(total) = total else {
                         self.overflow(l, name, "its output size");
                         return None;
                     };
-                    out[a] = total;
+                    out[a] = Dim(total);
                     (out, LayerKind::Concatenate { axis: a }, None)
                 } else {
                     (
@@ -1063,8 +1201,15 @@ impl Checker<'_> {
                 }
             }
             _ => {
-                if incoming.iter().all(|f| &f.shape == first) {
-                    (first.clone(), kind, None)
+                let same = |s: &[Dim]| {
+                    s.len() == first.len() && s.iter().zip(first).all(|(x, y)| compatible(*x, *y))
+                };
+                if incoming.iter().all(|f| same(&f.shape)) {
+                    (
+                        joined(incoming.iter().map(|f| f.shape.as_slice())),
+                        kind,
+                        None,
+                    )
                 } else {
                     (
                         Vec::new(),
@@ -1103,11 +1248,11 @@ impl Checker<'_> {
                     fmt_shape(&f.shape),
                     f.origin.what
                 );
-                let differs = |axis: &dyn Fn(&[usize]) -> Vec<usize>| {
+                let differs = |axis: &dyn Fn(&[Dim]) -> Vec<Dim>| {
                     incoming.iter().any(|g| axis(&g.shape) != axis(first))
                 };
-                let hw = |s: &[usize]| s[..s.len().saturating_sub(1)].to_vec();
-                let c = |s: &[usize]| s.last().copied().into_iter().collect::<Vec<_>>();
+                let hw = |s: &[Dim]| s[..s.len().saturating_sub(1)].to_vec();
+                let c = |s: &[Dim]| s.last().copied().into_iter().collect::<Vec<_>>();
                 let trail = [
                     (
                         differs(&hw),
@@ -1149,12 +1294,12 @@ impl Checker<'_> {
         res: &Resolved,
         name: &str,
         incoming: &Flow,
-        hw: [usize; 2],
+        hw: [Dim; 2],
         kernel_size: [usize; 2],
         strides: [usize; 2],
         dilation_rate: [usize; 2],
         padding: Padding,
-    ) -> Option<(AxisOutput, AxisOutput)> {
+    ) -> Option<Window> {
         if dilation_rate != [1, 1] && strides != [1, 1] {
             let d = Diagnostic::error(
                 "E0005",
@@ -1193,10 +1338,16 @@ impl Checker<'_> {
         )
     }
 
-    /// `[h, w, c]` of an image input, or `E0015`.
-    fn image_input(&mut self, l: &LayerStmt, name: &str, incoming: &Flow) -> Option<[usize; 3]> {
+    /// `([h, w], c)` of an image input (height and width may be unknown,
+    /// the channels never are), or `E0015`.
+    fn image_input(
+        &mut self,
+        l: &LayerStmt,
+        name: &str,
+        incoming: &Flow,
+    ) -> Option<([Dim; 2], usize)> {
         if let [h, w, c] = incoming.shape[..] {
-            return Some([h, w, c]);
+            return Some(([h, w], c.known()?));
         }
         let help = if incoming.origin.what.starts_with("the `input`") {
             "declare an image input such as `input [28, 28, 1]`, or remove this layer".to_string()
@@ -1271,7 +1422,8 @@ impl Checker<'_> {
         }
     }
 
-    /// Output sizes of both spatial axes of a conv or pooling window, or `E0006`.
+    /// Output sizes of both spatial axes of a conv or pooling window, or
+    /// `E0006`. An unknown input size gives an unknown output size.
     #[allow(clippy::too_many_arguments)]
     fn windows(
         &mut self,
@@ -1279,20 +1431,43 @@ impl Checker<'_> {
         res: &Resolved,
         name: &str,
         incoming: &Flow,
-        hw: [usize; 2],
+        dims: [Dim; 2],
         k: [usize; 2],
         s: [usize; 2],
         padding: Padding,
         what: &str,
-    ) -> Option<(AxisOutput, AxisOutput)> {
-        let oh = window_output(hw[0], k[0], s[0], padding);
-        let ow = window_output(hw[1], k[1], s[1], padding);
-        if let (Some(oh), Some(ow)) = (oh, ow) {
-            return Some((oh, ow));
+    ) -> Option<Window> {
+        let axis = |i: usize| {
+            dims[i]
+                .known()
+                .map(|n| window_output(n, k[i], s[i], padding))
+        };
+        match (axis(0), axis(1)) {
+            (Some(Some(oh)), Some(Some(ow))) => {
+                return Some(Window {
+                    out: [Dim::from(oh.out), Dim::from(ow.out)],
+                    pads: Some(pads(oh, ow)),
+                })
+            }
+            (Some(None), _) | (_, Some(None)) => {}
+            (oh, ow) => {
+                // Some size is unknown: so is the output's; `valid` pads
+                // nothing, `same` pads by a size-dependent amount.
+                let out = |o: Option<Option<AxisOutput>>| match o {
+                    Some(Some(a)) => Dim::from(a.out),
+                    _ => Dim::UNKNOWN,
+                };
+                return Some(Window {
+                    out: [out(oh), out(ow)],
+                    pads: (padding == Padding::Valid).then(Pads2d::default),
+                });
+            }
         }
+        // Only known sizes get here.
+        let hw = [dims[0].known().unwrap_or(0), dims[1].known().unwrap_or(0)];
         let mut formulas: Vec<(&str, String)> = Vec::new();
         for (axis, i) in [("height", 0), ("width", 1)] {
-            if hw[i] < k[i] {
+            if dims[i].is_known() && hw[i] < k[i] {
                 let v = shape::valid_output_signed(hw[i], k[i], s[i]);
                 formulas.push((
                     axis,
@@ -1328,7 +1503,7 @@ impl Checker<'_> {
             "E0006",
             format!(
                 "output of `{name}` would be empty: its {}x{} {what} does not fit in its {}x{} input",
-                k[0], k[1], hw[0], hw[1]
+                k[0], k[1], dims[0], dims[1]
             ),
         )
         .with_label(
@@ -1394,6 +1569,63 @@ fn pads(h: AxisOutput, w: AxisOutput) -> Pads2d {
 }
 
 /// The number of values in a tensor of `shape`, or `None` on overflow.
-fn element_count(shape: &[usize]) -> Option<usize> {
+fn count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// The number of values in the known dimensions of `shape` (unknown ones
+/// count 1), or `None` on overflow: the overflow check for shapes with `?`.
+fn element_count(shape: &[Dim]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(d.known().unwrap_or(1)))
+}
+
+/// The sizes of `shape`, if all are known.
+fn known(shape: &[Dim]) -> Option<Vec<usize>> {
+    crate::model::known_shape(shape)
+}
+
+/// Two dimensions that may be the same at run time: equal, or either unknown
+/// (as Keras's merge layers accept `None`).
+fn compatible(a: Dim, b: Dim) -> bool {
+    match (a.known(), b.known()) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+/// The shape of a join's output: each dimension known if any input knows it.
+fn joined<'a>(mut shapes: impl Iterator<Item = &'a [Dim]>) -> Vec<Dim> {
+    let mut out: Vec<Dim> = shapes.next().map(<[Dim]>::to_vec).unwrap_or_default();
+    for s in shapes {
+        for (o, d) in out.iter_mut().zip(s) {
+            if !o.is_known() {
+                *o = *d;
+            }
+        }
+    }
+    out
+}
+
+/// Output height and width of a conv or pooling window, and its padding
+/// (`None` for `same` over an unknown size).
+struct Window {
+    out: [Dim; 2],
+    pads: Option<Pads2d>,
+}
+
+impl Window {
+    /// `[oh, ow, channels]`.
+    fn shape(&self, channels: usize) -> Vec<Dim> {
+        vec![self.out[0], self.out[1], Dim::from(channels)]
+    }
+
+    /// FLOPs from the output size, 0 when it is unknown (`None` on overflow).
+    fn flops(&self, f: impl FnOnce([usize; 2]) -> Option<u64>) -> Option<u64> {
+        match (self.out[0].known(), self.out[1].known()) {
+            (Some(h), Some(w)) => f([h, w]),
+            _ => Some(0),
+        }
+    }
 }

@@ -8,6 +8,11 @@
 /// prefix of at least three characters (`kernel` -> `kernel_size`).
 pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let norm = |s: &str| s.to_ascii_lowercase().replace('_', "");
+    // No name people type is this long; the distances would cost
+    // O(len^2) per candidate for nothing.
+    if word.len() > 64 {
+        return None;
+    }
     let w = norm(word);
     if w.is_empty() {
         return None;
@@ -18,8 +23,12 @@ pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     let mut best: Option<(usize, &'a str)> = None;
     for &c in candidates {
-        let d = strsim::osa_distance(&lower, c).min(strsim::osa_distance(&w, &norm(c)));
         let limit = (c.len().max(lower.len()) / 3).max(1);
+        // The distance is at least the difference in length.
+        if c.len().abs_diff(lower.len()) > limit && norm(c).len().abs_diff(w.len()) > limit {
+            continue;
+        }
+        let d = strsim::osa_distance(&lower, c).min(strsim::osa_distance(&w, &norm(c)));
         if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }

@@ -72,6 +72,7 @@ impl Ctx<'_> {
             ValueKind::Tuple(_) => "the tuple",
             ValueKind::Channels(_) => "the channel expression",
             ValueKind::Binary { .. } => "the expression",
+            ValueKind::Unknown => "the unknown size",
         };
         format!("{what} `{text}`")
     }
@@ -91,6 +92,11 @@ impl Ctx<'_> {
         if let ValueKind::Channels(_) = v.kind {
             d = d.with_note(
                 "channel expressions (`in`, `in * N`, `in / N`) are only allowed for `filters`",
+            );
+        }
+        if let ValueKind::Unknown = v.kind {
+            d = d.with_note(
+                "`?` (an unknown size) is only allowed for the height and width in `input` shapes",
             );
         }
         let help = help.or_else(|| {

@@ -28,7 +28,7 @@ use subst::{subst, Params};
 /// Blocks may nest (call each other) at most this deep.
 const MAX_DEPTH: usize = 64;
 /// The most layers an expanded model may have.
-const MAX_NODES: usize = 200_000;
+const MAX_NODES: usize = 100_000;
 /// The most block calls and repeat steps one expansion may take (blocks
 /// that add no layers would otherwise allow exponential work).
 const MAX_WORK: usize = 2_000_000;
@@ -368,7 +368,18 @@ impl<'a> Expander<'a> {
                         Some(v) => match &v.kind {
                             ValueKind::Ident(b) if b == "true" => Some(true),
                             ValueKind::Ident(b) if b == "false" => Some(false),
-                            _ => {
+                            other => {
+                                let help = match other {
+                                    ValueKind::Ident(b) if b == "True" || b == "False" => format!(
+                                        "write it in lower case: `{}={}`",
+                                        i.condition.name,
+                                        b.to_ascii_lowercase()
+                                    ),
+                                    _ => format!(
+                                        "pass `{}=true` or `{}=false`",
+                                        i.condition.name, i.condition.name
+                                    ),
+                                };
                                 self.diags.push(
                                     Diagnostic::error(
                                         "E0022",
@@ -377,12 +388,12 @@ impl<'a> Expander<'a> {
                                             i.condition.name
                                         ),
                                     )
-                                    .with_label(i.condition.span, "not a boolean")
-                                    .with_label(v.span, "its value")
-                                    .with_help(format!(
-                                        "pass `{}=true` or `{}=false`",
-                                        i.condition.name, i.condition.name
-                                    )),
+                                    .with_label(
+                                        v.span,
+                                        format!("`{}` is not `true` or `false`", i.condition.name),
+                                    )
+                                    .with_label(i.condition.span, "tested here")
+                                    .with_help(help),
                                 );
                                 None
                             }
@@ -588,13 +599,45 @@ impl<'a> Expander<'a> {
         scope.seen_layer = true;
     }
 
+    /// `E0022` when a bare name in a block's body is one letter away from
+    /// one of the block's parameters (`filter` for `filters`) and is not a
+    /// value the layers know (`same`, `relu`, ...).
+    fn misspelt_param(&mut self, value: &crate::syntax::Value, params: &Params) -> bool {
+        let ValueKind::Ident(word) = &value.kind else {
+            return false;
+        };
+        if params.contains_key(word) || word.len() < 3 || is_value_word(word) {
+            return false;
+        }
+        let mut names: Vec<&str> = params.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let Some(close) = names
+            .into_iter()
+            .find(|p| strsim::osa_distance(word, p) <= 1)
+        else {
+            return false;
+        };
+        self.diags.push(
+            Diagnostic::error("E0022", format!("unknown parameter `{word}`"))
+                .with_label(value.span, "not a parameter of this block")
+                .with_help(format!("did you mean `{close}`?")),
+        );
+        true
+    }
+
     /// Substitutes parameters into a call's arguments and takes out
     /// `trainable`. Returns the arguments and the call's own `trainable`.
     fn call_args(&mut self, call: &LayerStmt, params: &Params) -> (Vec<Arg>, bool, bool) {
         let mut args = Vec::with_capacity(call.args.len());
         let mut trainable = true;
         let mut ok = true;
+        // Positional arguments of joins are tensor names, not values.
+        let joins = layers::lookup(&call.keyword.name).is_some_and(|d| d.family.is_join());
         for arg in &call.args {
+            if !(joins && arg.name.is_none()) && self.misspelt_param(&arg.value, params) {
+                ok = false;
+                continue;
+            }
             let Some(value) = subst(&arg.value, params, &mut self.diags) else {
                 ok = false;
                 continue;
@@ -918,4 +961,14 @@ fn signature(def: Def<'_>) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!("{}({params})", def.name().name)
+}
+
+/// Names that layers take as values (`padding=same`, `activation=relu`, ...),
+/// which are never misspelt parameters.
+fn is_value_word(word: &str) -> bool {
+    crate::model::Activation::from_name(word).is_some()
+        || matches!(
+            word,
+            "same" | "valid" | "true" | "false" | "none" | "nearest" | "bilinear" | "input"
+        )
 }

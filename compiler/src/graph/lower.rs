@@ -35,6 +35,16 @@ pub enum LowerError {
     /// A model output names no layer or input.
     #[error("model output `{0}` is not a layer or input")]
     UnknownOutput(String),
+    /// The tensor `{0}` has an unknown height or width (an `input [?, ?, c]`
+    /// model): op graphs need every size.
+    #[error("`{0}` has an unknown size (`?` in the input shape); the op graph needs fixed sizes")]
+    UnknownSize(String),
+}
+
+/// The sizes of a checked shape, unknown ones as 0 (reported as
+/// [`LowerError::UnknownSize`] by [`try_lower`]).
+fn sizes(dims: &[crate::model::Dim]) -> Vec<usize> {
+    dims.iter().map(|d| d.known().unwrap_or(0)).collect()
 }
 
 /// Lowers a checked model to primitive ops.
@@ -67,17 +77,25 @@ fn lower_reporting(model: &Model) -> (Graph, Vec<LowerError>) {
     let mut tensors: HashMap<&str, NodeId> = HashMap::new();
     let mut inputs = Vec::new();
     if model.inputs.is_empty() {
-        let id = builder.push(Op::Input, vec![], model.input_shape.clone(), "input");
+        let id = builder.push(Op::Input, vec![], sizes(&model.input_shape), "input");
         tensors.insert("input", id);
         inputs.push(id);
     }
     for input in &model.inputs {
-        let id = builder.push(Op::Input, vec![], input.shape.clone(), &input.name);
+        let id = builder.push(Op::Input, vec![], sizes(&input.shape), &input.name);
         tensors.insert(input.name.as_str(), id);
         inputs.push(id);
     }
+    for input in &model.inputs {
+        if input.shape.iter().any(|d| !d.is_known()) {
+            errors.push(LowerError::UnknownSize(input.name.clone()));
+        }
+    }
     let mut current = inputs[0];
     for layer in &model.layers {
+        if layer.output_shape.iter().any(|d| !d.is_known()) {
+            errors.push(LowerError::UnknownSize(layer.name.clone()));
+        }
         let mut ids = Vec::with_capacity(layer.inputs.len().max(1));
         for name in &layer.inputs {
             match tensors.get(name.as_str()) {
@@ -195,7 +213,7 @@ impl Builder {
         use_bias: bool,
         activation: Activation,
     ) -> NodeId {
-        let shape = layer.output_shape.clone();
+        let shape = sizes(&layer.output_shape);
         if use_bias {
             let bias = self.weight(layer, "bias", vec![channels], Init::Zeros);
             node = self.push(Op::BiasAdd { bias }, vec![node], shape.clone(), &layer.name);
@@ -204,7 +222,7 @@ impl Builder {
     }
 
     fn activation(&mut self, layer: &Layer, node: NodeId, activation: Activation) -> NodeId {
-        let shape = layer.output_shape.clone();
+        let shape = sizes(&layer.output_shape);
         match activation {
             Activation::Linear => node,
             Activation::Softmax => self.push(Op::Softmax, vec![node], shape, &layer.name),
@@ -219,7 +237,7 @@ impl Builder {
 
     /// Lowers one layer reading `inputs` (at least one); returns its output node.
     fn lower_layer(&mut self, layer: &Layer, inputs: &[NodeId]) -> NodeId {
-        let shape = layer.output_shape.clone();
+        let shape = sizes(&layer.output_shape);
         let name = layer.name.as_str();
         let input = inputs[0];
         let in_shape = self.nodes[input.0].shape.clone();

@@ -176,6 +176,8 @@ pub enum ValueKind {
     Tuple(Vec<Value>),
     /// A channel expression: `in`, `in * N`, `in / N`.
     Channels(ChannelExpr),
+    /// `?`: an unknown size (allowed in `input` shapes).
+    Unknown,
     /// Arithmetic on block parameters, `lhs op rhs` (`filters * 4`);
     /// evaluated when the block is expanded.
     Binary {

@@ -192,6 +192,7 @@ fn rule_words(rule: Rule) -> Option<(u8, &'static str)> {
         Rule::value
         | Rule::channels
         | Rule::expr
+        | Rule::unknown
         | Rule::string
         | Rule::float
         | Rule::int

@@ -347,6 +347,7 @@ impl Builder {
             Rule::int => ValueKind::Int(text.parse::<i64>().ok()),
             Rule::float => ValueKind::Float(text.parse::<f64>().map_err(|_| self.internal(span))?),
             Rule::ident => ValueKind::Ident(text.to_string()),
+            Rule::unknown => ValueKind::Unknown,
             Rule::string => {
                 let inner = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
                 ValueKind::Str(inner.ok_or_else(|| self.internal(span))?.to_string())

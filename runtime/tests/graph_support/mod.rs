@@ -358,8 +358,8 @@ pub fn layer(
         kind,
         span: Span::default(),
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        input_shape: input_shape.to_vec(),
-        output_shape: output_shape.to_vec(),
+        input_shape: cnnc_compiler::model::dims(input_shape),
+        output_shape: cnnc_compiler::model::dims(output_shape),
         pads: None,
         params: 0,
         trainable_params: 0,
@@ -372,10 +372,10 @@ pub fn layer(
 pub fn model(input_shape: &[usize], outputs: &[&str], layers: Vec<Layer>) -> Model {
     Model {
         name: "m".into(),
-        input_shape: input_shape.to_vec(),
+        input_shape: cnnc_compiler::model::dims(input_shape),
         inputs: vec![ModelInput {
             name: "input".into(),
-            shape: input_shape.to_vec(),
+            shape: cnnc_compiler::model::dims(input_shape),
             span: Span::default(),
         }],
         outputs: outputs.iter().map(|s| s.to_string()).collect(),

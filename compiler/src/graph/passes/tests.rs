@@ -11,8 +11,8 @@ fn layer(name: &str, kind: LayerKind, input: &[usize], output: &[usize]) -> Laye
         kind,
         span: Span::default(),
         inputs: vec![],
-        input_shape: input.to_vec(),
-        output_shape: output.to_vec(),
+        input_shape: crate::model::dims(input),
+        output_shape: crate::model::dims(output),
         pads: Some(Pads2d::default()),
         params: 0,
         trainable_params: 0,
@@ -51,10 +51,10 @@ fn chain(name: &str, input_shape: &[usize], mut layers: Vec<Layer>) -> Model {
     }
     Model {
         name: name.into(),
-        input_shape: input_shape.to_vec(),
+        input_shape: crate::model::dims(input_shape),
         inputs: vec![crate::model::ModelInput {
             name: "input".into(),
-            shape: input_shape.to_vec(),
+            shape: crate::model::dims(input_shape),
             span: Span::default(),
         }],
         outputs: vec![prev],
