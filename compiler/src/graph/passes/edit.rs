@@ -59,24 +59,6 @@ impl Editor {
         self.nodes[id.0] = Some(node);
     }
 
-    /// Removes `id`; every reader of it (and every graph output naming it) now reads `with`.
-    /// `with` must come before every reader of `id`.
-    pub fn remove_and_redirect(&mut self, id: NodeId, with: NodeId) {
-        self.nodes[id.0] = None;
-        for node in self.nodes.iter_mut().flatten() {
-            for input in node.inputs.iter_mut() {
-                if *input == id {
-                    *input = with;
-                }
-            }
-        }
-        for output in self.outputs.iter_mut() {
-            if *output == id {
-                *output = with;
-            }
-        }
-    }
-
     /// Renumbers the live nodes (order kept, so still topological).
     pub fn finish(self) -> Graph {
         let mut new_index = vec![usize::MAX; self.nodes.len()];
@@ -110,6 +92,14 @@ impl Editor {
 }
 
 impl Editor {
+    /// Maps every graph output through `f` (after nodes were removed and
+    /// their readers redirected).
+    pub fn redirect_outputs(&mut self, f: impl Fn(NodeId) -> NodeId) {
+        for output in self.outputs.iter_mut() {
+            *output = f(*output);
+        }
+    }
+
     /// Removes `id`, which must have no live readers left.
     pub fn remove(&mut self, id: NodeId) {
         self.nodes[id.0] = None;
