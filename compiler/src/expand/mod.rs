@@ -613,7 +613,8 @@ impl<'a> Expander<'a> {
         names.sort_unstable();
         let Some(close) = names
             .into_iter()
-            .find(|p| strsim::osa_distance(word, p) <= 1)
+            // A distance of 1 needs lengths within 1 (and keeps this cheap).
+            .find(|p| p.len().abs_diff(word.len()) <= 1 && strsim::osa_distance(word, p) <= 1)
         else {
             return false;
         };
