@@ -274,7 +274,7 @@ impl Checker<'_> {
                 &mut total_flops,
             );
             flows.push(flow);
-            if !node.context.is_empty() {
+            if !node.context.is_empty() && self.ctx.diags.len() > before {
                 let notes: Vec<String> = node
                     .context
                     .iter()

@@ -59,7 +59,9 @@ pub struct Node {
     /// was reported; the checker then skips the layer to avoid follow-ups).
     pub args_ok: bool,
     /// Call sites of the enclosing blocks, innermost first, with their names.
-    pub context: Vec<(String, Span)>,
+    /// Shared by all the nodes of one block expansion (fuzz finding F11:
+    /// a copy per node made deep nesting slow).
+    pub context: std::rc::Rc<[(String, Span)]>,
 }
 
 /// A model input declared with `input`.
@@ -148,6 +150,9 @@ struct Expander<'a> {
     root: String,
     /// Block calls and repeat steps taken so far (bounded by [`MAX_WORK`]).
     work: usize,
+    /// The call sites of the current expansion, shared by its nodes; reset
+    /// when the call stack changes.
+    context: Option<std::rc::Rc<[(String, Span)]>>,
 }
 
 /// Expands the root file's model. `files[0]` is the root; the others are
@@ -167,6 +172,7 @@ pub fn expand(files: &[Option<crate::syntax::FileAst>]) -> (Option<Expanded>, Ve
         calls: 0,
         root: String::new(),
         work: 0,
+        context: None,
     };
     for file in files.iter().flatten() {
         let defs = file
@@ -741,7 +747,11 @@ impl<'a> Expander<'a> {
                 return None;
             }
             // The root model (the stack's first entry) is not a call site.
-            let context = self.stack.iter().skip(1).rev().cloned().collect();
+            let stack = &self.stack;
+            let context = self
+                .context
+                .get_or_insert_with(|| stack.iter().skip(1).rev().cloned().collect())
+                .clone();
             self.nodes.push(Node {
                 call: LayerStmt {
                     keyword: call.keyword.clone(),
@@ -865,8 +875,10 @@ impl<'a> Expander<'a> {
             inner.tensors.insert("input".to_string(), input);
         }
         self.stack.push((name, call.span));
+        self.context = None;
         self.statements(def.statements(), &mut inner, trainable && own_trainable);
         self.stack.pop();
+        self.context = None;
         inner.result.unwrap_or(inner.current)
     }
 
