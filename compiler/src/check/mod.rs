@@ -49,11 +49,7 @@ fn check_loaded(loaded: crate::expand::Loaded) -> (Sources, Result<Model, Vec<Di
     }
     let (expanded, mut expand_diags) = expand(&loaded.files);
     // A name that a failed import would have defined is not a second mistake.
-    let failed: Vec<String> = diags
-        .iter()
-        .filter(|d| d.code == "E0019")
-        .filter_map(|d| d.message.split('`').nth(1).map(str::to_string))
-        .collect();
+    let failed = &loaded.failed;
     if !failed.is_empty() {
         for d in expand_diags.iter_mut().filter(|d| d.code == "E0002") {
             d.notes.insert(
@@ -613,10 +609,7 @@ impl Checker<'_> {
                 use_bias,
             } => {
                 let ([h, w], cin) = self.image_input(l, name, incoming)?;
-                let filters = match &res.filters_expr {
-                    None => filters,
-                    Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
-                };
+                let filters = self.filters(res, filters, cin, incoming, l, name)?;
                 let win = self.dilated_windows(
                     l,
                     res,
@@ -867,10 +860,7 @@ impl Checker<'_> {
                 use_bias,
             } => {
                 let ([h, w], cin) = self.image_input(l, name, incoming)?;
-                let filters = match &res.filters_expr {
-                    None => filters,
-                    Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
-                };
+                let filters = self.filters(res, filters, cin, incoming, l, name)?;
                 let win = self.dilated_windows(
                     l,
                     res,
@@ -930,10 +920,7 @@ impl Checker<'_> {
                 use_bias,
             } => {
                 let ([h, w], cin) = self.image_input(l, name, incoming)?;
-                let filters = match &res.filters_expr {
-                    None => filters,
-                    Some(expr) => self.resolve_filters(expr, cin, incoming, l, name)?,
-                };
+                let filters = self.filters(res, filters, cin, incoming, l, name)?;
                 if let Some(op) = output_padding {
                     for axis in 0..2 {
                         if op[axis] >= strides[axis] {
@@ -1367,6 +1354,23 @@ impl Checker<'_> {
         .with_help(help);
         self.ctx.diags.push(d);
         None
+    }
+
+    /// The number of filters: as written, or a channel expression
+    /// (`in * 2`) resolved against `cin` incoming channels.
+    fn filters(
+        &mut self,
+        res: &Resolved,
+        written: usize,
+        cin: usize,
+        incoming: &Flow,
+        l: &LayerStmt,
+        name: &str,
+    ) -> Option<usize> {
+        match &res.filters_expr {
+            None => Some(written),
+            Some(expr) => self.resolve_filters(expr, cin, incoming, l, name),
+        }
     }
 
     /// Resolves `in`, `in * N`, `in / N` against `cin` incoming channels.

@@ -20,6 +20,8 @@ pub struct Loaded {
     /// `files[i]` is the AST of `sources.files()[i]`, or `None` if it did not parse.
     pub files: Vec<Option<FileAst>>,
     pub diags: Vec<Diagnostic>,
+    /// Import paths (as written) that could not be read.
+    pub failed: Vec<String>,
 }
 
 /// Loads `text` (the root spec, read from `path` if it came from a file) and
@@ -29,6 +31,7 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
         sources: Sources::default(),
         files: Vec::new(),
         diags: Vec::new(),
+        failed: Vec::new(),
     };
     let root_path = path
         .map(Path::to_path_buf)
@@ -51,6 +54,7 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
         };
         for import in imports {
             if path.is_none() {
+                loaded.failed.push(import.path.clone());
                 loaded.diags.push(
                     Diagnostic::error("E0019", format!("cannot import `{}` here", import.path))
                         .with_label(
@@ -69,6 +73,7 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
                 continue;
             }
             if depth + 1 > MAX_IMPORT_DEPTH {
+                loaded.failed.push(import.path.clone());
                 loaded.diags.push(
                     Diagnostic::error(
                         "E0019",
@@ -92,6 +97,7 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
                 Err(e) => Err(e.to_string()),
             };
             if let Err(reason) = checked {
+                loaded.failed.push(import.path.clone());
                 loaded.diags.push(
                     Diagnostic::error("E0019", format!("cannot import `{}`: {reason}", import.path))
                         .with_label(import.path_span, format!("looked for {}", target.display()))
@@ -112,6 +118,7 @@ pub fn load(display: &str, path: Option<&Path>, text: &str) -> Loaded {
                         std::io::ErrorKind::InvalidData => "the file is not UTF-8 text".to_string(),
                         _ => e.to_string(),
                     };
+                    loaded.failed.push(import.path.clone());
                     loaded.diags.push(
                         Diagnostic::error("E0019", format!("cannot import `{}`: {reason}", import.path))
                             .with_label(import.path_span, format!("looked for {}", target.display()))
