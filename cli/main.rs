@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod import;
 mod memory;
 mod output;
 mod run;
@@ -33,6 +34,8 @@ enum Command {
     Run(run::RunArgs),
     /// Measure training or inference throughput of a spec.
     Bench(bench::BenchArgs),
+    /// Convert an ONNX model into a .cnn spec and a cnnc checkpoint.
+    Import(import::ImportArgs),
 }
 
 /// More worker threads than this only adds start-up and scheduling cost.
@@ -57,5 +60,6 @@ fn main() -> ExitCode {
         Command::Build(args) => build::execute(args),
         Command::Run(args) => run::execute(args),
         Command::Bench(args) => bench::execute(args),
+        Command::Import(args) => import::execute(args),
     }
 }

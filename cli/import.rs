@@ -1,0 +1,112 @@
+//! `cnnc import MODEL.onnx [-o DIR] [--name NAME]`: converts a trained ONNX
+//! model into an equivalent `.cnn` spec and a cnnc checkpoint
+//! (`DIR/NAME.cnn`, `DIR/NAME.safetensors`) with `cnnc_import`.
+//!
+//! The spec is checked by cnnc's own checker before anything is written.
+//! Exit codes: 0 on success; 1 when the model cannot be imported (an
+//! operator or attribute cnnc cannot express: the message names the ONNX
+//! operator type and node; a malformed model) or the files cannot be
+//! written; 2 when the model file cannot be read.
+
+use cnnc_import::{import_onnx_file, ImportError, ImportOptions, IoLayout};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `cnnc import`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The ONNX model file (.onnx).
+    pub model: PathBuf,
+    /// Folder to write NAME.cnn and NAME.safetensors into (created if needed).
+    #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// Model name in the spec and in the file names (default: the model
+    /// file's name without extension, made an identifier).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+pub fn execute(args: ImportArgs) -> ExitCode {
+    let options = ImportOptions {
+        model_name: args.name.clone(),
+        source_name: None,
+    };
+    let imported = match import_onnx_file(&args.model, &options) {
+        Ok(imported) => imported,
+        Err(err) => {
+            let code = if matches!(err, ImportError::Read { .. }) {
+                2
+            } else {
+                1
+            };
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err}");
+            if let ImportError::Unsupported { op_type, .. } = &err {
+                let _ = writeln!(
+                    stderr,
+                    "note: `{}` cannot be imported: cnnc has no equivalent for this use of ONNX `{op_type}`",
+                    args.model.display()
+                );
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let written = match imported.write(&args.out) {
+        Ok(w) => w,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr().lock(), "error: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let model = &imported.model;
+    let mut text = format!(
+        "imported {} -> {}, {}\n  {} layers, {} parameters\n",
+        args.model.display(),
+        written.spec.display(),
+        written.checkpoint.display(),
+        model.layers.len(),
+        model.total_params(),
+    );
+    for io in &imported.inputs {
+        text += &format!(
+            "  input `{}` -> `{}` {:?}{}\n",
+            io.onnx_name,
+            io.cnnc_name,
+            io.cnnc_shape,
+            if io.layout == IoLayout::ChannelsFirst {
+                " (NHWC: transpose NCHW data)"
+            } else {
+                ""
+            }
+        );
+    }
+    for io in &imported.outputs {
+        text += &format!(
+            "  output `{}` <- `{}` {:?}{}\n",
+            io.onnx_name,
+            io.cnnc_name,
+            io.cnnc_shape,
+            if io.layout == IoLayout::ChannelsFirst {
+                " (NHWC; ONNX's is NCHW)"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "error: cannot write the output: {err}"
+            );
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The spec writer: an imported [`Network`] as `.cnn` text in the graph
+//! form of the language (grammar/README.md): one layer per line, each with
+//! `name = "..."`; a layer that reads the line before it is written as a
+//! chain step, any other read goes through a tensor name (the layer's own
+//! name), joins name their inputs explicitly.
+
+use crate::layers::{Layer, Network, Op};
+use cnnc_compiler::model::{Activation, Interpolation, LayerKind, Padding};
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// Writes the spec: `header` lines become `#` comments above
+/// `model <name> { ... }`.
+pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String {
+    let mut out = String::new();
+    for line in header {
+        if line.is_empty() {
+            out.push_str("#\n");
+        } else {
+            let _ = writeln!(out, "# {line}");
+        }
+    }
+    let _ = writeln!(out, "model {model_name} {{");
+    let single_input = net.inputs.len() == 1 && net.inputs[0].name == "input";
+    for input in &net.inputs {
+        let dims = join(input.shape.iter().map(|d| d.to_string()));
+        if single_input {
+            let _ = writeln!(out, "  input [{dims}]");
+        } else {
+            let _ = writeln!(out, "  input {} [{dims}]", input.name);
+        }
+    }
+    out.push('\n');
+
+    let last = net.layers.last().map(|l| l.name.as_str());
+    let output_statement = !(net.outputs.len() == 1 && Some(net.outputs[0].as_str()) == last);
+    // Reads that need a tensor name: every read but a single-input layer
+    // reading the layer written just before it.
+    let mut named_reads: HashMap<&str, usize> = HashMap::new();
+    for (i, layer) in net.layers.iter().enumerate() {
+        let implicit = i > 0 && is_chain_step(layer) && layer.inputs[0] == net.layers[i - 1].name;
+        for input in if implicit {
+            &layer.inputs[1..]
+        } else {
+            &layer.inputs[..]
+        } {
+            *named_reads.entry(input.as_str()).or_default() += 1;
+        }
+    }
+    if output_statement {
+        for o in &net.outputs {
+            *named_reads.entry(o.as_str()).or_default() += 1;
+        }
+    }
+
+    // The current tensor of the first statement is the (single) input.
+    let mut current: Option<&str> = if single_input { Some("input") } else { None };
+    for layer in &net.layers {
+        let call = layer_call(layer);
+        let assign = if named_reads.contains_key(layer.name.as_str()) {
+            format!("{} = ", layer.name)
+        } else {
+            String::new()
+        };
+        let statement = if !is_chain_step(layer) || current == Some(layer.inputs[0].as_str()) {
+            format!("{assign}{call}")
+        } else {
+            format!("{assign}{} -> {call}", layer.inputs[0])
+        };
+        let _ = writeln!(out, "  {statement}");
+        current = Some(layer.name.as_str());
+    }
+    if output_statement {
+        let _ = writeln!(out, "\n  output {}", net.outputs.join(", "));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Whether the layer reads one tensor (written as a chain step); joins
+/// name all their inputs.
+fn is_chain_step(layer: &Layer) -> bool {
+    !matches!(
+        layer.op,
+        Op::Layer(LayerKind::Add | LayerKind::Multiply | LayerKind::Concatenate { .. })
+    )
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+/// A float as the spec writes it: the shortest decimal that reads back as
+/// the same f32, always with a `.` (so that it is a FLOAT token).
+pub fn float(v: f32) -> String {
+    let s = format!("{v:?}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// `3` for a square size, `(3, 5)` otherwise.
+fn size(v: [usize; 2]) -> String {
+    if v[0] == v[1] {
+        v[0].to_string()
+    } else {
+        format!("({}, {})", v[0], v[1])
+    }
+}
+
+fn padding_arg(p: Padding, args: &mut Vec<String>) {
+    if p == Padding::Same {
+        args.push("padding=same".into());
+    }
+}
+
+fn activation_arg(a: Activation, args: &mut Vec<String>) {
+    match a {
+        Activation::Linear => {}
+        other => args.push(format!("activation={}", other.name())),
+    }
+}
+
+/// The layer as a call: keyword, positional arguments, non-default named
+/// arguments, `name = "..."`.
+pub fn layer_call(layer: &Layer) -> String {
+    let Op::Layer(kind) = &layer.op else {
+        // Affine maps are materialized before writing (layers::tidy).
+        return format!("# unmaterialized affine map {}", layer.name);
+    };
+    let mut args: Vec<String> = Vec::new();
+    let keyword: String = match kind {
+        LayerKind::Conv2d {
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            dilation_rate,
+            activation,
+            use_bias,
+        } => {
+            args.push(filters.to_string());
+            args.push(size(*kernel_size));
+            if *strides != [1, 1] {
+                args.push(format!("strides={}", size(*strides)));
+            }
+            padding_arg(*padding, &mut args);
+            if *dilation_rate != [1, 1] {
+                args.push(format!("dilation_rate={}", size(*dilation_rate)));
+            }
+            activation_arg(*activation, &mut args);
+            if !use_bias {
+                args.push("use_bias=false".into());
+            }
+            "conv2d".into()
+        }
+        LayerKind::DepthwiseConv2d {
+            kernel_size,
+            strides,
+            padding,
+            depth_multiplier,
+            dilation_rate,
+            activation,
+            use_bias,
+        } => {
+            args.push(size(*kernel_size));
+            if *strides != [1, 1] {
+                args.push(format!("strides={}", size(*strides)));
+            }
+            padding_arg(*padding, &mut args);
+            if *depth_multiplier != 1 {
+                args.push(format!("depth_multiplier={depth_multiplier}"));
+            }
+            if *dilation_rate != [1, 1] {
+                args.push(format!("dilation_rate={}", size(*dilation_rate)));
+            }
+            activation_arg(*activation, &mut args);
+            if !use_bias {
+                args.push("use_bias=false".into());
+            }
+            "depthwise_conv2d".into()
+        }
+        LayerKind::Dense {
+            units,
+            activation,
+            use_bias,
+        } => {
+            args.push(units.to_string());
+            activation_arg(*activation, &mut args);
+            if !use_bias {
+                args.push("use_bias=false".into());
+            }
+            "dense".into()
+        }
+        LayerKind::BatchNormalization { epsilon, .. } => {
+            args.push(format!("epsilon={}", float(*epsilon)));
+            "batch_normalization".into()
+        }
+        LayerKind::MaxPool2d {
+            pool_size,
+            strides,
+            padding,
+        }
+        | LayerKind::AvgPool2d {
+            pool_size,
+            strides,
+            padding,
+        } => {
+            args.push(size(*pool_size));
+            if strides != pool_size {
+                args.push(format!("strides={}", size(*strides)));
+            }
+            padding_arg(*padding, &mut args);
+            kind.keyword().into()
+        }
+        LayerKind::ZeroPadding2d { padding: p } => {
+            args.push(format!(
+                "(({}, {}), ({}, {}))",
+                p.top, p.bottom, p.left, p.right
+            ));
+            "zero_padding2d".into()
+        }
+        LayerKind::Reshape { target_shape } => {
+            args.push(format!(
+                "[{}]",
+                join(target_shape.iter().map(|d| d.to_string()))
+            ));
+            "reshape".into()
+        }
+        LayerKind::Add | LayerKind::Multiply => {
+            args.extend(layer.inputs.iter().cloned());
+            kind.keyword().into()
+        }
+        LayerKind::Concatenate { axis } => {
+            args.extend(layer.inputs.iter().cloned());
+            // `axis` counts with the batch as axis 0 (Keras); -1 is the default.
+            let rank = layer.shape.len();
+            if *axis + 1 != rank {
+                args.push(format!("axis={}", axis + 1));
+            }
+            "concatenate".into()
+        }
+        LayerKind::Dropout { rate } => {
+            args.push(float(*rate));
+            "dropout".into()
+        }
+        LayerKind::Activation { activation } => match activation {
+            Activation::Elu { alpha } => {
+                args.push(format!("alpha={}", float(*alpha)));
+                "elu".into()
+            }
+            Activation::LeakyRelu { negative_slope } => {
+                args.push(format!("negative_slope={}", float(*negative_slope)));
+                "leaky_relu".into()
+            }
+            other => other.name().into(),
+        },
+        LayerKind::UpSampling2d {
+            size: s,
+            interpolation,
+        } => {
+            args.push(size(*s));
+            if *interpolation == Interpolation::Bilinear {
+                args.push("interpolation=bilinear".into());
+            }
+            "up_sampling2d".into()
+        }
+        #[allow(unreachable_patterns)]
+        other => other.keyword().into(),
+    };
+    args.push(format!("name=\"{}\"", layer.name));
+    format!("{keyword}({})", args.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{Input, Weight};
+    use crate::tensor::Tensor;
+
+    fn layer(name: &str, kind: LayerKind, inputs: &[&str], shape: &[usize]) -> Layer {
+        Layer {
+            name: name.into(),
+            op: Op::Layer(kind),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            weights: Vec::<Weight>::new(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn floats_read_back_as_floats() {
+        assert_eq!(float(1e-5), "1e-5");
+        assert_eq!(float(0.5), "0.5");
+        assert_eq!(float(2.0), "2.0");
+        assert_eq!("1e-5".parse::<f32>().unwrap(), 1e-5);
+        let _ = Tensor::f32(vec![], vec![0.0]);
+    }
+
+    #[test]
+    fn residual_graph_text() {
+        let conv = |filters| LayerKind::Conv2d {
+            filters,
+            kernel_size: [3, 3],
+            strides: [1, 1],
+            padding: Padding::Same,
+            dilation_rate: [1, 1],
+            activation: Activation::Relu,
+            use_bias: true,
+        };
+        let net = Network {
+            inputs: vec![Input {
+                name: "input".into(),
+                shape: vec![8, 8, 4],
+            }],
+            layers: vec![
+                layer("c1", conv(4), &["input"], &[8, 8, 4]),
+                layer("c2", conv(4), &["c1"], &[8, 8, 4]),
+                layer("sum", LayerKind::Add, &["c1", "c2"], &[8, 8, 4]),
+                layer("gap", LayerKind::GlobalAvgPool2d, &["sum"], &[4]),
+            ],
+            outputs: vec!["gap".into()],
+        };
+        let text = write_spec("net", &["from test".into()], &net);
+        let expected = "# from test
+model net {
+  input [8, 8, 4]
+
+  c1 = conv2d(4, 3, padding=same, activation=relu, name=\"c1\")
+  c2 = conv2d(4, 3, padding=same, activation=relu, name=\"c2\")
+  add(c1, c2, name=\"sum\")
+  global_average_pooling2d(name=\"gap\")
+}
+";
+        assert_eq!(text, expected);
+        // The compiler accepts it and builds what was meant.
+        let model = cnnc_compiler::check_source(&text).expect("spec checks");
+        let names: Vec<&str> = model.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["c1", "c2", "sum", "gap"]);
+        assert_eq!(
+            model.layers[2].inputs,
+            vec!["c1".to_string(), "c2".to_string()]
+        );
+    }
+}
