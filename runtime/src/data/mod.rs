@@ -7,8 +7,10 @@
 pub mod batch;
 pub mod dataset;
 pub mod error;
+pub mod folder;
 pub mod idx;
 pub mod image;
+pub mod transform;
 
 pub use batch::{batch_count, epoch_order, for_each_batch, mix_seed, Batch};
 pub use dataset::{Dataset, ValidationSplit};
