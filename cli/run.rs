@@ -47,7 +47,7 @@ use cnnc_compiler::graph::{lower, passes, Graph};
 use cnnc_runtime::checkpoint::{self, CheckpointError};
 use cnnc_runtime::data::{self, DataError, Dataset};
 use cnnc_runtime::optim::Optimizer;
-use cnnc_runtime::params::ParamStore;
+use cnnc_runtime::params::{model_params, InferenceParams, ParamStore};
 use cnnc_runtime::tensor::Tensor;
 use cnnc_runtime::train::{Classifier, Evaluation, FitConfig, History, TrainError, Trainer};
 use config::{LoadedRunFile, MetricName, RunMode};
@@ -710,13 +710,15 @@ fn train_json(
     })
 }
 
-/// Loads the parameters for evaluate / predict from `key` (a path field).
+/// Loads the model's parameters for evaluate / predict from `key` (a path
+/// field) and prepares them for the inference graph (folded batch norms
+/// computed, the parameters it no longer reads dropped, kernels packed).
 fn load_checkpoint(
     run_file: &LoadedRunFile,
     key: &str,
     path: Option<&PathBuf>,
     compiled: &Compiled,
-) -> Result<(PathBuf, ParamStore), Failure> {
+) -> Result<(PathBuf, InferenceParams), Failure> {
     let mode = run_file.config.mode.name();
     let Some(path) = path else {
         return Err(run_file.invalid(format!(
@@ -724,7 +726,9 @@ fn load_checkpoint(
         )));
     };
     let path = run_file.resolve(key, path);
-    let params = checkpoint::load(&path, &compiled.inference.params).map_err(|err| {
+    // A checkpoint holds the model's own parameters: the inference graph's
+    // folded ones are computed from them.
+    let params = checkpoint::load(&path, model_params(&compiled.inference)).map_err(|err| {
         let failure = checkpoint_failure(err);
         match failure.exit {
             2 => Failure::usage(format!(
@@ -733,6 +737,12 @@ fn load_checkpoint(
             )),
             _ => failure,
         }
+    })?;
+    let params = InferenceParams::prepare(&compiled.inference, params).map_err(|err| {
+        Failure::invalid(format!(
+            "checkpoint `{}` does not fit the model: {err}",
+            path.display()
+        ))
     })?;
     Ok((path, params))
 }

@@ -233,3 +233,115 @@ fn unknown_input_sizes_build_but_have_no_op_graph() {
     assert_eq!(graph.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&graph.stderr).contains("unknown size"));
 }
+
+#[test]
+fn explain_lists_every_pass_and_its_rewrites() {
+    let out = cnnc(&[
+        "build",
+        "specs/zoo/resnet50.cnn",
+        "--emit",
+        "graph",
+        "--explain",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let graph: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let passes = graph["passes"].as_array().unwrap();
+    let names: Vec<&str> = passes.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "DeadOpElimination",
+            "DropoutElimination",
+            "IdentityElimination",
+            "BatchNormFolding",
+            "ConvBiasActivationFusion",
+            "ResidualAddFusion"
+        ]
+    );
+    let count = |name: &str| {
+        passes.iter().find(|p| p["name"] == name).unwrap()["rewrites"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // ResNet-50 has 53 batch norms, each right after a conv (conv1, three
+    // per bottleneck block x 16, one per projection shortcut x 4), and 16
+    // residual adds, each followed by a relu.
+    assert_eq!(count("BatchNormFolding"), 53);
+    assert_eq!(count("ResidualAddFusion"), 16);
+    assert_eq!(count("DropoutElimination"), 0);
+    let ops = graph["ops"].as_array().unwrap();
+    assert!(ops.iter().all(|op| op["op"] != "batch_norm" && op["op"] != "add"));
+    // 53 convs + the dense layer, all fused.
+    let fused_convs = ops.iter().filter(|op| op["op"] == "fused_conv2d").count();
+    assert_eq!(fused_convs, 53);
+
+    // The text form says what each pass does.
+    let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--emit", "graph", "--explain"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("passes (inference):"));
+    assert!(text.contains("  DropoutElimination (2 rewrites)\n"));
+    assert!(text.contains("    - removed dropout `dropout` (rate 0.5): identity at inference\n"));
+    assert!(text.contains("  BatchNormFolding (0 rewrites)\n    what: "));
+
+    // --explain without the graph is a usage error.
+    let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--explain"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn summary_reports_activation_memory_of_the_memory_plan() {
+    let summary = json(&[
+        "build",
+        "specs/fashion_mnist.cnn",
+        "--format",
+        "json",
+        "--batch-size",
+        "10",
+    ]);
+    let memory = &summary["activation_memory"];
+    assert_eq!(memory["batch_size"], 10);
+    // Per image, in f32 values: input 784, conv 28*28*64 = 50,176, pool
+    // 12,544, convs 25,088 x 2, pool 6,272, convs 12,544 x 2, pool 2,304,
+    // dense 128, 64, 10, softmax 10 (flatten aliases its input).
+    let values = [
+        784, 50_176, 12_544, 25_088, 25_088, 6_272, 12_544, 12_544, 2_304, 128, 64, 10, 10,
+    ];
+    let unplanned: usize = values.iter().sum();
+    assert_eq!(memory["inference_unplanned_bytes_per_image"], unplanned * 4);
+    // The plan ping-pongs between two buffers: the largest values that ever
+    // share one are the 28x28x64 conv output and the 14x14x128 ones.
+    assert_eq!(memory["inference_bytes_per_image"], (50_176 + 25_088) * 4);
+    // Training keeps every output (plus the two dropouts' [128] and [64])
+    // and a gradient of each.
+    assert_eq!(
+        memory["training_bytes_per_image"],
+        (unplanned + 128 + 64) * 2 * 4
+    );
+
+    let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--batch-size", "10"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Activation memory, inference: 301.1 KB per image, 3.01 MB at batch 10"),
+        "{text}"
+    );
+}
+
+#[test]
+fn residual_network_inference_graph_snapshot() {
+    // Every batch norm folded, every residual add fused with its relu.
+    let out = cnnc(&[
+        "build",
+        "specs/examples/fashion_resnet.cnn",
+        "--emit",
+        "graph",
+        "--explain",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("residual=add").count(), 4);
+    assert!(!text.contains("batch_norm("));
+    insta::assert_snapshot!("fashion_resnet_inference_graph_explained", text);
+}

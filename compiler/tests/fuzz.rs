@@ -28,7 +28,7 @@
 //! fresh seed (printed; `CNNC_FUZZ_SEED=N` repeats a run) and prints the
 //! number of cases.
 
-use cnnc_compiler::graph::{dump, lower, passes};
+use cnnc_compiler::graph::{dump, lower, memory, passes};
 use cnnc_compiler::{
     check_file, check_source, dot, render_diagnostics, summary, Diagnostic, Model,
 };
@@ -428,6 +428,11 @@ fn exercise_model(model: &Model, t: &mut Stages) -> Result<(), String> {
         let (graph, rewrites) = t.time("passes::optimize", || passes::optimize(graph, target));
         let _ = t.time("dump::render_text", || dump::render_text(&graph, &rewrites));
         let _ = t.time("dump::to_json", || dump::to_json(&graph, &rewrites));
+        let plan = t.time("memory::plan_inference", || memory::plan_inference(&graph));
+        if target == passes::Target::Inference {
+            plan.validate(&graph)
+                .map_err(|e| format!("the memory plan of the inference graph is wrong: {e}"))?;
+        }
     }
     Ok(())
 }

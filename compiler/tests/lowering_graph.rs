@@ -182,9 +182,10 @@ fn residual_block_lowers_to_a_dag_with_keras_parameter_names() {
 
 #[test]
 fn fusion_stops_at_values_with_several_readers() {
-    // relu1 has two readers (conv2, add): it may end a fused chain (it is the
-    // chain's output) but bn sits between conv and relu, so conv fuses only its bias.
-    let (g, _) = optimize(lower(&residual()), Target::Inference);
+    // Training: relu1 has two readers (conv2, add): it may end a fused chain
+    // (it is the chain's output) but bn sits between conv and relu, so conv
+    // fuses only its bias.
+    let (g, _) = optimize(lower(&residual()), Target::Training);
     assert_eq!(
         ops(&g),
         [
@@ -200,6 +201,27 @@ fn fusion_stops_at_values_with_several_readers() {
     );
     assert_eq!(g.nodes[6].inputs, [NodeId(5), NodeId(3)]);
     assert_eq!(g.outputs, [NodeId(7)]);
+
+    // Inference: both batch norms fold into their convs; conv1 then fuses
+    // its relu (the relu's value may have several readers, it is the chain's
+    // end), and conv2 fuses the add with relu1 and the final relu.
+    let (g, _) = optimize(lower(&residual()), Target::Inference);
+    assert_eq!(ops(&g), ["input", "fused_conv2d", "fused_conv2d"]);
+    assert_eq!(g.nodes[1].fused, ["conv2d", "bias_add", "relu"]);
+    assert_eq!(
+        g.nodes[2].fused,
+        ["conv2d", "bias_add", "add", "relu"]
+    );
+    assert_eq!(g.nodes[2].inputs, [NodeId(1), NodeId(1)]);
+    match &g.nodes[2].op {
+        Op::FusedConv2d {
+            residual,
+            activation,
+            ..
+        } => assert_eq!((*residual, *activation), (true, Activation::Relu)),
+        other => panic!("expected fused_conv2d, got {other:?}"),
+    }
+    assert_eq!(g.outputs, [NodeId(2)]);
 
     // conv -> bias -> relu where the pre-activation value is also a graph
     // output and read by an add: only conv + bias fuse.

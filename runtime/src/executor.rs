@@ -2,12 +2,45 @@
 //!
 //! The graph is a DAG with one or more inputs and outputs: a node's value may
 //! be read by several nodes (fan-out) and joins (`add`, `multiply`, `concat`)
-//! read several. The executor keeps one activation buffer per node (reused
-//! from step to step; `Flatten` and `Reshape` alias their input's buffer),
-//! the max-pool argmax indices, dropout masks and batch-norm statistics of
-//! the last forward pass, and one gradient buffer per node for the backward
-//! pass. Buffers are resized only when the batch size changes. Only the
-//! nodes the requested outputs depend on are run.
+//! read several. Only the nodes the requested outputs depend on are run.
+//!
+//! # Memory
+//!
+//! An executor made by [`Executor::new`] keeps one activation buffer per node
+//! (reused from step to step; `Flatten` and `Reshape` alias their input's
+//! buffer), the max-pool argmax indices, dropout masks and batch-norm
+//! statistics of the last forward pass, and one gradient buffer per node for
+//! the backward pass, so it can differentiate the last forward in either
+//! mode. Buffers are resized only when the batch size changes; in the steady
+//! state a training step allocates no activation or gradient buffers.
+//!
+//! An executor made by [`Executor::for_inference`] runs [`Mode::Inference`]
+//! only, on the memory plan of `cnnc_compiler::graph::memory::plan_inference`:
+//! values that are never alive at the same time share a buffer ("slot"),
+//! `Flatten` / `Reshape` alias their input, and element-wise ops (activation,
+//! bias add, batch norm, softmax, dropout, add, multiply) overwrite an input
+//! that nothing reads afterwards. Only the graph outputs are kept after a
+//! forward ([`Executor::node_value`] of another node is `None`).
+//!
+//! # Parameters
+//!
+//! Forward passes take any [`ParamSource`]: a [`ParamStore`] (one tensor per
+//! graph parameter), [`InferenceParams`] prepared from the model's parameters
+//! (needed for graphs with folded batch norms; inference only), or a
+//! [`ParamsRef`] such as [`InferenceParams::over`]. Only the
+//! parameters the nodes read are checked, so a store may leave the others
+//! empty. See [`crate::params`].
+//!
+//! # Fused ops
+//!
+//! - `FusedConv2d` with `residual: true` reads `[x, r]` and computes
+//!   `act(conv(x) + bias + r)` in the conv's per-block epilogue. Backward is
+//!   implemented too (the passes only make it for inference graphs, but a
+//!   hand-built training graph may use it): `dz = dy ⊙ act'(y)` flows to the
+//!   kernel, the bias, `x` (through the conv) and unchanged to `r`.
+//! - `FusedDepthwiseConv2d` computes `act(depthwise(x) + bias)` with the bias
+//!   and activation applied to each output line while in cache; backward
+//!   gives `dx`, `d kernel` and `d bias`.
 //!
 //! Gradient conventions:
 //! - in [`Mode::Train`], an output node that is a softmax (a `Softmax` op, an
@@ -39,27 +72,32 @@ use crate::kernels::depthwise::{
 };
 use crate::kernels::{
     activation_backward_inplace, activation_forward_inplace, avg_pool2d_backward,
-    avg_pool2d_forward, bias_add_forward, column_sums, conv2d_backward, conv2d_forward,
-    dropout_apply, dropout_mask, matmul_backward, matmul_forward, max_pool2d_backward,
-    max_pool2d_forward, Conv2dShape, KernelError, MatMulShape, Pool2dShape,
+    avg_pool2d_forward, bias_add_forward, bias_add_inplace, column_sums, conv2d_backward,
+    dropout_apply, dropout_mask, fused_conv2d_forward, matmul_backward, matmul_forward,
+    matmul_forward_prepared, max_pool2d_backward, max_pool2d_forward, Conv2dShape, ConvKernel,
+    KernelError, MatMulShape, Pool2dShape,
 };
 use crate::kernels::{
-    add_forward, batch_norm_backward, batch_norm_inference_forward, batch_norm_train_forward,
-    concat_backward, concat_forward, multiply_backward, multiply_forward, up_sampling2d_backward,
+    add_forward, add_inplace, batch_norm_backward, batch_norm_inference_forward,
+    batch_norm_inference_inplace, batch_norm_train_forward, concat_backward, concat_forward,
+    multiply_backward, multiply_forward, multiply_inplace, up_sampling2d_backward,
     up_sampling2d_forward, BatchNormShape, ConcatShape,
 };
 use crate::kernels::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, global_max_pool2d_backward,
     global_max_pool2d_forward, zero_padding2d_backward, zero_padding2d_forward, ImageShape,
 };
-use crate::params::{ParamError, ParamStore};
+#[allow(unused_imports)] // named in the docs
+use crate::params::InferenceParams;
+use crate::params::{recycle, ParamError, ParamSource, ParamStore, ParamsRef, Resolved};
 use crate::tensor::Tensor;
 use cnnc_compiler::graph::ir::{
     Conv2dAttrs, Conv2dTransposeAttrs, DepthwiseConv2dAttrs, Pool2dAttrs,
 };
+use cnnc_compiler::graph::memory::{plan_inference, MemoryPlan, Placement};
 use cnnc_compiler::graph::{Graph, NodeId, Op, ParamId};
 use cnnc_compiler::model::{Activation, Interpolation, Pads2d};
-use ndarray::{CowArray, IxDyn};
+use ndarray::IxDyn;
 
 /// Training or inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +159,12 @@ pub enum ExecError {
         op: &'static str,
         source: KernelError,
     },
+    /// Something only an executor made by [`Executor::new`] with a
+    /// [`ParamStore`] does: training, or backward (an executor made by
+    /// [`Executor::for_inference`] keeps only what its memory plan needs;
+    /// prepared parameters may have batch norms folded away).
+    #[error("inference only: {0}")]
+    InferenceOnly(&'static str),
 }
 
 fn fmt_dims(d: &[usize]) -> String {
@@ -144,12 +188,16 @@ enum Step {
         kernel: ParamId,
         bias: Option<ParamId>,
         act: Activation,
+        /// Input 1 is added before the activation.
+        residual: bool,
     },
     Depthwise {
         attrs: DepthwiseConv2dAttrs,
         in_h: usize,
         in_w: usize,
         kernel: ParamId,
+        bias: Option<ParamId>,
+        act: Activation,
     },
     Transpose {
         attrs: Conv2dTransposeAttrs,
@@ -256,6 +304,106 @@ struct Plan {
     /// Nodes the outputs depend on, in inference / in training.
     live: Vec<bool>,
     train_live: Vec<bool>,
+    /// Which parameters the nodes read (the only ones validated).
+    read: Vec<bool>,
+    /// Which parameters are trainable.
+    trainable: Vec<bool>,
+    /// `crate::params::fingerprint` of the graph's parameter list.
+    fingerprint: u64,
+}
+
+/// The validated memory plan of an inference-only executor.
+#[derive(Debug, Clone)]
+struct Memory {
+    /// Per node: the slot holding its value (unused for skipped nodes).
+    slot: Vec<usize>,
+    /// Per node: the input it overwrites, if computed in place.
+    in_place: Vec<Option<usize>>,
+    /// Per slot: values per example.
+    slot_len: Vec<usize>,
+}
+
+impl Memory {
+    /// Checks `memory` against the plan's steps and shapes and keeps what the
+    /// forward pass needs.
+    fn build(plan: &Plan, memory: &MemoryPlan, graph: &Graph) -> Result<Memory, ExecError> {
+        let n = plan.steps.len();
+        let err = |i: usize, reason: String| ExecError::Graph {
+            node: i,
+            op: graph.nodes.get(i).map(|nd| nd.op.name()).unwrap_or("?"),
+            reason: format!("memory plan: {reason}"),
+        };
+        if memory.placement.len() != n {
+            return Err(err(
+                0,
+                format!("{} placements for {n} nodes", memory.placement.len()),
+            ));
+        }
+        let slots = memory.slot_len.len();
+        let mut slot = vec![usize::MAX; n];
+        let mut in_place = vec![None; n];
+        for (i, place) in memory.placement.iter().enumerate() {
+            let live = plan.live[i];
+            let Some(s) = place.slot() else {
+                if live {
+                    return Err(err(i, "a node an output needs is skipped".into()));
+                }
+                continue;
+            };
+            if !live {
+                continue;
+            }
+            if s >= slots || memory.slot_len[s] < plan.example_len[i] {
+                return Err(err(i, format!("slot {s} missing or too small")));
+            }
+            let input_slot = |k: usize| plan.inputs_of[i].get(k).map(|&j| slot[j]);
+            match *place {
+                Placement::Skipped => unreachable!("handled above"),
+                Placement::Slot { .. } => {
+                    if plan.inputs_of[i].iter().any(|&j| slot[j] == s) {
+                        return Err(err(i, "output slot is also an input's slot".into()));
+                    }
+                }
+                Placement::Alias { input, .. } => {
+                    if !matches!(plan.steps[i], Step::Alias) || input_slot(input) != Some(s) {
+                        return Err(err(i, "only flatten / reshape alias their input".into()));
+                    }
+                }
+                Placement::InPlace { input, .. } => {
+                    let ok = match plan.steps[i] {
+                        Step::Act { .. }
+                        | Step::BiasAdd { .. }
+                        | Step::BatchNorm { .. }
+                        | Step::Dropout { .. } => input == 0,
+                        Step::Add | Step::Multiply => true,
+                        _ => false,
+                    };
+                    let src = plan.inputs_of[i].get(input).copied();
+                    let shares = plan.inputs_of[i]
+                        .iter()
+                        .enumerate()
+                        .any(|(k, &j)| k != input && slot[j] == s);
+                    if !ok
+                        || input_slot(input) != Some(s)
+                        || shares
+                        || src.map(|j| plan.example_len[j]) != Some(plan.example_len[i])
+                    {
+                        return Err(err(
+                            i,
+                            format!("cannot compute in place over input {input}"),
+                        ));
+                    }
+                    in_place[i] = Some(input);
+                }
+            }
+            slot[i] = s;
+        }
+        Ok(Memory {
+            slot,
+            in_place,
+            slot_len: memory.slot_len.clone(),
+        })
+    }
 }
 
 /// Marks the nodes `outputs` depend on (inputs come before readers).
@@ -342,8 +490,11 @@ impl Plan {
                 }
             }
             let joins = matches!(node.op, Op::Add | Op::Multiply | Op::Concat { .. });
+            let residual = matches!(node.op, Op::FusedConv2d { residual: true, .. });
             let arity_ok = if joins {
                 !node.inputs.is_empty()
+            } else if residual {
+                node.inputs.len() == 2
             } else {
                 node.inputs.len() == 1
             };
@@ -352,6 +503,10 @@ impl Plan {
                     i,
                     if joins {
                         "expected one or more inputs defined before the node".into()
+                    } else if residual {
+                        "expected two inputs defined before the node (the conv's input \
+                         and the residual)"
+                            .into()
                     } else {
                         "expected exactly one input defined before the node".into()
                     },
@@ -394,16 +549,29 @@ impl Plan {
                 Op::Input => unreachable!("handled above"),
                 Op::Conv2d { attrs, kernel } => {
                     let [h, w, _] = spatial("conv2d")?;
-                    conv_step(attrs, h, w, *kernel, None, Activation::Linear)
+                    conv_step(attrs, h, w, *kernel, None, Activation::Linear, false)
                 }
                 Op::FusedConv2d {
                     attrs,
                     kernel,
                     bias,
                     activation,
+                    residual,
                 } => {
                     let [h, w, _] = spatial("fused_conv2d")?;
-                    conv_step(attrs, h, w, *kernel, *bias, *activation)
+                    if *residual {
+                        let r = &graph.nodes[inputs_of[i][1]].shape;
+                        if *r != node.shape {
+                            return Err(err(
+                                i,
+                                format!(
+                                    "residual input shape {r:?} differs from the output shape {:?}",
+                                    node.shape
+                                ),
+                            ));
+                        }
+                    }
+                    conv_step(attrs, h, w, *kernel, *bias, *activation, *residual)
                 }
                 Op::DepthwiseConv2d { attrs, kernel } => {
                     let [in_h, in_w, _] = spatial("depthwise_conv2d")?;
@@ -412,6 +580,24 @@ impl Plan {
                         in_h,
                         in_w,
                         kernel: *kernel,
+                        bias: None,
+                        act: Activation::Linear,
+                    }
+                }
+                Op::FusedDepthwiseConv2d {
+                    attrs,
+                    kernel,
+                    bias,
+                    activation,
+                } => {
+                    let [in_h, in_w, _] = spatial("fused_depthwise_conv2d")?;
+                    Step::Depthwise {
+                        attrs: *attrs,
+                        in_h,
+                        in_w,
+                        kernel: *kernel,
+                        bias: *bias,
+                        act: *activation,
                     }
                 }
                 Op::Conv2dTranspose { attrs, kernel } => {
@@ -567,6 +753,8 @@ impl Plan {
                     in_h,
                     in_w,
                     kernel,
+                    bias,
+                    ..
                 } => {
                     let [_, _, c] = spatial("depthwise_conv2d")?;
                     if c != attrs.in_channels {
@@ -580,6 +768,9 @@ impl Plan {
                     expect_shape(vec![s.out_h, s.out_w, s.out_channels()])?;
                     let [kh, kw] = attrs.kernel_size;
                     param_shape(i, *kernel, &[kh, kw, c, attrs.depth_multiplier])?;
+                    if let Some(b) = bias {
+                        param_shape(i, *b, &[s.out_channels()])?;
+                    }
                 }
                 Step::Transpose {
                     attrs,
@@ -733,6 +924,10 @@ impl Plan {
                     act: Activation::Softmax,
                     ..
                 }
+                | Step::Depthwise {
+                    act: Activation::Softmax,
+                    ..
+                }
                 | Step::MatMul {
                     act: Activation::Softmax,
                     ..
@@ -754,6 +949,9 @@ impl Plan {
             train_linear,
             live,
             train_live,
+            read: crate::params::read_by_nodes(graph),
+            trainable: graph.params.iter().map(|p| p.trainable).collect(),
+            fingerprint: crate::params::fingerprint(graph),
         })
     }
 
@@ -789,6 +987,7 @@ fn conv_step(
     kernel: ParamId,
     bias: Option<ParamId>,
     act: Activation,
+    residual: bool,
 ) -> Step {
     Step::Conv {
         attrs: *attrs,
@@ -797,6 +996,7 @@ fn conv_step(
         kernel,
         bias,
         act,
+        residual,
     }
 }
 
@@ -848,6 +1048,8 @@ struct State {
     batch: usize,
     /// Mode of the last forward, if any.
     last: Option<Mode>,
+    /// Activation buffers: one per node ([`Executor::new`]), or one per
+    /// memory-plan slot ([`Executor::for_inference`]).
     values: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     grad_ready: Vec<bool>,
@@ -856,6 +1058,13 @@ struct State {
     bn: Vec<BnSaved>,
     /// Scratch for join gradients.
     scratch: Vec<f32>,
+    /// Scratch for an input gradient added onto one already delivered.
+    dx_scratch: Vec<f32>,
+    /// Which parameter gradients the last backward wrote.
+    written: Vec<bool>,
+    /// Emptied vectors kept for their allocations (see `params::recycle`).
+    spare_params: Option<Resolved<'static>>,
+    spare_inputs: Vec<&'static [f32]>,
     /// Per-node seconds of the last forward / backward, when profiling.
     profile: Option<Vec<NodeTime>>,
 }
@@ -890,12 +1099,16 @@ fn deliver(grads: &mut [Vec<f32>], ready: &mut [bool], ps: usize, data: &[f32]) 
 pub struct Executor {
     graph: Graph,
     plan: Result<Plan, ExecError>,
+    /// The memory plan, for an executor made by [`Executor::for_inference`].
+    memory: Option<Memory>,
     state: State,
 }
 
 impl Executor {
     /// Validates `graph` (errors are reported by the first forward or by
-    /// [`Executor::validate`]) and prepares empty buffers.
+    /// [`Executor::validate`]) and prepares empty buffers. The executor keeps
+    /// every activation of the last forward, so it can run backward after a
+    /// forward in either mode.
     pub fn new(graph: Graph) -> Executor {
         let plan = Plan::build(&graph);
         let n = graph.nodes.len();
@@ -908,7 +1121,47 @@ impl Executor {
             bn: vec![BnSaved::default(); n],
             ..State::default()
         };
-        Executor { graph, plan, state }
+        Executor {
+            graph,
+            plan,
+            memory: None,
+            state,
+        }
+    }
+
+    /// An executor for [`Mode::Inference`] only, whose activation buffers
+    /// follow the memory plan of `plan_inference` (see the module docs):
+    /// values that never live at the same time share memory and element-wise
+    /// ops overwrite inputs nothing reads later. [`Mode::Train`] forwards and
+    /// backward return [`ExecError::InferenceOnly`].
+    pub fn for_inference(graph: Graph) -> Executor {
+        let mut executor = Executor::new(graph);
+        executor.state.grads = Vec::new();
+        executor.state.grad_ready = Vec::new();
+        executor.state.masks = Vec::new();
+        let memory = match &executor.plan {
+            Ok(plan) => Memory::build(plan, &plan_inference(&executor.graph), &executor.graph),
+            Err(e) => Err(e.clone()),
+        };
+        match memory {
+            Ok(memory) => {
+                executor.state.values = vec![Vec::new(); memory.slot_len.len()];
+                executor.memory = Some(memory);
+            }
+            Err(e) => executor.plan = Err(e),
+        }
+        executor
+    }
+
+    /// Whether the executor was made by [`Executor::for_inference`].
+    pub fn is_inference_only(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Bytes of activation buffers currently allocated (f32 values; per node,
+    /// or per memory-plan slot for [`Executor::for_inference`]).
+    pub fn activation_bytes(&self) -> usize {
+        self.state.values.iter().map(|v| v.capacity() * 4).sum()
     }
 
     pub fn graph(&self) -> &Graph {
@@ -937,7 +1190,8 @@ impl Executor {
         self.state.profile.as_deref()
     }
 
-    /// Whether the graph is well formed (arity, shapes, parameter shapes).
+    /// Whether the graph is well formed (arity, shapes, parameter shapes,
+    /// and for [`Executor::for_inference`] the memory plan).
     pub fn validate(&self) -> Result<(), ExecError> {
         self.plan.as_ref().map(|_| ()).map_err(Clone::clone)
     }
@@ -1008,13 +1262,19 @@ impl Executor {
     }
 
     /// Runs the graph on `input` (`[batch, h, w, c]`). Returns the first
-    /// output, `[batch, ...output shape]`.
+    /// output, `[batch, ...output shape]`. `params`: a [`ParamStore`],
+    /// prepared [`InferenceParams`], or a [`ParamsRef`] (see [`ParamSource`]).
     ///
     /// # Panics
     /// If the graph is invalid, the input shape is wrong or `params` does not
     /// match the graph; use [`Executor::try_forward`] (or [`Executor::check_input`]
     /// first) to get these as errors.
-    pub fn forward(&mut self, params: &ParamStore, input: &Tensor, mode: Mode) -> Tensor {
+    pub fn forward<P: ParamSource + ?Sized>(
+        &mut self,
+        params: &P,
+        input: &Tensor,
+        mode: Mode,
+    ) -> Tensor {
         match self.try_forward(params, input, mode) {
             Ok(t) => t,
             Err(e) => panic!("forward: {e}"),
@@ -1023,13 +1283,13 @@ impl Executor {
 
     /// [`Executor::forward`] returning errors instead of panicking. The graph
     /// must have one input.
-    pub fn try_forward(
+    pub fn try_forward<P: ParamSource + ?Sized>(
         &mut self,
-        params: &ParamStore,
+        params: &P,
         input: &Tensor,
         mode: Mode,
     ) -> Result<Tensor, ExecError> {
-        self.run_forward(params, &[input], mode)?;
+        self.run_forward(params.param_ref(), &[input], mode)?;
         let out = self.output_node(mode).0;
         Ok(self.value_tensor(out))
     }
@@ -1037,13 +1297,13 @@ impl Executor {
     /// Runs the graph on one tensor per graph input (in `Graph::input_ids`
     /// order); returns one tensor per graph output (in `Graph::output_ids`
     /// order; logits for a skipped softmax in training).
-    pub fn try_forward_multi(
+    pub fn try_forward_multi<P: ParamSource + ?Sized>(
         &mut self,
-        params: &ParamStore,
+        params: &P,
         inputs: &[&Tensor],
         mode: Mode,
     ) -> Result<Vec<Tensor>, ExecError> {
-        self.run_forward(params, inputs, mode)?;
+        self.run_forward(params.param_ref(), inputs, mode)?;
         Ok(self
             .output_nodes(mode)
             .iter()
@@ -1053,14 +1313,14 @@ impl Executor {
 
     /// Like [`Executor::try_forward`] but writes the first output into
     /// `output` (reshaped if needed) instead of allocating a new tensor.
-    pub fn forward_into(
+    pub fn forward_into<P: ParamSource + ?Sized>(
         &mut self,
-        params: &ParamStore,
+        params: &P,
         input: &Tensor,
         mode: Mode,
         output: &mut Tensor,
     ) -> Result<(), ExecError> {
-        self.run_forward(params, &[input], mode)?;
+        self.run_forward(params.param_ref(), &[input], mode)?;
         let out = self.output_node(mode).0;
         self.copy_value(out, output);
         Ok(())
@@ -1068,14 +1328,14 @@ impl Executor {
 
     /// Like [`Executor::try_forward_multi`] but writes into `outputs`
     /// (resized to one tensor per output, each reshaped if needed).
-    pub fn forward_multi_into(
+    pub fn forward_multi_into<P: ParamSource + ?Sized>(
         &mut self,
-        params: &ParamStore,
+        params: &P,
         inputs: &[&Tensor],
         mode: Mode,
         outputs: &mut Vec<Tensor>,
     ) -> Result<(), ExecError> {
-        self.run_forward(params, inputs, mode)?;
+        self.run_forward(params.param_ref(), inputs, mode)?;
         let nodes = self.output_nodes(mode);
         outputs.truncate(nodes.len());
         while outputs.len() < nodes.len() {
@@ -1087,29 +1347,49 @@ impl Executor {
         Ok(())
     }
 
+    /// The buffer holding node `i`'s value.
+    fn buffer(&self, plan: &Plan, i: usize) -> usize {
+        match &self.memory {
+            Some(memory) => memory.slot[i],
+            None => plan.storage[i],
+        }
+    }
+
+    /// Node `i`'s value from the last forward (`batch * example_len` values).
+    fn value_slice(&self, i: usize) -> &[f32] {
+        let Ok(plan) = &self.plan else {
+            return &[];
+        };
+        let len = self.state.batch * plan.example_len[i];
+        self.state
+            .values
+            .get(self.buffer(plan, i))
+            .and_then(|v| v.get(..len))
+            .unwrap_or(&[])
+    }
+
     fn copy_value(&self, node: usize, output: &mut Tensor) {
         let shape = self.value_shape(node);
         if output.shape() != shape.as_slice() || !output.is_standard_layout() {
             *output = Tensor::zeros(IxDyn(&shape));
         }
-        let src = match &self.plan {
-            Ok(plan) => &self.state.values[plan.storage[node]],
-            Err(_) => return,
-        };
+        let src = self.value_slice(node);
         match output.as_slice_mut() {
-            Some(dst) => dst.copy_from_slice(src),
-            None => output.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
+            Some(dst) if dst.len() == src.len() => dst.copy_from_slice(src),
+            _ => output.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
         }
     }
 
     /// The value of node `i` from the last forward as a `[batch, ...]` tensor
     /// (`None` before any forward, for an out-of-range node, or for a node
-    /// the last forward did not run).
+    /// the last forward did not run; for [`Executor::for_inference`], `None`
+    /// for every node but the graph outputs, whose buffers others reuse).
     pub fn node_value(&self, node: NodeId) -> Option<Tensor> {
         let plan = self.plan.as_ref().ok()?;
         let mode = self.state.last?;
         let live = plan.live(mode).get(node.0).copied()?;
-        live.then(|| self.value_tensor(node.0))
+        let kept = self.memory.is_none() || plan.outputs.contains(&node.0);
+        (live && kept).then(|| self.value_tensor(node.0))
     }
 
     fn value_shape(&self, i: usize) -> Vec<usize> {
@@ -1119,8 +1399,7 @@ impl Executor {
     }
 
     fn value_tensor(&self, i: usize) -> Tensor {
-        let plan = self.plan.as_ref().expect("valid plan");
-        let data = self.state.values[plan.storage[i]].clone();
+        let data = self.value_slice(i).to_vec();
         Tensor::from_shape_vec(IxDyn(&self.value_shape(i)), data).expect("buffer matches shape")
     }
 
@@ -1176,229 +1455,49 @@ impl Executor {
 
     fn run_forward(
         &mut self,
-        params: &ParamStore,
+        params: ParamsRef<'_>,
         inputs: &[&Tensor],
         mode: Mode,
     ) -> Result<(), ExecError> {
         let plan = self.plan.as_ref().map_err(Clone::clone)?;
+        if let Mode::Train { .. } = mode {
+            if self.memory.is_some() {
+                return Err(ExecError::InferenceOnly(
+                    "an executor made by Executor::for_inference runs Mode::Inference only",
+                ));
+            }
+            if params.is_prepared() {
+                return Err(ExecError::InferenceOnly(
+                    "prepared InferenceParams run Mode::Inference only (batch norms may be \
+                     folded into the kernels); train on the model's ParamStore",
+                ));
+            }
+        }
         self.check_inputs(inputs)?;
-        params.check(&self.graph)?;
-        let pv: Vec<CowArray<'_, f32, IxDyn>> = params
-            .values
-            .iter()
-            .map(|v| v.as_standard_layout())
-            .collect();
-        let p = |id: ParamId| -> &[f32] { pv[id.0].as_slice().expect("standard layout") };
-        let batch = inputs[0].shape()[0];
         let st = &mut self.state;
-        st.batch = batch;
-        st.last = None;
-        st.bn.iter_mut().for_each(|b| b.pending = false);
-        if let Some(prof) = st.profile.as_mut() {
-            prof.iter_mut()
-                .for_each(|t| (t.forward_s, t.backward_s) = (0.0, 0.0));
-        }
-        let live = plan.live(mode);
-        for (i, step) in plan.steps.iter().enumerate() {
-            if !live[i] || matches!(step, Step::Alias) {
-                continue;
-            }
-            let started = st.profile.is_some().then(std::time::Instant::now);
-            let len = batch * plan.example_len[i];
-            let mut out = std::mem::take(&mut st.values[i]);
-            out.resize(len, 0.0);
-            let xs: Vec<&[f32]> = plan.inputs_of[i]
-                .iter()
-                .map(|&j| st.values[plan.storage[j]].as_slice())
-                .collect();
-            let x: &[f32] = xs.first().copied().unwrap_or(&[]);
-            let kerr = |source: KernelError| ExecError::Kernel {
-                node: i,
-                op: self.graph.nodes[i].op.name(),
-                source,
-            };
-            match step {
-                Step::Input { index } => {
-                    let input = inputs[*index];
-                    match input.as_slice() {
-                        Some(s) => out.copy_from_slice(s),
-                        None => out.iter_mut().zip(input.iter()).for_each(|(d, s)| *d = *s),
-                    }
-                }
-                Step::Conv {
-                    attrs,
-                    in_h,
-                    in_w,
-                    kernel,
-                    bias,
-                    act,
-                } => {
-                    let s = Conv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
-                    let act = plan.act(i, *act, mode);
-                    conv2d_forward(&s, x, p(*kernel), bias.map(p), act, &mut out).map_err(kerr)?;
-                }
-                Step::Depthwise {
-                    attrs,
-                    in_h,
-                    in_w,
-                    kernel,
-                } => {
-                    let s = DepthwiseConv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
-                    depthwise_conv2d_forward(&s, x, p(*kernel), None, Activation::Linear, &mut out)
-                        .map_err(kerr)?;
-                }
-                Step::Transpose {
-                    attrs,
-                    in_h,
-                    in_w,
-                    out_h,
-                    out_w,
-                    kernel,
-                } => {
-                    let s = Conv2dTransposeShape::new(attrs, batch, *in_h, *in_w, *out_h, *out_w)
-                        .map_err(kerr)?;
-                    conv2d_transpose_forward(&s, x, p(*kernel), None, Activation::Linear, &mut out)
-                        .map_err(kerr)?;
-                }
-                Step::MatMul {
-                    in_features,
-                    units,
-                    kernel,
-                    bias,
-                    act,
-                } => {
-                    let s = MatMulShape {
-                        batch: len / units.max(&1),
-                        in_features: *in_features,
-                        units: *units,
-                    };
-                    let act = plan.act(i, *act, mode);
-                    matmul_forward(&s, x, p(*kernel), bias.map(p), act, &mut out).map_err(kerr)?;
-                }
-                Step::BiasAdd { bias } => bias_add_forward(x, p(*bias), &mut out).map_err(kerr)?,
-                Step::Act { act } => {
-                    out.copy_from_slice(x);
-                    activation_forward_inplace(*act, &mut out, plan.last_dim[i]).map_err(kerr)?;
-                }
-                Step::MaxPool { attrs, in_shape } => {
-                    let [h, w, c] = *in_shape;
-                    let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
-                    let mut am = std::mem::take(&mut st.argmax[i]);
-                    am.resize(len, 0);
-                    max_pool2d_forward(&s, x, &mut out, Some(&mut am)).map_err(kerr)?;
-                    st.argmax[i] = am;
-                }
-                Step::AvgPool { attrs, in_shape } => {
-                    let [h, w, c] = *in_shape;
-                    let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
-                    avg_pool2d_forward(&s, x, &mut out).map_err(kerr)?;
-                }
-                Step::GlobalAvgPool { in_shape } => {
-                    global_avg_pool2d_forward(&image(batch, *in_shape), x, &mut out)
-                        .map_err(kerr)?;
-                }
-                Step::GlobalMaxPool { in_shape } => {
-                    let mut am = std::mem::take(&mut st.argmax[i]);
-                    am.resize(len, 0);
-                    global_max_pool2d_forward(&image(batch, *in_shape), x, &mut out, &mut am)
-                        .map_err(kerr)?;
-                    st.argmax[i] = am;
-                }
-                Step::ZeroPad { pads, in_shape } => {
-                    zero_padding2d_forward(&image(batch, *in_shape), pads, x, &mut out)
-                        .map_err(kerr)?;
-                }
-                Step::Alias => unreachable!("skipped above"),
-                Step::Dropout { rate } => match mode {
-                    Mode::Train { seed } => {
-                        let mut mask = std::mem::take(&mut st.masks[i]);
-                        mask.resize(len, 0.0);
-                        dropout_mask(*rate, seed, i as u64, &mut mask).map_err(kerr)?;
-                        dropout_apply(x, &mask, &mut out).map_err(kerr)?;
-                        st.masks[i] = mask;
-                    }
-                    Mode::Inference => out.copy_from_slice(x),
-                },
-                Step::BatchNorm {
-                    channels,
-                    epsilon,
-                    gamma,
-                    beta,
-                    moving_mean,
-                    moving_variance,
-                    frozen,
-                    ..
-                } => {
-                    let c = *channels;
-                    let s = bn_shape(len, c);
-                    let saved = &mut st.bn[i];
-                    saved.mean.resize(c, 0.0);
-                    saved.var.resize(c, 0.0);
-                    saved.inv_std.resize(c, 0.0);
-                    let batch_stats = matches!(mode, Mode::Train { .. }) && !*frozen;
-                    if batch_stats {
-                        batch_norm_train_forward(
-                            &s,
-                            x,
-                            gamma.map(p),
-                            beta.map(p),
-                            *epsilon,
-                            &mut out,
-                            &mut saved.mean,
-                            &mut saved.var,
-                            &mut saved.inv_std,
-                        )
-                        .map_err(kerr)?;
-                    } else {
-                        batch_norm_inference_forward(
-                            &s,
-                            x,
-                            gamma.map(p),
-                            beta.map(p),
-                            p(*moving_mean),
-                            p(*moving_variance),
-                            *epsilon,
-                            &mut out,
-                            &mut saved.inv_std,
-                        )
-                        .map_err(kerr)?;
-                        saved.mean.copy_from_slice(p(*moving_mean));
-                    }
-                    saved.batch_stats = batch_stats;
-                    saved.pending = batch_stats && s.rows > 0;
-                }
-                Step::Add => add_forward(&xs, &mut out).map_err(kerr)?,
-                Step::Multiply => multiply_forward(&xs, &mut out).map_err(kerr)?,
-                Step::Concat { outer, inner } => {
-                    let s = ConcatShape {
-                        outer: batch * outer,
-                        inner: inner.clone(),
-                    };
-                    concat_forward(&s, &xs, &mut out).map_err(kerr)?;
-                }
-                Step::UpSample {
-                    in_shape,
-                    size,
-                    interpolation,
-                } => {
-                    up_sampling2d_forward(
-                        &image(batch, *in_shape),
-                        *size,
-                        *interpolation,
-                        x,
-                        &mut out,
-                    )
-                    .map_err(kerr)?;
-                }
-            }
-            drop(xs);
-            st.values[i] = out;
-            if let (Some(t0), Some(prof)) = (started, st.profile.as_mut()) {
-                prof[i].forward_s = t0.elapsed().as_secs_f64();
-            }
-        }
-        st.last = Some(mode);
-        Ok(())
+        let spare = st.spare_params.take().unwrap_or(Resolved {
+            data: Vec::new(),
+            packed: Vec::new(),
+        });
+        let spare = Resolved {
+            data: recycle(spare.data),
+            packed: recycle(spare.packed),
+        };
+        let resolved = params.resolve(&self.graph, &plan.read, plan.fingerprint, spare)?;
+        let result = forward_steps(
+            plan,
+            self.memory.as_ref(),
+            &self.graph,
+            st,
+            &resolved,
+            inputs,
+            mode,
+        );
+        st.spare_params = Some(Resolved {
+            data: recycle(resolved.data),
+            packed: recycle(resolved.packed),
+        });
+        result
     }
 
     /// Back-propagates `grad_output` (d loss / d first output of the last
@@ -1481,7 +1580,12 @@ impl Executor {
         grads: &mut Vec<Tensor>,
     ) -> Result<(), ExecError> {
         let plan = self.plan.as_ref().map_err(Clone::clone)?;
-        params.check(&self.graph)?;
+        if self.memory.is_some() {
+            return Err(ExecError::InferenceOnly(
+                "backward needs an executor made by Executor::new (Executor::for_inference \
+                 keeps only the values its memory plan needs)",
+            ));
+        }
         let Some(mode) = self.state.last else {
             return Err(ExecError::NoForward);
         };
@@ -1510,16 +1614,23 @@ impl Executor {
                 grads[k] = Tensor::zeros(IxDyn(&prm.shape));
             }
         }
-        let mut written = vec![false; grads.len()];
-        let pv: Vec<CowArray<'_, f32, IxDyn>> = params
-            .values
-            .iter()
-            .map(|v| v.as_standard_layout())
-            .collect();
-        let p = |id: ParamId| -> &[f32] { pv[id.0].as_slice().expect("standard layout") };
-        let trainable: Vec<bool> = self.graph.params.iter().map(|q| q.trainable).collect();
+        let spare = self.state.spare_params.take().unwrap_or(Resolved {
+            data: Vec::new(),
+            packed: Vec::new(),
+        });
+        let spare = Resolved {
+            data: recycle(spare.data),
+            packed: recycle(spare.packed),
+        };
+        let resolved =
+            ParamsRef::Store(params).resolve(&self.graph, &plan.read, plan.fingerprint, spare)?;
+        let p = |id: ParamId| -> &[f32] { &resolved.data[id.0] };
+        let trainable: &[bool] = &plan.trainable;
         let batch = self.state.batch;
         let st = &mut self.state;
+        let mut written = std::mem::take(&mut st.written);
+        written.clear();
+        written.resize(grads.len(), false);
         st.grad_ready.iter_mut().for_each(|r| *r = false);
         if let Some(prof) = st.profile.as_mut() {
             prof.iter_mut().for_each(|t| t.backward_s = 0.0);
@@ -1601,7 +1712,7 @@ impl Executor {
             let accumulate = st.grad_ready[ps];
             let mut dx = if need_dx {
                 let mut b = if accumulate {
-                    Vec::new()
+                    std::mem::take(&mut st.dx_scratch)
                 } else {
                     std::mem::take(&mut st.grads[ps])
                 };
@@ -1627,11 +1738,14 @@ impl Executor {
                     kernel,
                     bias,
                     act,
+                    ..
                 } => {
+                    // With a residual input, dz (left in dy) is also its
+                    // gradient: delivered below.
                     let s = Conv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
                     let act = plan.act(i, *act, mode);
-                    let mut dk = GradBuf::take(grads, &mut written, &trainable, Some(*kernel));
-                    let mut db = GradBuf::take(grads, &mut written, &trainable, *bias);
+                    let mut dk = GradBuf::take(grads, &mut written, trainable, Some(*kernel));
+                    let mut db = GradBuf::take(grads, &mut written, trainable, *bias);
                     conv2d_backward(
                         &s,
                         x,
@@ -1652,22 +1766,27 @@ impl Executor {
                     in_h,
                     in_w,
                     kernel,
+                    bias,
+                    act,
                 } => {
                     let s = DepthwiseConv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
-                    let mut dk = GradBuf::take(grads, &mut written, &trainable, Some(*kernel));
+                    let act = plan.act(i, *act, mode);
+                    let mut dk = GradBuf::take(grads, &mut written, trainable, Some(*kernel));
+                    let mut db = GradBuf::take(grads, &mut written, trainable, *bias);
                     depthwise_conv2d_backward(
                         &s,
                         x,
                         p(*kernel),
                         y,
-                        Activation::Linear,
+                        act,
                         &mut dy,
                         need_dx.then_some(dx.as_mut_slice()),
                         dk.slice(),
-                        None,
+                        db.slice(),
                     )
                     .map_err(kerr)?;
                     dk.finish(grads, Some(*kernel));
+                    db.finish(grads, *bias);
                 }
                 Step::Transpose {
                     attrs,
@@ -1679,7 +1798,7 @@ impl Executor {
                 } => {
                     let s = Conv2dTransposeShape::new(attrs, batch, *in_h, *in_w, *out_h, *out_w)
                         .map_err(kerr)?;
-                    let mut dk = GradBuf::take(grads, &mut written, &trainable, Some(*kernel));
+                    let mut dk = GradBuf::take(grads, &mut written, trainable, Some(*kernel));
                     conv2d_transpose_backward(
                         &s,
                         x,
@@ -1707,8 +1826,8 @@ impl Executor {
                         units: *units,
                     };
                     let act = plan.act(i, *act, mode);
-                    let mut dk = GradBuf::take(grads, &mut written, &trainable, Some(*kernel));
-                    let mut db = GradBuf::take(grads, &mut written, &trainable, *bias);
+                    let mut dk = GradBuf::take(grads, &mut written, trainable, Some(*kernel));
+                    let mut db = GradBuf::take(grads, &mut written, trainable, *bias);
                     matmul_backward(
                         &s,
                         x,
@@ -1725,7 +1844,7 @@ impl Executor {
                     db.finish(grads, *bias);
                 }
                 Step::BiasAdd { bias } => {
-                    let mut db = GradBuf::take(grads, &mut written, &trainable, Some(*bias));
+                    let mut db = GradBuf::take(grads, &mut written, trainable, Some(*bias));
                     if let Some(buf) = db.slice() {
                         column_sums(&dy, plan.last_dim[i], buf).map_err(kerr)?;
                     }
@@ -1791,8 +1910,8 @@ impl Executor {
                 } => {
                     let s = bn_shape(batch * plan.example_len[i], *channels);
                     let saved = &st.bn[i];
-                    let mut dg = GradBuf::take(grads, &mut written, &trainable, *gamma);
-                    let mut db = GradBuf::take(grads, &mut written, &trainable, *beta);
+                    let mut dg = GradBuf::take(grads, &mut written, trainable, *gamma);
+                    let mut db = GradBuf::take(grads, &mut written, trainable, *beta);
                     batch_norm_backward(
                         &s,
                         x,
@@ -1836,11 +1955,20 @@ impl Executor {
                         *t += v;
                     }
                     if dx_is_dy {
-                        dy = dx;
+                        // dx holds dy's buffer, dy the scratch.
+                        std::mem::swap(&mut dx, &mut dy);
                     }
+                    st.dx_scratch = dx;
                 } else {
                     st.grads[ps] = dx;
                     st.grad_ready[ps] = true;
+                }
+            }
+            if let Step::Conv { residual: true, .. } = step {
+                // d residual = dz, left in dy by the conv's backward.
+                let r = plan.inputs_of[i][1];
+                if plan.needs_grad[r] {
+                    deliver(&mut st.grads, &mut st.grad_ready, plan.storage[r], &dy);
                 }
             }
             if st.grads[i].capacity() < dy.capacity() {
@@ -1856,8 +1984,298 @@ impl Executor {
                 g.fill(0.0);
             }
         }
+        st.written = written;
+        st.spare_params = Some(Resolved {
+            data: recycle(resolved.data),
+            packed: recycle(resolved.packed),
+        });
         Ok(())
     }
+}
+
+/// One forward pass over the nodes `mode` needs, writing each value into
+/// its buffer (per node, or per memory-plan slot when `memory` is given,
+/// computing in place where the plan says so).
+fn forward_steps(
+    plan: &Plan,
+    memory: Option<&Memory>,
+    graph: &Graph,
+    st: &mut State,
+    params: &Resolved<'_>,
+    inputs: &[&Tensor],
+    mode: Mode,
+) -> Result<(), ExecError> {
+    let p = |id: ParamId| -> &[f32] { &params.data[id.0] };
+    let packed = |id: ParamId| params.packed[id.0];
+    let batch = inputs[0].shape()[0];
+    st.batch = batch;
+    st.last = None;
+    st.bn.iter_mut().for_each(|b| b.pending = false);
+    if let Some(prof) = st.profile.as_mut() {
+        prof.iter_mut()
+            .for_each(|t| (t.forward_s, t.backward_s) = (0.0, 0.0));
+    }
+    if let Some(m) = memory {
+        for (buf, &len) in st.values.iter_mut().zip(&m.slot_len) {
+            buf.resize(len * batch, 0.0);
+        }
+    }
+    let live = plan.live(mode);
+    let mut spare_inputs = std::mem::take(&mut st.spare_inputs);
+    for (i, step) in plan.steps.iter().enumerate() {
+        if !live[i] || matches!(step, Step::Alias) {
+            continue;
+        }
+        let started = st.profile.is_some().then(std::time::Instant::now);
+        let len = batch * plan.example_len[i];
+        let (b, in_place) = match memory {
+            Some(m) => (m.slot[i], m.in_place[i]),
+            None => (i, None),
+        };
+        let buffer_of = |j: usize| match memory {
+            Some(m) => m.slot[j],
+            None => plan.storage[j],
+        };
+        let mut buf = std::mem::take(&mut st.values[b]);
+        if memory.is_none() {
+            buf.resize(len, 0.0);
+        }
+        let out = &mut buf[..len];
+        // The inputs' values (the one overwritten in place is `out` itself).
+        let mut xs: Vec<&[f32]> = recycle(std::mem::take(&mut spare_inputs));
+        for (k, &j) in plan.inputs_of[i].iter().enumerate() {
+            if in_place == Some(k) {
+                xs.push(&[]);
+            } else {
+                xs.push(&st.values[buffer_of(j)][..batch * plan.example_len[j]]);
+            }
+        }
+        let x: &[f32] = xs.first().copied().unwrap_or(&[]);
+        let kerr = |source: KernelError| ExecError::Kernel {
+            node: i,
+            op: graph.nodes[i].op.name(),
+            source,
+        };
+        match step {
+            Step::Input { index } => {
+                let input = inputs[*index];
+                match input.as_slice() {
+                    Some(s) => out.copy_from_slice(s),
+                    None => out.iter_mut().zip(input.iter()).for_each(|(d, s)| *d = *s),
+                }
+            }
+            Step::Conv {
+                attrs,
+                in_h,
+                in_w,
+                kernel,
+                bias,
+                act,
+                residual,
+            } => {
+                let s = Conv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
+                let act = plan.act(i, *act, mode);
+                let k = match packed(*kernel) {
+                    Some(rhs) => ConvKernel::Prepared(rhs),
+                    None => ConvKernel::Hwio(p(*kernel)),
+                };
+                let r = residual.then(|| xs[1]);
+                fused_conv2d_forward(&s, x, k, bias.map(p), r, act, out).map_err(kerr)?;
+            }
+            Step::Depthwise {
+                attrs,
+                in_h,
+                in_w,
+                kernel,
+                bias,
+                act,
+            } => {
+                let s = DepthwiseConv2dShape::new(attrs, batch, *in_h, *in_w).map_err(kerr)?;
+                let act = plan.act(i, *act, mode);
+                depthwise_conv2d_forward(&s, x, p(*kernel), bias.map(p), act, out).map_err(kerr)?;
+            }
+            Step::Transpose {
+                attrs,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+                kernel,
+            } => {
+                let s = Conv2dTransposeShape::new(attrs, batch, *in_h, *in_w, *out_h, *out_w)
+                    .map_err(kerr)?;
+                conv2d_transpose_forward(&s, x, p(*kernel), None, Activation::Linear, out)
+                    .map_err(kerr)?;
+            }
+            Step::MatMul {
+                in_features,
+                units,
+                kernel,
+                bias,
+                act,
+            } => {
+                let rows = len / units.max(&1);
+                let act = plan.act(i, *act, mode);
+                match packed(*kernel) {
+                    Some(rhs) => matmul_forward_prepared(rows, x, rhs, bias.map(p), act, out)
+                        .map_err(kerr)?,
+                    None => {
+                        let s = MatMulShape {
+                            batch: rows,
+                            in_features: *in_features,
+                            units: *units,
+                        };
+                        matmul_forward(&s, x, p(*kernel), bias.map(p), act, out).map_err(kerr)?;
+                    }
+                }
+            }
+            Step::BiasAdd { bias } => match in_place {
+                Some(_) => bias_add_inplace(out, p(*bias)).map_err(kerr)?,
+                None => bias_add_forward(x, p(*bias), out).map_err(kerr)?,
+            },
+            Step::Act { act } => {
+                if in_place.is_none() {
+                    out.copy_from_slice(x);
+                }
+                activation_forward_inplace(*act, out, plan.last_dim[i]).map_err(kerr)?;
+            }
+            Step::MaxPool { attrs, in_shape } => {
+                let [h, w, c] = *in_shape;
+                let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
+                let mut am = std::mem::take(&mut st.argmax[i]);
+                am.resize(len, 0);
+                max_pool2d_forward(&s, x, out, Some(&mut am)).map_err(kerr)?;
+                st.argmax[i] = am;
+            }
+            Step::AvgPool { attrs, in_shape } => {
+                let [h, w, c] = *in_shape;
+                let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
+                avg_pool2d_forward(&s, x, out).map_err(kerr)?;
+            }
+            Step::GlobalAvgPool { in_shape } => {
+                global_avg_pool2d_forward(&image(batch, *in_shape), x, out).map_err(kerr)?;
+            }
+            Step::GlobalMaxPool { in_shape } => {
+                let mut am = std::mem::take(&mut st.argmax[i]);
+                am.resize(len, 0);
+                global_max_pool2d_forward(&image(batch, *in_shape), x, out, &mut am)
+                    .map_err(kerr)?;
+                st.argmax[i] = am;
+            }
+            Step::ZeroPad { pads, in_shape } => {
+                zero_padding2d_forward(&image(batch, *in_shape), pads, x, out).map_err(kerr)?;
+            }
+            Step::Alias => unreachable!("skipped above"),
+            Step::Dropout { rate } => match mode {
+                Mode::Train { seed } => {
+                    let mut mask = std::mem::take(&mut st.masks[i]);
+                    mask.resize(len, 0.0);
+                    dropout_mask(*rate, seed, i as u64, &mut mask).map_err(kerr)?;
+                    dropout_apply(x, &mask, out).map_err(kerr)?;
+                    st.masks[i] = mask;
+                }
+                // Identity (already in place when the plan overwrites the input).
+                Mode::Inference => {
+                    if in_place.is_none() {
+                        out.copy_from_slice(x);
+                    }
+                }
+            },
+            Step::BatchNorm {
+                channels,
+                epsilon,
+                gamma,
+                beta,
+                moving_mean,
+                moving_variance,
+                frozen,
+                ..
+            } => {
+                let c = *channels;
+                let s = bn_shape(len, c);
+                let saved = &mut st.bn[i];
+                saved.mean.resize(c, 0.0);
+                saved.var.resize(c, 0.0);
+                saved.inv_std.resize(c, 0.0);
+                let batch_stats = matches!(mode, Mode::Train { .. }) && !*frozen;
+                if batch_stats {
+                    batch_norm_train_forward(
+                        &s,
+                        x,
+                        gamma.map(p),
+                        beta.map(p),
+                        *epsilon,
+                        out,
+                        &mut saved.mean,
+                        &mut saved.var,
+                        &mut saved.inv_std,
+                    )
+                    .map_err(kerr)?;
+                } else if in_place.is_some() {
+                    batch_norm_inference_inplace(
+                        &s,
+                        out,
+                        gamma.map(p),
+                        beta.map(p),
+                        p(*moving_mean),
+                        p(*moving_variance),
+                        *epsilon,
+                        &mut saved.inv_std,
+                    )
+                    .map_err(kerr)?;
+                } else {
+                    batch_norm_inference_forward(
+                        &s,
+                        x,
+                        gamma.map(p),
+                        beta.map(p),
+                        p(*moving_mean),
+                        p(*moving_variance),
+                        *epsilon,
+                        out,
+                        &mut saved.inv_std,
+                    )
+                    .map_err(kerr)?;
+                }
+                if !batch_stats {
+                    saved.mean.copy_from_slice(p(*moving_mean));
+                }
+                saved.batch_stats = batch_stats;
+                saved.pending = batch_stats && s.rows > 0;
+            }
+            Step::Add => match in_place {
+                Some(k) => add_inplace(out, &xs, k).map_err(kerr)?,
+                None => add_forward(&xs, out).map_err(kerr)?,
+            },
+            Step::Multiply => match in_place {
+                Some(k) => multiply_inplace(out, &xs, k).map_err(kerr)?,
+                None => multiply_forward(&xs, out).map_err(kerr)?,
+            },
+            Step::Concat { outer, inner } => {
+                let s = ConcatShape {
+                    outer: batch * outer,
+                    inner: inner.clone(),
+                };
+                concat_forward(&s, &xs, out).map_err(kerr)?;
+            }
+            Step::UpSample {
+                in_shape,
+                size,
+                interpolation,
+            } => {
+                up_sampling2d_forward(&image(batch, *in_shape), *size, *interpolation, x, out)
+                    .map_err(kerr)?;
+            }
+        }
+        spare_inputs = recycle(xs);
+        st.values[b] = buf;
+        if let (Some(t0), Some(prof)) = (started, st.profile.as_mut()) {
+            prof[i].forward_s = t0.elapsed().as_secs_f64();
+        }
+    }
+    st.spare_inputs = spare_inputs;
+    st.last = Some(mode);
+    Ok(())
 }
 
 /// A parameter-gradient destination for one node: the output tensor itself,

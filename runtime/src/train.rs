@@ -26,6 +26,18 @@
 //! the moving statistics. Frozen layers' parameters (and the moving
 //! statistics) are never changed by the optimizer.
 //!
+//! # Inference parameters
+//!
+//! The inference graph may have batch norms folded into the kernels and
+//! biases before them ([`cnnc_compiler::graph::ir::Init::Folded`]): values
+//! computed from the model's parameters. [`Classifier::evaluate`] and
+//! [`Classifier::predict`] given the model's [`ParamStore`] recompute them on
+//! every call ([`InferenceParams::fold`], reusing their buffers), so they
+//! always reflect the current parameters: [`Trainer::evaluate`] and the
+//! validation in [`Trainer::fit`] after training steps never see stale
+//! values. For repeated inference on fixed parameters, prepare them once
+//! with [`InferenceParams::prepare`] and pass those instead.
+//!
 //! # Determinism
 //!
 //! The shuffle (per epoch) and the dropout masks (per step) come from
@@ -38,7 +50,9 @@ use crate::executor::{ExecError, Executor, Mode};
 use crate::loss::{self, LossError};
 use crate::metrics::{correct_count, RunningMean};
 use crate::optim::{OptimError, Optimizer};
-use crate::params::ParamStore;
+use crate::params::{
+    model_params, InferenceParams, ParamError, ParamSource, ParamStore, ParamsRef,
+};
 use crate::tensor::Tensor;
 use cnnc_compiler::graph::{Graph, Op};
 use ndarray::{Axis, IxDyn};
@@ -79,6 +93,9 @@ pub enum TrainError {
     /// The executor rejected the graph, the parameters or an input.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// The model's parameters do not fit the inference graph's folds.
+    #[error(transparent)]
+    Params(#[from] ParamError),
     #[error(transparent)]
     Loss(#[from] LossError),
     #[error(transparent)]
@@ -254,12 +271,37 @@ enum Output {
 }
 
 /// Runs an inference graph for evaluation and prediction (see the module
-/// docs for how logits are obtained).
+/// docs for how logits are obtained), on the inference memory plan
+/// ([`Executor::for_inference`]).
 pub struct Classifier {
     executor: Executor,
     output: Output,
     input_shape: Vec<usize>,
     classes: usize,
+    /// The folded values of the last call given the model's parameters.
+    folded: Option<InferenceParams>,
+}
+
+/// The parameters to run `graph` on: prepared ones as given; the model's
+/// store as is for a graph without folds, else under its folded values,
+/// recomputed now into `folded`.
+fn inference_params<'a>(
+    graph: &Graph,
+    folded: &'a mut Option<InferenceParams>,
+    params: ParamsRef<'a>,
+) -> Result<ParamsRef<'a>, TrainError> {
+    let ParamsRef::Store(model) = params else {
+        return Ok(params);
+    };
+    if crate::params::model_param_count(graph) == graph.params.len() {
+        return Ok(params);
+    }
+    match folded {
+        Some(f) => f.refold(graph, model)?,
+        None => *folded = Some(InferenceParams::fold(graph, model)?),
+    }
+    let f: &'a InferenceParams = folded.as_ref().expect("set above");
+    Ok(f.over(model))
 }
 
 impl Classifier {
@@ -295,13 +337,14 @@ impl Classifier {
             return Err(TrainError::NotAClassifier { shape });
         };
         let input_shape = graph.node(graph.input).shape.clone();
-        let executor = Executor::new(graph);
+        let executor = Executor::for_inference(graph);
         executor.validate()?;
         Ok(Classifier {
             executor,
             output: output_kind,
             input_shape,
             classes,
+            folded: None,
         })
     }
 
@@ -325,10 +368,12 @@ impl Classifier {
     }
 
     /// Loss and accuracy on `data`, in batches of `batch_size` (results do not
-    /// depend on the batch size up to float rounding).
-    pub fn evaluate(
+    /// depend on the batch size up to float rounding). `params`: the model's
+    /// [`ParamStore`] (folded values are recomputed from it, see the module
+    /// docs) or prepared [`InferenceParams`].
+    pub fn evaluate<P: ParamSource + ?Sized>(
         &mut self,
-        params: &ParamStore,
+        params: &P,
         data: &Dataset,
         batch_size: usize,
     ) -> Result<Evaluation, TrainError> {
@@ -339,13 +384,14 @@ impl Classifier {
             return Err(TrainError::EmptyData("evaluation"));
         }
         self.check_input(data.example_shape())?;
+        let params = inference_params(self.executor.graph(), &mut self.folded, params.param_ref())?;
         let order: Vec<usize> = (0..data.len()).collect();
         let mut loss_total = 0.0f64;
         let mut correct = 0usize;
         for_each_batch(data, &order, batch_size, |_, batch: Batch| {
             let output = self
                 .executor
-                .try_forward(params, &batch.images, Mode::Inference)?;
+                .try_forward(&params, &batch.images, Mode::Inference)?;
             loss_total += match self.output {
                 Output::Logits { .. } => loss::crossentropy_per_example(&output, &batch.labels)?
                     .iter()
@@ -373,10 +419,11 @@ impl Classifier {
     /// a final softmax, is treated as logits, as in training (like Keras's
     /// `from_logits=True`): a model without a trailing softmax gets one
     /// applied here, so the rows always sum to 1 and are consistent with
-    /// the loss that [`Classifier::evaluate`] reports.
-    pub fn predict(
+    /// the loss that [`Classifier::evaluate`] reports. `params` as for
+    /// [`Classifier::evaluate`].
+    pub fn predict<P: ParamSource + ?Sized>(
         &mut self,
-        params: &ParamStore,
+        params: &P,
         images: &Tensor,
         batch_size: usize,
     ) -> Result<Tensor, TrainError> {
@@ -385,11 +432,14 @@ impl Classifier {
         }
         let n = images.shape().first().copied().unwrap_or(0);
         self.check_input(images.shape().get(1..).unwrap_or(&[]))?;
+        let params = inference_params(self.executor.graph(), &mut self.folded, params.param_ref())?;
         let mut out = Tensor::zeros(IxDyn(&[n, self.classes]));
         for start in (0..n).step_by(batch_size) {
             let end = (start + batch_size).min(n);
             let batch = images.slice_axis(Axis(0), (start..end).into()).to_owned();
-            let mut output = self.executor.try_forward(params, &batch, Mode::Inference)?;
+            let mut output = self
+                .executor
+                .try_forward(&params, &batch, Mode::Inference)?;
             if let Output::Logits { .. } = self.output {
                 output = loss::softmax(&output)?;
             }
@@ -429,18 +479,20 @@ const DROPOUT_STREAM: u64 = 0x6472_6f70_6f75_7400; // "dropout\0"
 impl Trainer {
     /// `training_graph` is optimized for `Target::Training`, `inference_graph`
     /// for `Target::Inference`, both from the same model, so they have the
-    /// same parameter list; `params` holds its values (e.g. from
-    /// `ParamStore::init` or a checkpoint).
+    /// same model parameters (the inference graph may append folded ones,
+    /// see [`crate::params`]); `params` holds the model's values (e.g. from
+    /// `ParamStore::init` on the training graph or a checkpoint).
     pub fn new(
         training_graph: Graph,
         inference_graph: Graph,
         params: ParamStore,
     ) -> Result<Trainer, TrainError> {
-        let same = training_graph.params.len() == inference_graph.params.len()
+        let model = model_params(&inference_graph);
+        let same = training_graph.params.len() == model.len()
             && training_graph
                 .params
                 .iter()
-                .zip(&inference_graph.params)
+                .zip(model)
                 .all(|(a, b)| a.name == b.name && a.shape == b.shape);
         if !same {
             let names = |g: &Graph| {
@@ -492,7 +544,8 @@ impl Trainer {
         (&mut self.classifier, &self.params)
     }
 
-    /// Loss and accuracy of the current parameters on `data`.
+    /// Loss and accuracy of the current parameters on `data` (folded
+    /// inference values are recomputed from them first).
     pub fn evaluate(
         &mut self,
         data: &Dataset,
@@ -527,8 +580,9 @@ impl Trainer {
         let steps = batch_count(train.len(), config.batch_size);
         let mut history = History::default();
         let mut global_step = optimizer.iterations();
-        // Gradient buffers reused from step to step.
+        // Gradient and logit buffers reused from step to step.
         let mut grads: Vec<Tensor> = Vec::new();
+        let mut logits = Tensor::zeros(IxDyn(&[0]));
         for epoch in 1..=config.epochs {
             let started = Instant::now();
             callback.on_epoch_begin(epoch, config.epochs, steps);
@@ -538,11 +592,13 @@ impl Trainer {
             let executor = &mut self.executor;
             let params = &mut self.params;
             let grads = &mut grads;
+            let logits = &mut logits;
             for_each_batch(train, &order, config.batch_size, |index, batch: Batch| {
                 let seed = mix_seed(config.seed ^ DROPOUT_STREAM, global_step);
                 global_step += 1;
-                let logits = executor.try_forward(params, &batch.images, Mode::Train { seed })?;
-                let out = loss::sparse_categorical_crossentropy(&logits, &batch.labels)?;
+                executor.forward_into(&*params, &batch.images, Mode::Train { seed }, logits)?;
+                let logits = &*logits;
+                let out = loss::sparse_categorical_crossentropy(logits, &batch.labels)?;
                 if !out.loss.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         epoch,
@@ -552,10 +608,7 @@ impl Trainer {
                 }
                 let weight = batch.len() as f64;
                 loss_mean.add(f64::from(out.loss), weight);
-                accuracy_mean.add(
-                    correct_count(&logits, &batch.labels) as f64 / weight,
-                    weight,
-                );
+                accuracy_mean.add(correct_count(logits, &batch.labels) as f64 / weight, weight);
                 executor.backward_into(params, &out.grad_logits, grads)?;
                 optimizer.step(params, grads)?;
                 // Batch norm: fold this batch's statistics into the moving ones.

@@ -36,6 +36,7 @@ fn glorot_uniform_and_zeros() {
                     param.name
                 );
             }
+            Init::Folded { .. } => panic!("a lowered graph has no folded parameters"),
         }
     }
     // conv 7×7×1 -> 64: fan_in 49, fan_out 3136.

@@ -1,15 +1,26 @@
 //! Optimized and unoptimized graphs of every zoo model compute the same
-//! outputs (to 1e-4 relative): the passes (conv + bias + activation fusion,
-//! dropout elimination) must not change what the network computes. Each
+//! outputs (to 1e-4 relative): the passes (dead-op and identity elimination,
+//! dropout elimination, batch-norm folding, conv + bias + activation and
+//! residual-add fusion) must not change what the network computes. Each
 //! model is imported at a small resolution (a model called like a block
 //! takes the size of its input), with random weights, biases and batch-norm
-//! statistics so that every fused bias and activation matters.
+//! statistics so that every fused bias, folded batch norm and activation
+//! matters.
+//!
+//! The optimized graph runs on parameters prepared from the model's own
+//! (`InferenceParams::prepare`: folds computed, unread parameters dropped,
+//! kernels packed), three ways that must agree exactly: the inference memory
+//! plan (`Executor::for_inference`), one buffer per node (`Executor::new`),
+//! and prepared parameters without packing over the model's store
+//! (`InferenceParams::fold(..).over(..)`).
 
 mod graph_support;
 mod kernels_support;
 
+use cnnc_compiler::graph::ir::Init;
 use cnnc_compiler::graph::{lower, passes};
 use cnnc_runtime::executor::{Executor, Mode};
+use cnnc_runtime::params::{model_param_count, InferenceParams, PrepareOptions};
 use graph_support::{params_for, tensor};
 use std::path::PathBuf;
 
@@ -31,14 +42,59 @@ fn agree(name: &str, spec: &str, input: &[usize]) {
     let (optimized, rewrites) = passes::optimize(raw.clone(), passes::Target::Inference);
     assert!(!rewrites.is_empty(), "{name}: nothing was optimized");
     assert!(optimized.nodes.len() < raw.nodes.len(), "{name}");
+    // The optimized graph's own parameters are the raw graph's, in order.
+    assert_eq!(model_param_count(&optimized), raw.params.len(), "{name}");
+    let folded = optimized
+        .params
+        .iter()
+        .filter(|p| matches!(p.init, Init::Folded { .. }))
+        .count();
     let params = params_for(&raw, 11);
     let x = tensor(input, 12);
     let a = Executor::new(raw)
         .try_forward(&params, &x, Mode::Inference)
         .unwrap();
-    let b = Executor::new(optimized)
-        .try_forward(&params, &x, Mode::Inference)
+
+    let prepared = InferenceParams::prepare(&optimized, params.clone()).unwrap();
+    let model_bytes: usize = params.values.iter().map(|t| t.len() * 4).sum();
+    // Nothing is held twice: the prepared parameters (folded kernels in place
+    // of the originals, batch-norm vectors dropped) are no larger than the
+    // model's, up to the packed panels' padding (filters rounded up to 32).
+    assert!(
+        prepared.bytes() <= model_bytes + model_bytes / 10,
+        "{name}: prepared {} bytes, model {model_bytes}",
+        prepared.bytes()
+    );
+    let mut planned = Executor::for_inference(optimized.clone());
+    let b = planned.try_forward(&prepared, &x, Mode::Inference).unwrap();
+    let mut per_node = Executor::new(optimized.clone());
+    let c = per_node
+        .try_forward(&prepared, &x, Mode::Inference)
         .unwrap();
+    assert_eq!(b, c, "{name}: memory plan and per-node buffers differ");
+    assert!(
+        planned.activation_bytes() < per_node.activation_bytes(),
+        "{name}: the plan allocates {} bytes, per node {}",
+        planned.activation_bytes(),
+        per_node.activation_bytes()
+    );
+    // Unpacked kernels read from the model's store.
+    let folds = InferenceParams::fold(&optimized, &params).unwrap();
+    let d = Executor::for_inference(optimized.clone())
+        .try_forward(&folds.over(&params), &x, Mode::Inference)
+        .unwrap();
+    assert_eq!(b, d, "{name}: packed and unpacked kernels differ");
+    let unpacked = InferenceParams::prepare_with(
+        &optimized,
+        params.clone(),
+        PrepareOptions {
+            pack_kernels: false,
+        },
+    )
+    .unwrap();
+    let e = planned.try_forward(&unpacked, &x, Mode::Inference).unwrap();
+    assert_eq!(b, e, "{name}: prepare with and without packing differ");
+
     assert_eq!(a.shape(), b.shape(), "{name}");
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let diff = a
@@ -48,7 +104,7 @@ fn agree(name: &str, spec: &str, input: &[usize]) {
     assert!(a.iter().all(|v| v.is_finite()), "{name}: non-finite output");
     assert!(
         diff <= 1e-4 * scale,
-        "{name}: max |raw - optimized| = {diff}, max |raw| = {scale}"
+        "{name}: max |raw - optimized| = {diff}, max |raw| = {scale} ({folded} folded parameters)"
     );
 }
 

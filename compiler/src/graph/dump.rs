@@ -36,11 +36,17 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
                 param(*kernel)
             );
             if let Op::FusedConv2d {
-                bias, activation, ..
+                bias,
+                activation,
+                residual,
+                ..
             } = op
             {
                 if let Some(b) = bias {
                     s += &format!(" bias={}", param(*b));
+                }
+                if *residual {
+                    s += " residual=add";
                 }
                 s += &format!(" activation={}", activation.spec());
             }
@@ -59,17 +65,29 @@ fn attrs_text(graph: &Graph, op: &Op) -> String {
             }
             s
         }
-        Op::DepthwiseConv2d { attrs, kernel } => format!(
-            "depth_multiplier={} kernel_size={}x{} strides={}x{} {}{} kernel={}",
-            attrs.depth_multiplier,
-            attrs.kernel_size[0],
-            attrs.kernel_size[1],
-            attrs.strides[0],
-            attrs.strides[1],
-            pads_text(&attrs.pads),
-            dilation_text(attrs.dilation_rate),
-            param(*kernel)
-        ),
+        Op::DepthwiseConv2d { attrs, kernel } | Op::FusedDepthwiseConv2d { attrs, kernel, .. } => {
+            let mut s = format!(
+                "depth_multiplier={} kernel_size={}x{} strides={}x{} {}{} kernel={}",
+                attrs.depth_multiplier,
+                attrs.kernel_size[0],
+                attrs.kernel_size[1],
+                attrs.strides[0],
+                attrs.strides[1],
+                pads_text(&attrs.pads),
+                dilation_text(attrs.dilation_rate),
+                param(*kernel)
+            );
+            if let Op::FusedDepthwiseConv2d {
+                bias, activation, ..
+            } = op
+            {
+                if let Some(b) = bias {
+                    s += &format!(" bias={}", param(*b));
+                }
+                s += &format!(" activation={}", activation.spec());
+            }
+            s
+        }
         Op::Conv2dTranspose { attrs, kernel } => format!(
             "filters={} kernel_size={}x{} strides={}x{} {}{} kernel={}",
             attrs.filters,

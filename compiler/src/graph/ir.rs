@@ -32,6 +32,75 @@ pub enum Init {
     Zeros,
     /// All ones (batch norm's `gamma` and `moving_variance`, Keras `Ones`).
     Ones,
+    /// Not initialised or loaded: computed from other parameters of the
+    /// graph before it runs (constant folding, e.g. a batch norm folded into
+    /// the preceding convolution). Only inference graphs have such
+    /// parameters; they are never trained or written to checkpoints, and the
+    /// parameters they read come before them in [`Graph::params`].
+    Folded { fold: Fold },
+}
+
+/// The frozen statistics of an inference-mode batch norm, as read by a
+/// [`Fold`]: per channel `o`, `scale[o] = gamma[o] / sqrt(moving_variance[o] + epsilon)`
+/// (`gamma` 1 when absent) and `shift[o] = beta[o] - moving_mean[o] * scale[o]`
+/// (`beta` 0 when absent). Every parameter is `[channels]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BatchNormStats {
+    pub gamma: Option<ParamId>,
+    pub beta: Option<ParamId>,
+    pub moving_mean: ParamId,
+    pub moving_variance: ParamId,
+    /// Added to the variance exactly once, inside the square root.
+    pub epsilon: f32,
+}
+
+impl BatchNormStats {
+    /// The parameters read, in Keras's order (gamma, beta, moving mean, moving variance).
+    pub fn params(&self) -> Vec<ParamId> {
+        self.gamma
+            .iter()
+            .chain(&self.beta)
+            .copied()
+            .chain([self.moving_mean, self.moving_variance])
+            .collect()
+    }
+}
+
+/// How a [`Init::Folded`] parameter is computed from other parameters
+/// (batch-norm folding, Jacob et al. 2018, "Quantization and Training of
+/// Neural Networks for Efficient Integer-Arithmetic-Only Inference", sec. 3.2;
+/// the same rewrite as TensorFlow's `fold_batch_norms` and ONNX Runtime's
+/// `ConvBNFusion`). With `scale` / `shift` of [`BatchNormStats`]:
+/// `bn(conv(x, k) + b) = conv(x, k * scale) + (b * scale + shift)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "fold", rename_all = "snake_case")]
+pub enum Fold {
+    /// `kernel * scale[o]`, where the output channel `o` is the kernel's
+    /// flat row-major index modulo the number of channels: the last axis of
+    /// a conv kernel `[kh, kw, in_channels, filters]` or a dense kernel
+    /// `[in_features, units]`, the last two axes of a depthwise kernel
+    /// `[kh, kw, in_channels, depth_multiplier]` (`o = c * depth_multiplier + m`).
+    /// Same shape as `kernel`.
+    BatchNormKernel { kernel: ParamId, stats: BatchNormStats },
+    /// `bias[o] * scale[o] + shift[o]` (`bias` 0 when absent), `[channels]`.
+    BatchNormBias {
+        bias: Option<ParamId>,
+        stats: BatchNormStats,
+    },
+}
+
+impl Fold {
+    /// The parameters the folded value is computed from.
+    pub fn sources(&self) -> Vec<ParamId> {
+        match self {
+            Fold::BatchNormKernel { kernel, stats } => {
+                std::iter::once(*kernel).chain(stats.params()).collect()
+            }
+            Fold::BatchNormBias { bias, stats } => {
+                bias.iter().copied().chain(stats.params()).collect()
+            }
+        }
+    }
 }
 
 /// A trainable (or frozen) tensor of the model.
@@ -186,14 +255,21 @@ pub enum Op {
     /// `[h, w, c]` -> `[pads.top + h + pads.bottom, pads.left + w + pads.right, c]`,
     /// zeros around the image.
     ZeroPadding2d { pads: Pads2d },
-    /// `Conv2d`, then `BiasAdd` (if `bias`), then `activation`, computed in
-    /// one pass: bias and activation are applied to each output tile while
-    /// it is still in cache.
+    /// `Conv2d`, then `BiasAdd` (if `bias`), then (if `residual`) the
+    /// element-wise sum with the node's second input, then `activation`,
+    /// computed in one pass: bias, residual and activation are applied to
+    /// each output tile while it is still in cache.
+    ///
+    /// Inputs: `[h, w, in_channels]`, and when `residual` a second input of
+    /// the output's shape `[oh, ow, filters]` (a fused residual `add`, as in
+    /// ResNet's `add -> relu`).
     FusedConv2d {
         attrs: Conv2dAttrs,
         kernel: ParamId,
         bias: Option<ParamId>,
         activation: Activation,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        residual: bool,
     },
     /// `MatMul`, then `BiasAdd` (if `bias`), then `activation`, in one pass.
     #[serde(rename = "fused_matmul")]
@@ -209,6 +285,14 @@ pub enum Op {
     DepthwiseConv2d {
         attrs: DepthwiseConv2dAttrs,
         kernel: ParamId,
+    },
+    /// `DepthwiseConv2d`, then `BiasAdd` (if `bias`, `[in_channels *
+    /// depth_multiplier]`), then `activation`, in one pass.
+    FusedDepthwiseConv2d {
+        attrs: DepthwiseConv2dAttrs,
+        kernel: ParamId,
+        bias: Option<ParamId>,
+        activation: Activation,
     },
     /// `[h, w, in_channels]` -> `[oh, ow, filters]`, kernel
     /// `[kh, kw, filters, in_channels]` (no bias: a `BiasAdd` follows).
@@ -277,6 +361,7 @@ impl Op {
             Op::FusedConv2d { .. } => "fused_conv2d",
             Op::FusedMatMul { .. } => "fused_matmul",
             Op::DepthwiseConv2d { .. } => "depthwise_conv2d",
+            Op::FusedDepthwiseConv2d { .. } => "fused_depthwise_conv2d",
             Op::Conv2dTranspose { .. } => "conv2d_transpose",
             Op::BatchNorm { .. } => "batch_norm",
             Op::Add => "add",
@@ -308,7 +393,9 @@ impl Op {
                 .chain([*moving_mean, *moving_variance])
                 .collect(),
             Op::BiasAdd { bias } => vec![*bias],
-            Op::FusedConv2d { kernel, bias, .. } | Op::FusedMatMul { kernel, bias, .. } => {
+            Op::FusedConv2d { kernel, bias, .. }
+            | Op::FusedMatMul { kernel, bias, .. }
+            | Op::FusedDepthwiseConv2d { kernel, bias, .. } => {
                 std::iter::once(*kernel).chain(*bias).collect()
             }
             _ => vec![],

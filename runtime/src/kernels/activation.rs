@@ -122,6 +122,53 @@ pub(crate) fn bias_activation_rows(
     activation_rows(act, data, row_len);
 }
 
+/// `data = act((data + bias) + residual)` row by row (`residual` has
+/// `data`'s length): the epilogue of a convolution fused with a residual
+/// `add` (and the activation after it). The sum is formed in the order of
+/// the unfused graph (`conv + bias`, then `+ residual`; two-operand float
+/// addition is commutative, so the add's input order does not matter).
+pub(crate) fn bias_residual_activation_rows(
+    data: &mut [f32],
+    row_len: usize,
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    act: Activation,
+) {
+    if row_len == 0 {
+        return;
+    }
+    for (row, rrow) in data
+        .chunks_exact_mut(row_len)
+        .zip(residual.chunks_exact(row_len))
+    {
+        match (bias, act) {
+            (Some(b), Activation::Relu) => {
+                for ((v, &bb), &r) in row.iter_mut().zip(b).zip(rrow) {
+                    *v = ((*v + bb) + r).max(0.0);
+                }
+            }
+            (Some(b), _) => {
+                for ((v, &bb), &r) in row.iter_mut().zip(b).zip(rrow) {
+                    *v = (*v + bb) + r;
+                }
+            }
+            (None, Activation::Relu) => {
+                for (v, &r) in row.iter_mut().zip(rrow) {
+                    *v = (*v + r).max(0.0);
+                }
+            }
+            (None, _) => {
+                for (v, &r) in row.iter_mut().zip(rrow) {
+                    *v += r;
+                }
+            }
+        }
+    }
+    if act != Activation::Relu {
+        activation_rows(act, data, row_len);
+    }
+}
+
 /// Replaces `dy` by `dy ⊙ act'(·)` given the activation's output `y`, rows of
 /// length `row_len` (single-threaded tile version).
 pub(crate) fn activation_backward_rows(act: Activation, y: &[f32], dy: &mut [f32], row_len: usize) {
@@ -246,6 +293,28 @@ pub fn bias_add_forward(x: &[f32], bias: &[f32], y: &mut [f32]) -> Result<(), Ke
                 }
             }
         });
+    Ok(())
+}
+
+/// `data += bias` broadcast over rows, in place (`data` is
+/// `[rows, bias.len()]`): [`bias_add_forward`] overwriting its input, as an
+/// inference memory plan asks when the input is read by nothing else.
+pub fn bias_add_inplace(data: &mut [f32], bias: &[f32]) -> Result<(), KernelError> {
+    let c = bias.len();
+    if c == 0 || !data.len().is_multiple_of(c) {
+        return Err(KernelError::Length {
+            what: "bias_add input (multiple of bias length)",
+            expected: c,
+            got: data.len(),
+        });
+    }
+    data.par_chunks_mut(chunk_len(c)).for_each(|chunk| {
+        for row in chunk.chunks_exact_mut(c) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    });
     Ok(())
 }
 

@@ -253,6 +253,43 @@ pub fn batch_norm_inference_forward(
     Ok(())
 }
 
+/// [`batch_norm_inference_forward`] overwriting its input: `data` is `x`
+/// on entry and `y` on return (`[rows, channels]`; every value is read
+/// before it is written, so the result equals the out-of-place kernel's).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_inference_inplace(
+    s: &BatchNormShape,
+    data: &mut [f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    moving_mean: &[f32],
+    moving_variance: &[f32],
+    epsilon: f32,
+    inv_std: &mut [f32],
+) -> Result<(), KernelError> {
+    s.check("batch_norm input", data)?;
+    s.check_channels("batch_norm moving_mean", moving_mean)?;
+    s.check_channels("batch_norm moving_variance", moving_variance)?;
+    s.check_channels("batch_norm inv_std", inv_std)?;
+    check_affine(s, gamma, beta)?;
+    inverse_std(moving_variance, epsilon, inv_std)?;
+    let c = s.channels;
+    if c == 0 {
+        return Ok(());
+    }
+    let inv_std: &[f32] = inv_std;
+    data.par_chunks_mut(row_chunk(c)).for_each(|block| {
+        for row in block.chunks_exact_mut(c) {
+            for j in 0..c {
+                let g = gamma.map_or(1.0, |g| g[j]);
+                let b = beta.map_or(0.0, |b| b[j]);
+                row[j] = g * ((row[j] - moving_mean[j]) * inv_std[j]) + b;
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Backward of either forward. `mean` / `inv_std` are the statistics the
 /// forward used; `batch_stats` says whether they were the batch's (their
 /// dependence on `x` is then differentiated) or fixed moving statistics.

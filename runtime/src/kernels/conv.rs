@@ -26,7 +26,9 @@
 //! input-gradient pass and whose backward pass is this module's forward and
 //! kernel-gradient passes.
 
-use super::activation::{activation_backward_rows, add_rows_into, bias_activation_rows};
+use super::activation::{
+    activation_backward_rows, add_rows_into, bias_activation_rows, bias_residual_activation_rows,
+};
 use super::gemm::{matmul, matmul_rhs, MatRef, Parallelism, Rhs};
 use super::scratch::{with_partials, with_scratch};
 use super::{check_len, window_output_size, KernelError};
@@ -375,15 +377,80 @@ pub fn conv2d_forward(
     act: Activation,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    fused_conv2d_forward(s, x, ConvKernel::Hwio(kernel), bias, None, act, y)
+}
+
+/// The kernel of a convolution as a forward pass reads it.
+#[derive(Clone, Copy)]
+pub enum ConvKernel<'a> {
+    /// Keras layout `[kernel_h, kernel_w, in_channels, filters]` (packed for
+    /// the GEMM on every call).
+    Hwio(&'a [f32]),
+    /// Already prepared for the GEMM (e.g. packed once at load), as the
+    /// matrix `[kernel_h * kernel_w * in_channels, filters]` viewed from the
+    /// HWIO kernel (see [`super::gemm::Rhs`]).
+    Prepared(&'a Rhs<'a>),
+}
+
+/// `(rows, cols)` of a prepared right-hand side.
+pub(crate) fn rhs_dims(rhs: &Rhs<'_>) -> (usize, usize) {
+    match rhs {
+        Rhs::Plain(b) => (b.rows, b.cols),
+        #[cfg(target_arch = "x86_64")]
+        Rhs::Packed(p) => (p.k(), p.n()),
+    }
+}
+
+/// Fused convolution forward with an optional residual input:
+/// `y = act(conv(x, kernel) + bias + residual)` (ONNX Runtime's
+/// `FusedConv` with `Sum`; ResNet's `conv -> add -> relu` after batch-norm
+/// folding). The bias, the residual and the activation are applied to each
+/// block of output rows right after its GEMM, while it is in cache.
+///
+/// `x`: `[batch, in_h, in_w, in_channels]`; `kernel`: see [`ConvKernel`];
+/// `bias`: `[filters]`; `residual` and `y`: `[batch, out_h, out_w, filters]`
+/// (`y` overwritten; it must not alias `residual`).
+pub fn fused_conv2d_forward(
+    s: &Conv2dShape,
+    x: &[f32],
+    kernel: ConvKernel<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     check_len("conv2d input", s.input_len(), x.len())?;
-    check_len("conv2d kernel", s.kernel_len(), kernel.len())?;
     check_len("conv2d output", s.output_len(), y.len())?;
     if let Some(b) = bias {
         check_len("conv2d bias", s.filters, b.len())?;
     }
-    let f = s.filters;
-    forward_blocks(s, x, kernel, y, |yblk| {
-        bias_activation_rows(yblk, f, bias, act)
+    if let Some(r) = residual {
+        check_len("conv2d residual", s.output_len(), r.len())?;
+    }
+    let (k, f) = (s.patch_len(), s.filters);
+    let owned;
+    let w = match kernel {
+        ConvKernel::Hwio(kernel) => {
+            check_len("conv2d kernel", s.kernel_len(), kernel.len())?;
+            owned = Rhs::new(MatRef::row_major(kernel, k, f));
+            &owned
+        }
+        ConvKernel::Prepared(rhs) => {
+            let (rows, cols) = rhs_dims(rhs);
+            if (rows, cols) != (k, f) {
+                return Err(KernelError::Geometry(format!(
+                    "prepared conv2d kernel is [{rows}, {cols}], expected [{k}, {f}]"
+                )));
+            }
+            rhs
+        }
+    };
+    forward_blocks_rhs(s, x, w, y, |r0, yblk| match residual {
+        None => bias_activation_rows(yblk, f, bias, act),
+        Some(r) => {
+            let rb = &r[r0 * f..r0 * f + yblk.len()];
+            bias_residual_activation_rows(yblk, f, bias, rb, act)
+        }
     });
     Ok(())
 }
@@ -399,9 +466,25 @@ pub(crate) fn forward_blocks(
     epilogue: impl Fn(&mut [f32]) + Sync,
 ) {
     let (k, f) = (s.patch_len(), s.filters);
-    let block = s.block_rows();
     // The kernel is packed once and shared by every block.
     let w = Rhs::new(MatRef::row_major(kernel, k, f));
+    forward_blocks_rhs(s, x, &w, y, |_, yblk| epilogue(yblk));
+}
+
+/// [`forward_blocks`] with a prepared kernel `w` (`[patch_len, filters]`);
+/// `epilogue` gets each block's first output row and the block.
+fn forward_blocks_rhs(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &Rhs<'_>,
+    y: &mut [f32],
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let (k, f) = (s.patch_len(), s.filters);
+    let block = s.block_rows();
+    if f == 0 || y.is_empty() {
+        return;
+    }
     y.par_chunks_mut(block * f)
         .enumerate()
         .for_each(|(bi, yblk)| {
@@ -409,15 +492,50 @@ pub(crate) fn forward_blocks(
             let rows = yblk.len() / f;
             if s.is_pointwise() {
                 let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
-                matmul_rhs(a, &w, yblk, f, false);
+                matmul_rhs(a, w, yblk, f, false);
             } else {
                 with_scratch(rows * k, |col| {
                     im2col(s, x, r0, rows, col);
-                    matmul_rhs(MatRef::row_major(col, rows, k), &w, yblk, f, false);
+                    matmul_rhs(MatRef::row_major(col, rows, k), w, yblk, f, false);
                 });
             }
-            epilogue(yblk);
+            epilogue(r0, yblk);
         });
+}
+
+/// Dense forward `y = act(x × kernel + bias)` with a prepared kernel
+/// (`[in_features, units]`, e.g. packed once at load): the dense layer is
+/// the 1×1 convolution of `rows` 1×1 images, so it shares the conv's row
+/// blocks, GEMM and fused epilogue. `x` `[rows, in_features]`, `y`
+/// `[rows, units]` (overwritten).
+pub fn matmul_forward_prepared(
+    rows: usize,
+    x: &[f32],
+    kernel: &Rhs<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let (in_features, units) = rhs_dims(kernel);
+    let s = Conv2dShape {
+        batch: rows,
+        in_h: 1,
+        in_w: 1,
+        in_channels: in_features,
+        filters: units,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride_h: 1,
+        stride_w: 1,
+        dilation_h: 1,
+        dilation_w: 1,
+        pad_top: 0,
+        pad_left: 0,
+        out_h: 1,
+        out_w: 1,
+    };
+    check_len("matmul input", rows * in_features, x.len())?;
+    fused_conv2d_forward(&s, x, ConvKernel::Prepared(kernel), bias, None, act, y)
 }
 
 /// Convolution backward for `y = act(conv(x, kernel) + bias)`.

@@ -72,6 +72,96 @@ pub fn multiply_forward(inputs: &[&[f32]], y: &mut [f32]) -> Result<(), KernelEr
     Ok(())
 }
 
+/// Which element-wise join an in-place kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Join {
+    Add,
+    Multiply,
+}
+
+impl Join {
+    #[inline(always)]
+    fn apply(self, acc: f32, v: f32) -> f32 {
+        match self {
+            Join::Add => acc + v,
+            Join::Multiply => acc * v,
+        }
+    }
+}
+
+/// [`add_forward`] overwriting input `target`: `data` holds
+/// `inputs[target]` on entry and the sum on return; `inputs[target]` itself
+/// is not read (pass an empty slice). The terms are added in input order,
+/// exactly as [`add_forward`] does, so the results are identical.
+pub fn add_inplace(data: &mut [f32], inputs: &[&[f32]], target: usize) -> Result<(), KernelError> {
+    join_inplace(Join::Add, "add input", data, inputs, target)
+}
+
+/// [`multiply_forward`] overwriting input `target` (see [`add_inplace`]).
+pub fn multiply_inplace(
+    data: &mut [f32],
+    inputs: &[&[f32]],
+    target: usize,
+) -> Result<(), KernelError> {
+    join_inplace(Join::Multiply, "multiply input", data, inputs, target)
+}
+
+fn join_inplace(
+    op: Join,
+    what: &'static str,
+    data: &mut [f32],
+    inputs: &[&[f32]],
+    target: usize,
+) -> Result<(), KernelError> {
+    if target >= inputs.len() {
+        return Err(KernelError::Geometry(format!(
+            "{what}: in-place input {target} out of range ({} inputs)",
+            inputs.len()
+        )));
+    }
+    for (k, x) in inputs.iter().enumerate() {
+        if k != target {
+            check_len(what, data.len(), x.len())?;
+        }
+    }
+    data.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let start = chunk * CHUNK;
+            let range = start..start + out.len();
+            if target == 0 {
+                // `out` already holds the first term: fold in the rest in order.
+                for x in &inputs[1..] {
+                    for (o, &v) in out.iter_mut().zip(&x[range.clone()]) {
+                        *o = op.apply(*o, v);
+                    }
+                }
+            } else if inputs.len() == 2 {
+                // x0 (op) out, the same operation as the out-of-place kernel.
+                for (o, &v) in out.iter_mut().zip(&inputs[0][range.clone()]) {
+                    *o = op.apply(v, *o);
+                }
+            } else {
+                for (e, o) in out.iter_mut().enumerate() {
+                    let here = *o;
+                    let term = |k: usize| {
+                        if k == target {
+                            here
+                        } else {
+                            inputs[k][start + e]
+                        }
+                    };
+                    let mut acc = term(0);
+                    for k in 1..inputs.len() {
+                        acc = op.apply(acc, term(k));
+                    }
+                    *o = acc;
+                }
+            }
+        });
+    Ok(())
+}
+
 /// d loss / d `inputs[k]` of [`multiply_forward`]: `dx = dy ⊙ Π_{j≠k} inputs[j]`
 /// (the other inputs multiplied in input order). Overwrites `dx`.
 pub fn multiply_backward(

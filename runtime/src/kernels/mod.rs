@@ -13,15 +13,17 @@
 //!
 //! - [`gemm`]: safe matrix multiply: the in-crate AVX-512 kernel ([`sgemm`]) when
 //!   the CPU has it, else the `gemm` crate (both chosen at run time);
-//! - [`conv`]: 2-D convolution by im2col + GEMM with a fused bias/activation
-//!   epilogue per row block, and its backward pass (col2im);
+//! - [`conv`]: 2-D convolution by im2col + GEMM with a fused
+//!   bias/residual/activation epilogue per row block, and its backward pass
+//!   (col2im);
 //! - [`dense`]: matrix multiply (dense layer) with the same fused epilogue;
 //! - [`activation`]: element-wise activations, softmax, bias add, and their derivatives;
 //! - [`pool`]: max and average pooling;
 //! - [`dropout`]: inverted dropout masks;
 //! - [`spatial`]: global average / max pooling and zero padding;
 //! - [`batch_norm`]: batch normalization (batch or moving statistics);
-//! - [`join`]: add, multiply and concatenate of several tensors;
+//! - [`join`]: add, multiply and concatenate of several tensors (add and
+//!   multiply also in place over one input, for the inference memory plan);
 //! - [`upsample`]: nearest and bilinear 2-D upsampling.
 
 pub mod activation;
@@ -39,19 +41,25 @@ mod scratch;
 pub mod sgemm;
 pub mod spatial;
 pub mod upsample;
+pub mod winograd;
 
 pub use activation::{
     activation_backward_inplace, activation_forward_inplace, bias_add_backward, bias_add_forward,
-    column_sums,
+    bias_add_inplace, column_sums,
 };
 pub use batch_norm::{
-    batch_norm_backward, batch_norm_inference_forward, batch_norm_train_forward, BatchNormShape,
+    batch_norm_backward, batch_norm_inference_forward, batch_norm_inference_inplace,
+    batch_norm_train_forward, BatchNormShape,
 };
-pub use conv::{conv2d_backward, conv2d_forward, Conv2dShape};
+pub use conv::{
+    conv2d_backward, conv2d_forward, fused_conv2d_forward, matmul_forward_prepared, Conv2dShape,
+    ConvKernel,
+};
 pub use dense::{matmul_backward, matmul_forward, MatMulShape};
 pub use dropout::{dropout_apply, dropout_mask};
 pub use join::{
-    add_forward, concat_backward, concat_forward, multiply_backward, multiply_forward, ConcatShape,
+    add_forward, add_inplace, concat_backward, concat_forward, multiply_backward, multiply_forward,
+    multiply_inplace, ConcatShape,
 };
 pub use pool::{
     avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Pool2dShape,

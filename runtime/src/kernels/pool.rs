@@ -114,74 +114,20 @@ pub fn max_pool2d_forward(
             "image too large for argmax indices".into(),
         ));
     }
-    let (il, ol, c) = (s.image_len(), s.out_image_len(), s.channels);
+    let (il, ol) = (s.image_len(), s.out_image_len());
     if ol == 0 || il == 0 {
         return Ok(());
     }
-    let body = |xi: &[f32], yi: &mut [f32], mut ai: Option<&mut [u32]>| {
-        for oy in 0..s.out_h {
-            for ox in 0..s.out_w {
-                let o = (oy * s.out_w + ox) * c;
-                let yo = &mut yi[o..o + c];
-                let (y0, y1, x0, x1) = s.window(oy, ox);
-                if y0 == y1 || x0 == x1 {
-                    yo.fill(0.0);
-                    if let Some(ai) = ai.as_deref_mut() {
-                        ai[o..o + c].fill(NO_ARGMAX);
-                    }
-                    continue;
-                }
-                // Start from the window's first in-image pixel; later pixels
-                // replace it only when strictly greater (first max wins),
-                // with branch-free selects.
-                let first = (y0 * s.in_w + x0) * c;
-                yo.copy_from_slice(&xi[first..first + c]);
-                match ai.as_deref_mut() {
-                    Some(ai) => {
-                        let ao = &mut ai[o..o + c];
-                        ao.fill((y0 * s.in_w + x0) as u32);
-                        for iy in y0..y1 {
-                            for ix in x0..x1 {
-                                let pix = iy * s.in_w + ix;
-                                if pix * c == first {
-                                    continue;
-                                }
-                                let xs = &xi[pix * c..pix * c + c];
-                                let pix = pix as u32;
-                                // Arithmetic selects so the loop vectorizes
-                                // (no per-lane conditional stores).
-                                for ((m, a), &v) in yo.iter_mut().zip(ao.iter_mut()).zip(xs) {
-                                    let mask = 0u32.wrapping_sub((v > *m) as u32);
-                                    *a = (*a & !mask) | (pix & mask);
-                                    *m = m.max(v);
-                                }
-                            }
-                        }
-                    }
-                    None => {
-                        for iy in y0..y1 {
-                            for ix in x0..x1 {
-                                let base = (iy * s.in_w + ix) * c;
-                                for (m, &v) in yo.iter_mut().zip(&xi[base..base + c]) {
-                                    *m = m.max(v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
     match argmax {
         Some(a) => y
             .par_chunks_mut(ol)
             .zip(x.par_chunks(il))
             .zip(a.par_chunks_mut(ol))
-            .for_each(|((yi, xi), ai)| body(xi, yi, Some(ai))),
+            .for_each(|((yi, xi), ai)| max_image_simd(s, xi, yi, Some(ai))),
         None => y
             .par_chunks_mut(ol)
             .zip(x.par_chunks(il))
-            .for_each(|(yi, xi)| body(xi, yi, None)),
+            .for_each(|(yi, xi)| max_image_simd(s, xi, yi, None)),
     }
     Ok(())
 }
@@ -223,35 +169,13 @@ pub fn max_pool2d_backward(
 /// Average pooling forward: mean over each window's in-image pixels.
 pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
     s.check(x.len(), y.len())?;
-    let (il, ol, c) = (s.image_len(), s.out_image_len(), s.channels);
+    let (il, ol) = (s.image_len(), s.out_image_len());
     if ol == 0 || il == 0 {
         return Ok(());
     }
     y.par_chunks_mut(ol)
         .zip(x.par_chunks(il))
-        .for_each(|(yi, xi)| {
-            for oy in 0..s.out_h {
-                for ox in 0..s.out_w {
-                    let o = (oy * s.out_w + ox) * c;
-                    let yo = &mut yi[o..o + c];
-                    yo.fill(0.0);
-                    let (y0, y1, x0, x1) = s.window(oy, ox);
-                    for iy in y0..y1 {
-                        for ix in x0..x1 {
-                            let base = (iy * s.in_w + ix) * c;
-                            for (m, &v) in yo.iter_mut().zip(&xi[base..base + c]) {
-                                *m += v;
-                            }
-                        }
-                    }
-                    let count = (y1 - y0) * (x1 - x0);
-                    if count > 0 {
-                        let inv = 1.0 / count as f32;
-                        yo.iter_mut().for_each(|m| *m *= inv);
-                    }
-                }
-            }
-        });
+        .for_each(|(yi, xi)| avg_image_simd(s, xi, yi));
     Ok(())
 }
 
@@ -259,7 +183,7 @@ pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<(
 /// in-image pixels (`dx` overwritten).
 pub fn avg_pool2d_backward(s: &Pool2dShape, dy: &[f32], dx: &mut [f32]) -> Result<(), KernelError> {
     s.check(dx.len(), dy.len())?;
-    let (il, ol, c) = (s.image_len(), s.out_image_len(), s.channels);
+    let (il, ol) = (s.image_len(), s.out_image_len());
     if il == 0 {
         return Ok(());
     }
@@ -269,28 +193,154 @@ pub fn avg_pool2d_backward(s: &Pool2dShape, dy: &[f32], dx: &mut [f32]) -> Resul
     }
     dx.par_chunks_mut(il)
         .zip(dy.par_chunks(ol))
-        .for_each(|(dxi, dyi)| {
-            dxi.fill(0.0);
-            for oy in 0..s.out_h {
-                for ox in 0..s.out_w {
-                    let o = (oy * s.out_w + ox) * c;
-                    let (y0, y1, x0, x1) = s.window(oy, ox);
-                    let count = (y1 - y0) * (x1 - x0);
-                    if count == 0 {
-                        continue;
+        .for_each(|(dxi, dyi)| avg_back_image_simd(s, dyi, dxi));
+    Ok(())
+}
+
+/// Defines `$name`, which runs `$inner` compiled for the widest vector
+/// extension the CPU reports at run time (AVX-512F, else AVX2, else the
+/// baseline): the channel-innermost loops autovectorize to that width. The
+/// per-element operations and their order are the same on every path, so
+/// the results are identical.
+macro_rules! multiversion {
+    ($name:ident, $inner:ident, ($($arg:ident : $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn mid($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F was detected on this CPU.
+                    return unsafe { wide($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 was detected on this CPU.
+                    return unsafe { mid($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
+multiversion!(max_image_simd, max_image, (s: &Pool2dShape, xi: &[f32], yi: &mut [f32], ai: Option<&mut [u32]>));
+multiversion!(avg_image_simd, avg_image, (s: &Pool2dShape, xi: &[f32], yi: &mut [f32]));
+multiversion!(avg_back_image_simd, avg_back_image, (s: &Pool2dShape, dyi: &[f32], dxi: &mut [f32]));
+
+/// Max pooling of one image (see [`max_pool2d_forward`]).
+#[inline(always)]
+fn max_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32], mut ai: Option<&mut [u32]>) {
+    let c = s.channels;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let o = (oy * s.out_w + ox) * c;
+            let yo = &mut yi[o..o + c];
+            let (y0, y1, x0, x1) = s.window(oy, ox);
+            if y0 == y1 || x0 == x1 {
+                yo.fill(0.0);
+                if let Some(ai) = ai.as_deref_mut() {
+                    ai[o..o + c].fill(NO_ARGMAX);
+                }
+                continue;
+            }
+            // Start from the window's first in-image pixel; later pixels
+            // replace it only when strictly greater (first max wins),
+            // with branch-free selects.
+            let first = (y0 * s.in_w + x0) * c;
+            yo.copy_from_slice(&xi[first..first + c]);
+            match ai.as_deref_mut() {
+                Some(ai) => {
+                    let ao = &mut ai[o..o + c];
+                    ao.fill((y0 * s.in_w + x0) as u32);
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            let pix = iy * s.in_w + ix;
+                            if pix * c == first {
+                                continue;
+                            }
+                            let xs = &xi[pix * c..pix * c + c];
+                            let pix = pix as u32;
+                            // Arithmetic selects so the loop vectorizes
+                            // (no per-lane conditional stores).
+                            for ((m, a), &v) in yo.iter_mut().zip(ao.iter_mut()).zip(xs) {
+                                let mask = 0u32.wrapping_sub((v > *m) as u32);
+                                *a = (*a & !mask) | (pix & mask);
+                                *m = m.max(v);
+                            }
+                        }
                     }
-                    let inv = 1.0 / count as f32;
-                    let g = &dyi[o..o + c];
+                }
+                None => {
                     for iy in y0..y1 {
                         for ix in x0..x1 {
                             let base = (iy * s.in_w + ix) * c;
-                            for (d, &gv) in dxi[base..base + c].iter_mut().zip(g) {
-                                *d += gv * inv;
+                            for (m, &v) in yo.iter_mut().zip(&xi[base..base + c]) {
+                                *m = m.max(v);
                             }
                         }
                     }
                 }
             }
-        });
-    Ok(())
+        }
+    }
+}
+
+/// Average pooling of one image (see [`avg_pool2d_forward`]).
+#[inline(always)]
+fn avg_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32]) {
+    let c = s.channels;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let o = (oy * s.out_w + ox) * c;
+            let yo = &mut yi[o..o + c];
+            yo.fill(0.0);
+            let (y0, y1, x0, x1) = s.window(oy, ox);
+            for iy in y0..y1 {
+                for ix in x0..x1 {
+                    let base = (iy * s.in_w + ix) * c;
+                    for (m, &v) in yo.iter_mut().zip(&xi[base..base + c]) {
+                        *m += v;
+                    }
+                }
+            }
+            let count = (y1 - y0) * (x1 - x0);
+            if count > 0 {
+                let inv = 1.0 / count as f32;
+                yo.iter_mut().for_each(|m| *m *= inv);
+            }
+        }
+    }
+}
+
+/// Average pooling backward of one image (see [`avg_pool2d_backward`]).
+#[inline(always)]
+fn avg_back_image(s: &Pool2dShape, dyi: &[f32], dxi: &mut [f32]) {
+    let c = s.channels;
+    dxi.fill(0.0);
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let o = (oy * s.out_w + ox) * c;
+            let (y0, y1, x0, x1) = s.window(oy, ox);
+            let count = (y1 - y0) * (x1 - x0);
+            if count == 0 {
+                continue;
+            }
+            let inv = 1.0 / count as f32;
+            let g = &dyi[o..o + c];
+            for iy in y0..y1 {
+                for ix in x0..x1 {
+                    let base = (iy * s.in_w + ix) * c;
+                    for (d, &gv) in dxi[base..base + c].iter_mut().zip(g) {
+                        *d += gv * inv;
+                    }
+                }
+            }
+        }
+    }
 }

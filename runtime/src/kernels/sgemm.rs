@@ -1,33 +1,61 @@
-//! An AVX-512 single-precision GEMM (`c = a × b` or `c += a × b`), used when
-//! the CPU reports `avx512f` at run time (the `gemm` crate's AVX-512 kernels
-//! need a nightly compiler, so on stable it stops at AVX2).
+//! An AVX-512 single-precision GEMM (`c = a × b` or `c += a × b`, with an
+//! optional fused bias / residual / relu epilogue), used when the CPU reports
+//! `avx512f` at run time (the `gemm` crate's AVX-512 kernels need a nightly
+//! compiler, so on stable it stops at AVX2).
 //!
-//! Classic Goto/BLIS blocking (Goto & van de Geijn 2008, "Anatomy of
-//! high-performance matrix multiplication"): `b` is packed into panels of
-//! [`NR`] = 32 columns per depth block of [`KC`] rows, `a` into panels of
-//! [`MR`] = 14 rows, and a 14×32 micro-kernel keeps 28 zmm accumulators in
-//! registers, broadcasting one `a` value per row and loading two 16-lane `b`
-//! vectors per depth step. Each output element is accumulated in a fixed
-//! order (depth blocks in order, then depth within a block), independent of
-//! threads: the routine itself is single-threaded.
+//! Goto/BLIS blocking (Goto & van de Geijn 2008, "Anatomy of
+//! high-performance matrix multiplication"; Van Zee & van de Geijn 2015,
+//! "BLIS"), transposed for a row-major `c`:
+//!
+//! - the micro-kernel computes an [`MR`]×[`NR`] = 14×32 tile of `c` in 28 zmm
+//!   accumulators: per depth step it loads two 16-lane vectors of `b` and
+//!   broadcasts one `a` value per row (28 FMAs, 16 loads: the two FMA ports
+//!   stay busy while the loads fit the load ports); narrower variants (1..14
+//!   rows, 16 columns) handle edge tiles without computing padding;
+//! - `b` is packed once into depth blocks of at most [`KC`] rows (split evenly,
+//!   so no short leftover block) of [`NR`]-column panels ([`PackedB`], shared
+//!   by every row block of a conv layer and by all threads), or, for products
+//!   with few rows, read in place (packing would cost more than the product);
+//! - `a` is read in place when its rows are contiguous (im2col buffers,
+//!   activations) and copied panel by panel otherwise (transposed views);
+//! - loops, outermost first: column blocks of [`NC_PANELS`] panels, row blocks
+//!   of [`MC`] rows, depth blocks, row panels, column panels, so that one
+//!   `a` panel (14 × KC) stays in L1 while the `b` panels of a block stream
+//!   from L2, and the `c` block stays in L2 across depth blocks.
+//!
+//! Determinism: every element of `c` is computed by the same sequence of
+//! operations (depth blocks in order; within a block, FMAs in depth order
+//! into a zeroed accumulator, then added to `c`) whatever the tile shape,
+//! the loop blocking, the packing choice and the thread split, so serial,
+//! parallel, packed and in-place products give identical bits.
 
 #![cfg(target_arch = "x86_64")]
 
-use super::gemm::MatRef;
+use super::gemm::{EpilogueActivation, MatRef};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Rows of `a` per micro-kernel.
+/// Rows of `a` (and `c`) per micro-kernel tile.
 pub const MR: usize = 14;
-/// Columns of `b` per micro-kernel (two zmm vectors).
+/// Columns of `b` (and `c`) per micro-kernel tile (two zmm vectors).
 pub const NR: usize = 32;
-/// Depth per packed block.
+/// Maximum depth per block; `k` is split into `ceil(k / KC)` blocks of
+/// nearly equal length.
 pub const KC: usize = 256;
-/// Rows of `a` packed at once (a multiple of MR).
-const MC: usize = MR * 24;
+/// Rows per cache block of `c` (a multiple of [`MR`]).
+const MC: usize = MR * 12;
+/// Column panels per cache block (512 columns).
+const NC_PANELS: usize = 16;
+/// Products with at most this many rows read a row-major `b` in place
+/// instead of packing it.
+pub const SMALL_M: usize = 16;
+/// Below this many multiply-adds a parallel call runs serially.
+const PAR_MIN_MACS: usize = 1 << 20;
 
 thread_local! {
-    static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread panel buffers of [`run_rect`].
+    static PANELS: RefCell<Panels> = const { RefCell::new(Panels { a: Vec::new(), b: Vec::new() }) };
+    /// Packed `b` of the plain [`gemm`] entry point.
     static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Storage of dropped [`PackedB`]s, reused by the next [`pack_b`] on this
     /// thread (a conv kernel is packed once per layer per pass).
@@ -37,6 +65,34 @@ thread_local! {
 /// Whether the AVX-512 path can run on this CPU.
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
+}
+
+/// The depth blocks of a `k`-deep product: `ceil(k / KC)` blocks, the first
+/// `k % blocks` of them one longer than the rest.
+#[derive(Clone, Copy, Debug)]
+struct Depth {
+    blocks: usize,
+    base: usize,
+    extra: usize,
+}
+
+impl Depth {
+    fn new(k: usize) -> Depth {
+        let blocks = k.div_ceil(KC).max(1);
+        Depth {
+            blocks,
+            base: k / blocks,
+            extra: k % blocks,
+        }
+    }
+
+    /// `(start, length)` of block `i`.
+    fn block(&self, i: usize) -> (usize, usize) {
+        (
+            i * self.base + i.min(self.extra),
+            self.base + usize::from(i < self.extra),
+        )
+    }
 }
 
 /// `b` (`[k, n]`) packed for the micro-kernel, reusable across many `a`
@@ -61,9 +117,11 @@ impl Drop for PackedB {
 }
 
 impl PackedB {
+    /// Depth (rows of `b`).
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Columns of `b`.
     pub fn n(&self) -> usize {
         self.n
     }
@@ -73,9 +131,10 @@ fn n_panels(n: usize) -> usize {
     n.div_ceil(NR)
 }
 
-/// Packs `b` into depth blocks of [`KC`]; within a block starting at `p0`
-/// (length `kb`), panel `jp` starts at `p0 * n_pad + jp * kb * NR` and holds
-/// `b[p0 + p, jp * NR + c]` at `p * NR + c` (zero beyond `n`).
+/// Packs `b` into its depth blocks; within a block starting at `p0` (length
+/// `kb`), panel `jp` starts at `p0 * n_pad + jp * kb * NR` and holds
+/// `b[p0 + p, jp * NR + c]` at `p * NR + c` (zero beyond `n`), where
+/// `n_pad = ceil(n / NR) * NR`.
 pub fn pack_b(b: MatRef<'_>) -> PackedB {
     let mut data = PACKED_POOL
         .try_with(|p| {
@@ -97,9 +156,12 @@ fn pack_b_into(b: MatRef<'_>, out: &mut Vec<f32>) {
     let n_pad = n_panels(n) * NR;
     // Every element is written below (padding included), so no zero fill.
     out.resize(k * n_pad, 0.0);
-    let mut p0 = 0;
-    while p0 < k {
-        let kb = KC.min(k - p0);
+    if k == 0 || n == 0 {
+        return;
+    }
+    let depth = Depth::new(k);
+    for bi in 0..depth.blocks {
+        let (p0, kb) = depth.block(bi);
         for jp in 0..n_panels(n) {
             let j0 = jp * NR;
             let cols = NR.min(n - j0);
@@ -116,10 +178,12 @@ fn pack_b_into(b: MatRef<'_>, out: &mut Vec<f32>) {
                     }
                 }
             } else {
+                // Column by column: reads run along `b`'s contiguous axis
+                // when it is a transposed row-major matrix.
                 for c in 0..cols {
-                    let base = (j0 + c) * b.col_stride;
+                    let base = (j0 + c) * b.col_stride + p0 * b.row_stride;
                     for p in 0..kb {
-                        dst[p * NR + c] = b.data[base + (p0 + p) * b.row_stride];
+                        dst[p * NR + c] = b.data[base + p * b.row_stride];
                     }
                 }
                 if cols < NR {
@@ -129,113 +193,395 @@ fn pack_b_into(b: MatRef<'_>, out: &mut Vec<f32>) {
                 }
             }
         }
-        p0 += kb;
     }
 }
 
-/// Packs rows `i0 .. i0 + mb` and depth `p0 .. p0 + kb` of `a` into panels of
+/// Copies rows `i0 .. i1` and depth `p0 .. p0 + kb` of `a` into panels of
 /// [`MR`] rows: panel `ip` holds `a[i0 + ip * MR + r, p0 + p]` at
-/// `ip * kb * MR + p * MR + r` (zero beyond the last row).
-fn pack_a(a: MatRef<'_>, i0: usize, mb: usize, p0: usize, kb: usize, out: &mut Vec<f32>) {
-    let panels = mb.div_ceil(MR);
-    // Every element is written below (padding included), so no zero fill.
-    out.resize(panels * kb * MR, 0.0);
+/// `ip * kb * MR + p * MR + r` (rows past `i1` in the last panel are not
+/// written and never read).
+fn pack_a_block(a: MatRef<'_>, i0: usize, i1: usize, p0: usize, kb: usize, out: &mut Vec<f32>) {
+    let panels = (i1 - i0).div_ceil(MR);
+    if out.len() < panels * kb * MR {
+        out.resize(panels * kb * MR, 0.0);
+    }
     for ip in 0..panels {
-        let r0 = ip * MR;
-        let rows = MR.min(mb - r0);
+        let r0 = i0 + ip * MR;
+        let mr = MR.min(i1 - r0);
         let dst = &mut out[ip * kb * MR..(ip + 1) * kb * MR];
-        if a.col_stride == 1 {
-            for r in 0..rows {
-                let s = (i0 + r0 + r) * a.row_stride + p0;
-                let src = &a.data[s..s + kb];
-                for (p, &v) in src.iter().enumerate() {
-                    dst[p * MR + r] = v;
-                }
-            }
-            if rows < MR {
-                for d in dst.chunks_exact_mut(MR) {
-                    d[rows..].fill(0.0);
-                }
-            }
-        } else {
-            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
-                let base = (p0 + p) * a.col_stride + (i0 + r0) * a.row_stride;
-                if a.row_stride == 1 && rows == MR {
-                    let src: &[f32; MR] = a.data[base..base + MR].try_into().expect("MR floats");
-                    d.copy_from_slice(src);
-                } else {
-                    for (r, v) in d[..rows].iter_mut().enumerate() {
-                        *v = a.data[base + r * a.row_stride];
-                    }
-                    d[rows..].fill(0.0);
+        for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+            let base = (p0 + p) * a.col_stride + r0 * a.row_stride;
+            if a.row_stride == 1 && mr == MR {
+                let src: &[f32; MR] = a.data[base..base + MR].try_into().expect("MR floats");
+                d.copy_from_slice(src);
+            } else {
+                for (r, v) in d[..mr].iter_mut().enumerate() {
+                    *v = a.data[base + r * a.row_stride];
                 }
             }
         }
     }
 }
 
-/// The 14×32 micro-kernel: `c[0..mr, 0..nr] (+)= a × bpanel` over depth `kb`,
-/// where `a[r, p]` is read at `a + r * rs + p * cs` (a packed panel has
-/// `rs = 1, cs = MR`; a row-major matrix read in place has `rs = lda, cs = 1`).
-///
-/// # Safety
-/// `a` must be readable at every `r * rs + p * cs` for `r < MR`, `p < kb`;
-/// `b` must hold `kb * NR` floats; `c` rows `0..mr` of `nr <= 32` columns
-/// with row stride `ldc` must be writable; AVX-512F must be available.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const IN_PLACE: bool>(
+/// The fused epilogue as raw pointers: `bias` at column 0 (or null),
+/// `residual` at row 0, column 0 with row stride `ldr` (or null).
+#[derive(Clone, Copy)]
+pub(crate) struct RawEpilogue {
+    pub bias: *const f32,
+    pub residual: *const f32,
+    pub ldr: usize,
+    pub act: EpilogueActivation,
+}
+
+/// One micro-kernel call: `b[p, j]` is read at `b + p * ldb + j`; `c` holds
+/// the tile's top-left element; see [`tile_kernel`] for `a`.
+#[derive(Clone, Copy)]
+struct Tile {
     kb: usize,
     a: *const f32,
-    lda: usize,
+    /// Row stride of `a` read in place (unused for a packed panel).
+    rs: usize,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
-    mr: usize,
+    /// Valid columns (`1..=NR`).
     nr: usize,
+    /// Add the accumulators to the existing `c` (else overwrite).
     load_c: bool,
-) {
-    let (rs, cs) = if IN_PLACE { (lda, 1) } else { (1, MR) };
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for p in 0..kb {
-        let b0 = _mm512_loadu_ps(b.add(p * NR));
-        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-        let ap = a.add(p * cs);
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r * rs));
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-        }
-    }
-    let m0: __mmask16 = if nr >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << nr) - 1) as u16
-    };
-    let m1: __mmask16 = if nr >= 32 {
-        0xFFFF
-    } else if nr > 16 {
-        ((1u32 << (nr - 16)) - 1) as u16
-    } else {
-        0
-    };
-    for (r, row) in acc.iter().enumerate().take(mr) {
+    /// Prefetch the tile of `c` before the depth loop (when it is read:
+    /// prefetching a tile that is only written measured slower).
+    prefetch: bool,
+    /// Apply the epilogue (last depth block only); pointers already offset
+    /// to the tile.
+    epi: Option<RawEpilogue>,
+}
+
+/// The `M × (16 · NV)` micro-kernel (`M ≤ 14`, `NV ∈ {1, 2}`), with `a`
+/// either packed (`PACKED_A`: `a[r, p]` at `a + p * MR + r`) or read in
+/// place (`a[r, p]` at `a + r * rs + p`). Rows and vectors are expanded by
+/// macros with literal indices so that the accumulators live in registers.
+///
+/// # Safety
+/// AVX-512F must be available; `a` must be readable at the positions above
+/// for `r < M`, `p < kb`; `b` at `p * ldb + j` for `p < kb`, `j < 16 · NV`;
+/// `c` rows `0..M`, columns `0..nr` with stride `ldc` readable and writable;
+/// epilogue pointers valid for the same rows and columns.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: &Tile) {
+    let (rs, cs) = if PACKED_A { (1, MR) } else { (t.rs, 1) };
+    let lanes0 = t.nr.min(16);
+    let lanes1 = t.nr.saturating_sub(16).min(16);
+    let mask = [
+        ((1u32 << lanes0) - 1) as __mmask16,
+        ((1u32 << lanes1) - 1) as __mmask16,
+    ];
+    let (c, ldc) = (t.c, t.ldc);
+    // The tile of `c` is needed at the end: start fetching it now.
+    for r in 0..if t.prefetch { M } else { 0 } {
         let cp = c.add(r * ldc);
-        let (mut v0, mut v1) = (row[0], row[1]);
-        if load_c {
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
-        }
-        _mm512_mask_storeu_ps(cp, m0, v0);
-        _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+        _mm_prefetch::<_MM_HINT_T0>(cp as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(16 * NV - 1) as *const i8);
     }
+    let zero = _mm512_setzero_ps();
+    let mut acc = [[zero; 2]; MR];
+    let (mut a, mut b) = (t.a, t.b);
+    for _ in 0..t.kb {
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = if NV == 2 {
+            _mm512_loadu_ps(b.add(16))
+        } else {
+            zero
+        };
+        macro_rules! rows {
+            ($($r:literal)*) => {$(
+                if $r < M {
+                    let av = _mm512_set1_ps(*a.add($r * rs));
+                    acc[$r][0] = _mm512_fmadd_ps(av, b0, acc[$r][0]);
+                    if NV == 2 {
+                        acc[$r][1] = _mm512_fmadd_ps(av, b1, acc[$r][1]);
+                    }
+                }
+            )*};
+        }
+        rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
+        a = a.add(cs);
+        b = b.add(t.ldb);
+    }
+    let load_c = t.load_c;
+    let epi = t.epi;
+    macro_rules! store {
+        ($r:literal, $v:literal) => {{
+            let cp = c.add($r * ldc + 16 * $v);
+            let m = mask[$v];
+            let mut x = acc[$r][$v];
+            if load_c {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, cp));
+            }
+            if let Some(e) = &epi {
+                if !e.bias.is_null() {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, e.bias.add(16 * $v)));
+                }
+                if !e.residual.is_null() {
+                    let rp = e.residual.add($r * e.ldr + 16 * $v);
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, rp));
+                }
+                // `max(x, 0)` returns 0 for NaN like `f32::max`; `max(0, x)`
+                // then `min(6, ·)` keeps NaN like `f32::clamp`.
+                match e.act {
+                    EpilogueActivation::Linear => {}
+                    EpilogueActivation::Relu => x = _mm512_max_ps(x, zero),
+                    EpilogueActivation::Relu6 => {
+                        x = _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(zero, x))
+                    }
+                }
+            }
+            _mm512_mask_storeu_ps(cp, m, x);
+        }};
+    }
+    macro_rules! store_rows {
+        ($($r:literal)*) => {$(
+            if $r < M {
+                store!($r, 0);
+                if NV == 2 {
+                    store!($r, 1);
+                }
+            }
+        )*};
+    }
+    store_rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
+}
+
+/// Runs the micro-kernel variant for `mr` rows (`1..=MR`) and `t.nr` columns.
+///
+/// # Safety
+/// As [`tile_kernel`].
+unsafe fn run_tile(mr: usize, t: &Tile, packed_a: bool) {
+    let wide = t.nr > 16;
+    macro_rules! dispatch {
+        ($($m:literal)*) => {
+            match (mr, wide, packed_a) {
+                $(
+                    ($m, true, false) => tile_kernel::<$m, 2, false>(t),
+                    ($m, false, false) => tile_kernel::<$m, 1, false>(t),
+                    ($m, true, true) => tile_kernel::<$m, 2, true>(t),
+                    ($m, false, true) => tile_kernel::<$m, 1, true>(t),
+                )*
+                _ => unreachable!("tile rows {mr} outside 1..=MR"),
+            }
+        };
+    }
+    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+}
+
+/// The right-hand side of a product.
+#[derive(Clone, Copy)]
+pub(crate) enum BSrc<'x> {
+    Packed(&'x PackedB),
+    /// Row-major `b` (`col_stride == 1`) read in place.
+    InPlace(MatRef<'x>),
+}
+
+/// A checked product `c (+)= a × b`, `c` at `c` with row stride `ldc`.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'x> {
+    pub a: MatRef<'x>,
+    pub b: BSrc<'x>,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub n: usize,
+    pub k: usize,
+    pub accumulate: bool,
+    pub epi: Option<RawEpilogue>,
+}
+
+/// `Job` shared by the tasks of a parallel product: each task writes a
+/// disjoint set of tiles of `c`, and everything else is read-only.
+struct SharedJob<'x>(Job<'x>);
+// SAFETY: see the type's doc; the raw pointers are only dereferenced inside
+// each task's own tiles (writes) or read-only inputs.
+unsafe impl Sync for SharedJob<'_> {}
+
+/// Computes rows `i_lo .. i_hi` and column panels `jp_lo .. jp_hi` of `c`.
+///
+/// # Safety
+/// The job's views and pointers must be valid for the whole product (checked
+/// by the callers in `gemm.rs`), `k > 0`, AVX-512F available, and no other
+/// thread may write the same tiles.
+unsafe fn run_rect(
+    job: &Job<'_>,
+    i_lo: usize,
+    i_hi: usize,
+    jp_lo: usize,
+    jp_hi: usize,
+    bufs: &mut Panels,
+) {
+    let a = job.a;
+    let n_pad = n_panels(job.n) * NR;
+    let depth = Depth::new(job.k);
+    let packed_a = a.col_stride != 1;
+    let mut jc = jp_lo;
+    while jc < jp_hi {
+        let jc_hi = (jc + NC_PANELS).min(jp_hi);
+        let mut ic = i_lo;
+        while ic < i_hi {
+            let ic_hi = (ic + MC).min(i_hi);
+            let panels = (ic_hi - ic).div_ceil(MR);
+            for bi in 0..depth.blocks {
+                let (p0, kb) = depth.block(bi);
+                let load_c = job.accumulate || bi > 0;
+                let last = bi + 1 == depth.blocks;
+                if packed_a {
+                    pack_a_block(a, ic, ic_hi, p0, kb, &mut bufs.a);
+                }
+                let tile = |ip: usize, jp: usize, bufb: &mut Vec<f32>| {
+                    let i0 = ic + ip * MR;
+                    let mr = MR.min(ic_hi - i0);
+                    let (ap, rs) = if packed_a {
+                        (bufs.a.as_ptr().add(ip * kb * MR), 1)
+                    } else {
+                        (a.data.as_ptr().add(i0 * a.row_stride + p0), a.row_stride)
+                    };
+                    let j0 = jp * NR;
+                    let nr = NR.min(job.n - j0);
+                    let (bp, ldb) = match job.b {
+                        BSrc::Packed(pb) => (pb.data.as_ptr().add(p0 * n_pad + jp * kb * NR), NR),
+                        BSrc::InPlace(b) if nr == NR => {
+                            (b.data.as_ptr().add(p0 * b.row_stride + j0), b.row_stride)
+                        }
+                        BSrc::InPlace(b) => {
+                            // Right edge: copy the partial panel (zero-padded)
+                            // so the kernel never reads past the row.
+                            let w = if nr > 16 { NR } else { 16 };
+                            bufb.clear();
+                            bufb.resize(kb * w, 0.0);
+                            for (p, d) in bufb.chunks_exact_mut(w).enumerate() {
+                                let s = (p0 + p) * b.row_stride + j0;
+                                d[..nr].copy_from_slice(&b.data[s..s + nr]);
+                            }
+                            (bufb.as_ptr(), w)
+                        }
+                    };
+                    let epi = match (last, job.epi) {
+                        (true, Some(e)) => Some(RawEpilogue {
+                            bias: if e.bias.is_null() {
+                                e.bias
+                            } else {
+                                e.bias.add(j0)
+                            },
+                            residual: if e.residual.is_null() {
+                                e.residual
+                            } else {
+                                e.residual.add(i0 * e.ldr + j0)
+                            },
+                            ..e
+                        }),
+                        _ => None,
+                    };
+                    let t = Tile {
+                        kb,
+                        a: ap,
+                        rs,
+                        b: bp,
+                        ldb,
+                        c: job.c.add(i0 * job.ldc + j0),
+                        ldc: job.ldc,
+                        nr,
+                        load_c,
+                        prefetch: load_c,
+                        epi,
+                    };
+                    run_tile(mr, &t, packed_a);
+                };
+                // One `a` panel stays in L1 across the `b` panels of the
+                // block (measured faster than the transposed order here,
+                // notably for short depths and wide `b`).
+                for ip in 0..panels {
+                    for jp in jc..jc_hi {
+                        tile(ip, jp, &mut bufs.b);
+                    }
+                }
+            }
+            ic = ic_hi;
+        }
+        jc = jc_hi;
+    }
+}
+
+/// Scratch panels of one thread: an `a` panel (`MR × KC`) for views whose
+/// rows are strided, and the zero-padded right-edge panel of a `b` read in
+/// place.
+struct Panels {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// Runs `f` with this thread's panel buffers (or fresh ones when they are
+/// already borrowed further up the stack).
+fn with_panels<R>(f: impl FnOnce(&mut Panels) -> R) -> R {
+    PANELS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Panels {
+            a: Vec::new(),
+            b: Vec::new(),
+        }),
+    })
+}
+
+/// Runs a checked job (`m = job.a.rows > 0`, `n > 0`, `k > 0`), on the
+/// current rayon pool if `parallel`.
+///
+/// # Safety
+/// As [`run_rect`] for the whole of `c`; the caller holds `c` exclusively.
+pub(crate) unsafe fn run(job: Job<'_>, parallel: bool) {
+    let m = job.a.rows;
+    let np = n_panels(job.n);
+    let threads = rayon::current_num_threads();
+    if !parallel || threads <= 1 || m * job.n * job.k < PAR_MIN_MACS {
+        with_panels(|ap| run_rect(&job, 0, m, 0, np, ap));
+        return;
+    }
+    // About 4 tasks per thread. Rows are split in whole cache blocks of
+    // `MC` rows (each task then reuses its `b` blocks across them); when
+    // there are too few row blocks, columns too (a batch-1 layer: every
+    // task reads a disjoint part of `b`, which is read once overall).
+    let target = 4 * threads;
+    let row_blocks = m.div_ceil(MC);
+    let (rows_per, cols_per) = if row_blocks >= target {
+        (m.div_ceil(target).div_ceil(MR) * MR, np)
+    } else {
+        let cparts = np.min(target.div_ceil(row_blocks));
+        (MC, np.div_ceil(cparts))
+    };
+    let rparts = m.div_ceil(rows_per);
+    let cparts = np.div_ceil(cols_per);
+    let shared = SharedJob(job);
+    let shared = &shared;
+    use rayon::prelude::*;
+    (0..rparts * cparts).into_par_iter().for_each(|t| {
+        let (ri, ci) = (t / cparts, t % cparts);
+        let i_lo = ri * rows_per;
+        let jp_lo = ci * cols_per;
+        // SAFETY: tasks cover disjoint rectangles of tiles; the rest is the
+        // caller's contract.
+        with_panels(|ap| unsafe {
+            run_rect(
+                &shared.0,
+                i_lo,
+                (i_lo + rows_per).min(m),
+                jp_lo,
+                (jp_lo + cols_per).min(np),
+                ap,
+            )
+        });
+    });
 }
 
 /// `c = a × pb` (or `+=` when `accumulate`) with `c` row-major, row stride `ldc`.
 ///
 /// # Panics
-/// On inconsistent dimensions or if `c` is too short (internal invariants).
-/// Must only be called when [`available`] is true.
+/// On inconsistent dimensions or if a view or `c` is too short (internal
+/// invariants). Must only be called when [`available`] is true.
 pub fn gemm_packed(a: MatRef<'_>, pb: &PackedB, c: &mut [f32], ldc: usize, accumulate: bool) {
     assert!(available(), "AVX-512F required");
     assert_eq!(a.cols, pb.k, "inner dimensions");
@@ -244,10 +590,6 @@ pub fn gemm_packed(a: MatRef<'_>, pb: &PackedB, c: &mut [f32], ldc: usize, accum
         return;
     }
     assert!((m - 1) * ldc + n <= c.len(), "c out of range");
-    if k > 0 {
-        let last = (m - 1) * a.row_stride + (k - 1) * a.col_stride;
-        assert!(last < a.data.len(), "a out of range");
-    }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -256,106 +598,34 @@ pub fn gemm_packed(a: MatRef<'_>, pb: &PackedB, c: &mut [f32], ldc: usize, accum
         }
         return;
     }
-    let n_pad = n_panels(n) * NR;
-    PACK_A.with(|cell| {
-        let mut guard = cell.try_borrow_mut();
-        let mut local = Vec::new();
-        let apack: &mut Vec<f32> = match guard.as_deref_mut() {
-            Ok(v) => v,
-            Err(_) => &mut local,
-        };
-        // Row-major `a` is read in place (no packing) except for a last
-        // partial panel of rows, which is copied into a zero-padded block.
-        let in_place = a.col_stride == 1;
-        let mut p0 = 0;
-        while p0 < k {
-            let kb = KC.min(k - p0);
-            let load_c = accumulate || p0 > 0;
-            let mut i0 = 0;
-            while i0 < m {
-                let mb = MC.min(m - i0);
-                let panels = mb.div_ceil(MR);
-                if in_place {
-                    let tail = mb % MR;
-                    apack.clear();
-                    if tail != 0 {
-                        apack.resize(MR * kb, 0.0);
-                        for r in 0..tail {
-                            let s = (i0 + mb - tail + r) * a.row_stride + p0;
-                            apack[r * kb..(r + 1) * kb].copy_from_slice(&a.data[s..s + kb]);
-                        }
-                    }
-                } else {
-                    pack_a(a, i0, mb, p0, kb, apack);
-                }
-                for jp in 0..n_panels(n) {
-                    let j0 = jp * NR;
-                    let nr = NR.min(n - j0);
-                    let bp = &pb.data[p0 * n_pad + jp * kb * NR..p0 * n_pad + (jp + 1) * kb * NR];
-                    for ip in 0..panels {
-                        let r0 = ip * MR;
-                        let mr = MR.min(mb - r0);
-                        let off = (i0 + r0) * ldc + j0;
-                        let cp = c.as_mut_ptr();
-                        // SAFETY: panel sizes were set by the packers; rows
-                        // i0+r0 .. +mr and columns j0 .. j0+nr lie inside `c`
-                        // (checked above); in place, full panels read rows
-                        // i0+r0 .. +MR (< m) at columns p0 .. p0+kb (< k) of
-                        // `a`, whose extent was checked by the caller; the
-                        // partial panel reads the padded copy. AVX-512F
-                        // was checked by `available`.
-                        unsafe {
-                            if !in_place {
-                                let ap = &apack[ip * kb * MR..(ip + 1) * kb * MR];
-                                kernel::<false>(
-                                    kb,
-                                    ap.as_ptr(),
-                                    0,
-                                    bp.as_ptr(),
-                                    cp.add(off),
-                                    ldc,
-                                    mr,
-                                    nr,
-                                    load_c,
-                                );
-                            } else if mr == MR {
-                                let ap = a.data.as_ptr().add((i0 + r0) * a.row_stride + p0);
-                                kernel::<true>(
-                                    kb,
-                                    ap,
-                                    a.row_stride,
-                                    bp.as_ptr(),
-                                    cp.add(off),
-                                    ldc,
-                                    mr,
-                                    nr,
-                                    load_c,
-                                );
-                            } else {
-                                kernel::<true>(
-                                    kb,
-                                    apack.as_ptr(),
-                                    kb,
-                                    bp.as_ptr(),
-                                    cp.add(off),
-                                    ldc,
-                                    mr,
-                                    nr,
-                                    load_c,
-                                );
-                            }
-                        }
-                    }
-                }
-                i0 += mb;
-            }
-            p0 += kb;
-        }
-    });
+    let last = (m - 1) * a.row_stride + (k - 1) * a.col_stride;
+    assert!(last < a.data.len(), "a out of range");
+    let job = Job {
+        a,
+        b: BSrc::Packed(pb),
+        c: c.as_mut_ptr(),
+        ldc,
+        n,
+        k,
+        accumulate,
+        epi: None,
+    };
+    // SAFETY: extents checked above; `c` is exclusively borrowed.
+    unsafe { run(job, false) }
 }
 
-/// `c = a × b` (or `+=`): packs `b` into a per-thread buffer, then [`gemm_packed`].
-pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+/// Whether a product with `m` rows should read `b` in place instead of
+/// packing it (packing costs more than a product with so few rows).
+fn reads_b_in_place(m: usize, b: MatRef<'_>) -> bool {
+    m <= SMALL_M && b.col_stride == 1
+}
+
+/// Runs `f` with `b` prepared for an `m`-row product: read in place for few
+/// rows, else packed into this thread's buffer.
+pub(crate) fn with_b<R>(m: usize, b: MatRef<'_>, f: impl FnOnce(BSrc<'_>) -> R) -> R {
+    if reads_b_in_place(m, b) {
+        return f(BSrc::InPlace(b));
+    }
     PACK_B.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             let mut pb = PackedB {
@@ -364,9 +634,55 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate:
                 n: b.cols,
             };
             pack_b_into(b, &mut pb.data);
-            gemm_packed(a, &pb, c, ldc, accumulate);
+            let r = f(BSrc::Packed(&pb));
             *buf = std::mem::take(&mut pb.data);
+            r
         }
-        Err(_) => gemm_packed(a, &pack_b(b), c, ldc, accumulate),
+        Err(_) => f(BSrc::Packed(&pack_b(b))),
+    })
+}
+
+/// `c = a × b` (or `+=`): `b` read in place for few rows, else packed into a
+/// per-thread buffer, then as [`gemm_packed`].
+///
+/// # Panics
+/// As [`gemm_packed`].
+pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(available(), "AVX-512F required");
+    assert_eq!(a.cols, b.rows, "inner dimensions");
+    let (m, n, k) = (a.rows, b.cols, b.rows);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "c out of range");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(
+        (m - 1) * a.row_stride + (k - 1) * a.col_stride < a.data.len(),
+        "a out of range"
+    );
+    assert!(
+        (k - 1) * b.row_stride + (n - 1) * b.col_stride < b.data.len(),
+        "b out of range"
+    );
+    with_b(m, b, |bs| {
+        let job = Job {
+            a,
+            b: bs,
+            c: c.as_mut_ptr(),
+            ldc,
+            n,
+            k,
+            accumulate,
+            epi: None,
+        };
+        // SAFETY: extents checked above; `c` is exclusively borrowed.
+        unsafe { run(job, false) }
     })
 }

@@ -418,6 +418,7 @@ impl GraphBuilder {
                     kernel,
                     bias,
                     activation,
+                    residual: false,
                 }
             }
         };

@@ -13,6 +13,11 @@ impl Pass for DropoutElimination {
         "DropoutElimination"
     }
 
+    fn explain(&self) -> &'static str {
+        "dropout is the identity at inference: every dropout is removed and its readers read its \
+         input (inference graphs only)"
+    }
+
     fn run(&self, graph: Graph) -> (Graph, Vec<Rewrite>) {
         let mut editor = Editor::new(graph);
         let mut rewrites = Vec::new();

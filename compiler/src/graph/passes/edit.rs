@@ -100,6 +100,17 @@ impl Editor {
         }
     }
 
+    /// Appends a parameter (e.g. a folded one) and returns its id.
+    pub fn push_param(&mut self, param: crate::graph::ir::Param) -> crate::graph::ir::ParamId {
+        self.params.push(param);
+        crate::graph::ir::ParamId(self.params.len() - 1)
+    }
+
+    /// The parameter `id`.
+    pub fn param(&self, id: crate::graph::ir::ParamId) -> &crate::graph::ir::Param {
+        &self.params[id.0]
+    }
+
     /// Removes `id`, which must have no live readers left.
     pub fn remove(&mut self, id: NodeId) {
         self.nodes[id.0] = None;

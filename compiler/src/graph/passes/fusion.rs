@@ -1,14 +1,17 @@
-//! `ConvBiasActivationFusion`: `conv2d` (or `matmul`) followed by `bias_add`
-//! and an element-wise activation becomes one fused op, so the runtime applies
-//! bias and activation to each output tile while it is still in cache.
+//! `ConvBiasActivationFusion`: `conv2d` (or `depthwise_conv2d`, or `matmul`)
+//! followed by `bias_add` and an element-wise activation becomes one fused
+//! op, so the runtime applies bias and activation to each output tile while
+//! it is still in cache.
 
 use super::edit::Editor;
 use super::{Pass, Rewrite};
 use crate::graph::ir::{Graph, Node, NodeId, Op};
 use crate::model::Activation;
 
-/// Fuses `conv2d -> [bias_add] -> [activation]` into `fused_conv2d` and
-/// `matmul -> [bias_add] -> [activation]` into `fused_matmul`.
+/// Fuses `conv2d -> [bias_add] -> [activation]` into `fused_conv2d`,
+/// `depthwise_conv2d -> [bias_add] -> [activation]` into
+/// `fused_depthwise_conv2d` and `matmul -> [bias_add] -> [activation]` into
+/// `fused_matmul`.
 ///
 /// Legality: a value is folded into the fused op only when the fused op is its
 /// sole reader and it is not the graph output; so the pre-activation value is
@@ -21,6 +24,13 @@ impl Pass for ConvBiasActivationFusion {
         "ConvBiasActivationFusion"
     }
 
+    fn explain(&self) -> &'static str {
+        "conv2d / depthwise_conv2d / dense followed by its bias add and an element-wise \
+         activation (relu, relu6, sigmoid, tanh, ...) becomes one op that applies bias and \
+         activation to each output tile while it is in cache; not when another op or a graph \
+         output reads an intermediate value; softmax is never fused"
+    }
+
     fn run(&self, graph: Graph) -> (Graph, Vec<Rewrite>) {
         let mut editor = Editor::new(graph);
         let mut rewrites = Vec::new();
@@ -31,7 +41,10 @@ impl Pass for ConvBiasActivationFusion {
         for i in 0..editor.len() {
             let head = NodeId(i);
             if !editor.is_live(head)
-                || !matches!(editor.node(head).op, Op::Conv2d { .. } | Op::MatMul { .. })
+                || !matches!(
+                    editor.node(head).op,
+                    Op::Conv2d { .. } | Op::MatMul { .. } | Op::DepthwiseConv2d { .. }
+                )
             {
                 continue;
             }
@@ -69,6 +82,13 @@ impl Pass for ConvBiasActivationFusion {
             let tail = *chain.last().unwrap_or(&head);
             let op = match head_node.op {
                 Op::Conv2d { attrs, kernel } => Op::FusedConv2d {
+                    attrs,
+                    kernel,
+                    bias,
+                    activation,
+                    residual: false,
+                },
+                Op::DepthwiseConv2d { attrs, kernel } => Op::FusedDepthwiseConv2d {
                     attrs,
                     kernel,
                     bias,

@@ -5,21 +5,29 @@
 //! why the graph looks the way it does. [`optimize`] runs the pipeline for a
 //! [`Target`].
 
+mod batch_norm;
+mod dead;
 mod dropout;
 mod edit;
 mod fusion;
+mod residual;
 
+pub use batch_norm::BatchNormFolding;
+pub use dead::{DeadOpElimination, IdentityElimination};
 pub use dropout::DropoutElimination;
 pub use fusion::ConvBiasActivationFusion;
+pub use residual::ResidualAddFusion;
 
 use super::ir::Graph;
 
 /// What the optimized graph is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Forward and backward: fusions only; dropout stays.
+    /// Forward and backward: dead-op and identity elimination and the
+    /// conv + bias + activation fusion; dropout and batch norm stay.
     Training,
-    /// Forward only: fusions and dropout elimination.
+    /// Forward only: also dropout elimination, batch-norm folding and
+    /// residual-add fusion.
     Inference,
 }
 
@@ -36,6 +44,9 @@ pub struct Rewrite {
 pub trait Pass {
     /// The rule name recorded in [`Rewrite::rule`] and on rewritten nodes.
     fn name(&self) -> &'static str;
+    /// What the rule rewrites and where it must not apply, in one sentence
+    /// (`cnnc build --emit graph --explain`).
+    fn explain(&self) -> &'static str;
     /// Rewrites `graph`, returning the new graph and what changed.
     fn run(&self, graph: Graph) -> (Graph, Vec<Rewrite>);
 }
@@ -43,10 +54,18 @@ pub trait Pass {
 /// The passes run for `target`, in order.
 pub fn pipeline(target: Target) -> Vec<Box<dyn Pass>> {
     match target {
-        Target::Training => vec![Box::new(ConvBiasActivationFusion)],
-        Target::Inference => vec![
-            Box::new(DropoutElimination),
+        Target::Training => vec![
+            Box::new(DeadOpElimination),
+            Box::new(IdentityElimination),
             Box::new(ConvBiasActivationFusion),
+        ],
+        Target::Inference => vec![
+            Box::new(DeadOpElimination),
+            Box::new(DropoutElimination),
+            Box::new(IdentityElimination),
+            Box::new(BatchNormFolding),
+            Box::new(ConvBiasActivationFusion),
+            Box::new(ResidualAddFusion),
         ],
     }
 }

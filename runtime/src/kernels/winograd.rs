@@ -1,0 +1,713 @@
+//! Winograd F(2x2, 3x3) convolution for 3x3, stride-1, undilated kernels
+//! (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks",
+//! sec. 4): each 2x2 output tile is computed from a 4x4 input tile with 16
+//! multiplies per (input channel, filter) pair instead of 36, so the GEMM
+//! work is 2.25x smaller than im2col's.
+//!
+//! With `B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`,
+//! `G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]]` and
+//! `A^T = [[1,1,1,0],[0,1,-1,-1]]`:
+//!
+//! - kernel: `U = G g G^T` per (channel, filter), stored as 16 matrices
+//!   `[in_channels, filters]` ([`WinogradKernel`]);
+//! - input: `V = B^T d B` per 4x4 tile `d` (zero outside the image) and
+//!   channel, stored as 16 matrices `[tiles, in_channels]`;
+//! - product: `M[xi] = V[xi] x U[xi]` (16 GEMMs `[tiles, filters]`);
+//! - output: `Y = A^T M A`, the 2x2 outputs of each tile.
+//!
+//! Layouts are NHWC as everywhere in the runtime. Tiles are processed in
+//! groups of whole tile rows (two output rows each), so every task writes a
+//! contiguous run of output rows, and the work of a task fits in cache. The
+//! result does not depend on the thread count.
+
+use super::conv::Conv2dShape;
+use super::gemm::{matmul_rhs, MatRef, Rhs};
+use super::scratch::with_scratch;
+use rayon::prelude::*;
+
+/// Floats of transformed input and products one task works on at most
+/// (`16 * tiles * (in_channels + filters)`): about 1 MiB, within L2.
+const TASK_FLOATS: usize = 256 * 1024;
+
+/// Whether `s` is a convolution this module computes: a 3x3 kernel, stride 1,
+/// no dilation, and enough channels for the transforms to pay off (at least 8
+/// input channels and 8 filters; a first layer on an RGB image is not worth it).
+pub fn applies(s: &Conv2dShape) -> bool {
+    s.kernel_h == 3
+        && s.kernel_w == 3
+        && s.stride_h == 1
+        && s.stride_w == 1
+        && s.dilation_h == 1
+        && s.dilation_w == 1
+        && s.in_channels >= 8
+        && s.filters >= 8
+        && s.out_h >= 2
+        && s.out_w >= 2
+}
+
+/// A 3x3 kernel `[3, 3, in_channels, filters]` in the Winograd domain:
+/// `U = G g G^T`, 16 row-major matrices `[in_channels, filters]`
+/// (`u[xi * in_channels * filters + c * filters + k]`, `xi = 4 * row + col`).
+#[derive(Debug, Clone)]
+pub struct WinogradKernel {
+    u: Vec<f32>,
+    in_channels: usize,
+    filters: usize,
+}
+
+impl WinogradKernel {
+    /// Transforms `kernel` (`[3, 3, in_channels, filters]`, HWIO).
+    ///
+    /// # Panics
+    /// If `kernel.len() != 9 * in_channels * filters` (an internal invariant:
+    /// callers check shapes first).
+    pub fn new(kernel: &[f32], in_channels: usize, filters: usize) -> WinogradKernel {
+        let (c_n, k_n) = (in_channels, filters);
+        assert_eq!(kernel.len(), 9 * c_n * k_n, "winograd kernel length");
+        let mut u = vec![0.0f32; 16 * c_n * k_n];
+        let g = |ky: usize, kx: usize, c: usize| &kernel[((ky * 3 + kx) * c_n + c) * k_n..][..k_n];
+        let mut gg = vec![0.0f32; 12 * k_n]; // G g: [4][3][filters]
+        for c in 0..c_n {
+            // Rows of G g: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
+            for kx in 0..3 {
+                let (g0, g1, g2) = (g(0, kx, c), g(1, kx, c), g(2, kx, c));
+                for k in 0..k_n {
+                    gg[kx * k_n + k] = g0[k];
+                    gg[(3 + kx) * k_n + k] = 0.5 * (g0[k] + g1[k] + g2[k]);
+                    gg[(6 + kx) * k_n + k] = 0.5 * (g0[k] - g1[k] + g2[k]);
+                    gg[(9 + kx) * k_n + k] = g2[k];
+                }
+            }
+            // (G g) G^T: each row (a, b, c) -> (a, (a + b + c) / 2, (a - b + c) / 2, c).
+            for r in 0..4 {
+                let row = |j: usize| &gg[(3 * r + j) * k_n..][..k_n];
+                let (a, b, cc) = (row(0), row(1), row(2));
+                for (col, out) in (0..4).map(|col| (col, 4 * r + col)) {
+                    let dst = &mut u[(out * c_n + c) * k_n..][..k_n];
+                    for k in 0..k_n {
+                        dst[k] = match col {
+                            0 => a[k],
+                            1 => 0.5 * (a[k] + b[k] + cc[k]),
+                            2 => 0.5 * (a[k] - b[k] + cc[k]),
+                            _ => cc[k],
+                        };
+                    }
+                }
+            }
+        }
+        WinogradKernel {
+            u,
+            in_channels,
+            filters,
+        }
+    }
+
+    /// The kernel of the input gradient of a 3x3 stride-1 convolution:
+    /// `dx = conv(dy, g')` with `g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k]`
+    /// (the kernel rotated by 180 degrees, input and output channels
+    /// swapped), on `dy` padded by `2 - pad` before (see
+    /// [`input_gradient_shape`]). `kernel` is the forward kernel
+    /// `[3, 3, in_channels, filters]`; the result maps `filters` channels to
+    /// `in_channels`.
+    pub fn input_gradient(kernel: &[f32], in_channels: usize, filters: usize) -> WinogradKernel {
+        let (c_n, k_n) = (in_channels, filters);
+        assert_eq!(kernel.len(), 9 * c_n * k_n, "winograd kernel length");
+        let mut flipped = vec![0.0f32; kernel.len()];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                for c in 0..c_n {
+                    for k in 0..k_n {
+                        flipped[((ky * 3 + kx) * k_n + k) * c_n + c] =
+                            kernel[(((2 - ky) * 3 + (2 - kx)) * c_n + c) * k_n + k];
+                    }
+                }
+            }
+        }
+        WinogradKernel::new(&flipped, k_n, c_n)
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// Filters (output channels).
+    pub fn filters(&self) -> usize {
+        self.filters
+    }
+}
+
+/// The geometry of the input gradient of the 3x3 stride-1 convolution `s`
+/// as a forward convolution of `dy` (`[batch, out_h, out_w, filters]`) with
+/// [`WinogradKernel::input_gradient`], giving `dx` (`[batch, in_h, in_w,
+/// in_channels]`): pads `2 - pad` before and whatever makes the output
+/// `in_h x in_w` after. `None` when `s` is not such a convolution or a pad
+/// exceeds 2.
+pub fn input_gradient_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
+    if !(s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1)
+        || s.dilation_h != 1
+        || s.dilation_w != 1
+        || s.pad_top > 2
+        || s.pad_left > 2
+    {
+        return None;
+    }
+    let (top, left) = (2 - s.pad_top, 2 - s.pad_left);
+    // in = out + top + bottom - 2, so bottom = in - out - top + 2.
+    let bottom = (s.in_h + 2).checked_sub(s.out_h + top)?;
+    let right = (s.in_w + 2).checked_sub(s.out_w + left)?;
+    let attrs = cnnc_compiler::graph::ir::Conv2dAttrs {
+        in_channels: s.filters,
+        filters: s.in_channels,
+        kernel_size: [3, 3],
+        strides: [1, 1],
+        pads: cnnc_compiler::model::Pads2d {
+            top,
+            bottom,
+            left,
+            right,
+        },
+        dilation_rate: [1, 1],
+    };
+    let g = Conv2dShape::new(&attrs, s.batch, s.out_h, s.out_w).ok()?;
+    (g.out_h == s.in_h && g.out_w == s.in_w && applies(&g)).then_some(g)
+}
+
+/// `y = conv(x, kernel)` for a geometry where [`applies`] holds, then
+/// `epilogue(first_pixel, rows)` on each finished run of output pixels
+/// (`rows` is `[pixels, filters]`, `first_pixel` its index among all
+/// `batch * out_h * out_w` output pixels) to add a bias, a residual, an
+/// activation.
+///
+/// `x`: `[batch, in_h, in_w, in_channels]`; `y`: `[batch, out_h, out_w,
+/// filters]` (overwritten). Padding is `s.pad_top` / `s.pad_left` before and
+/// whatever the output size implies after, zeros as in [`super::conv`].
+///
+/// # Panics
+/// If the slices do not match `s` or the kernel (internal invariants).
+pub fn winograd_forward(
+    s: &Conv2dShape,
+    x: &[f32],
+    kernel: &WinogradKernel,
+    y: &mut [f32],
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(applies(s), "winograd geometry");
+    assert_eq!(x.len(), s.input_len(), "winograd input length");
+    assert_eq!(y.len(), s.output_len(), "winograd output length");
+    assert_eq!(
+        (kernel.in_channels, kernel.filters),
+        (s.in_channels, s.filters),
+        "winograd kernel channels"
+    );
+    let (c_n, k_n) = (s.in_channels, s.filters);
+    let (tiles_h, tiles_w) = (s.out_h.div_ceil(2), s.out_w.div_ceil(2));
+    // Tile rows per task: as many as fit the cache budget, and for small
+    // batches few enough that every image splits into several tasks.
+    let fit = (TASK_FLOATS / (16 * (c_n + k_n) * tiles_w)).max(1);
+    let group = if s.batch < 4 {
+        fit.min(tiles_h.div_ceil(4)).max(1)
+    } else {
+        fit
+    };
+    let rhs: Vec<Rhs<'_>> = (0..16)
+        .map(|xi| Rhs::new(MatRef::row_major(&kernel.u[xi * c_n * k_n..][..c_n * k_n], c_n, k_n)))
+        .collect();
+    let image_out = s.out_h * s.out_w * k_n;
+    let rows_per_task = 2 * group;
+    y.par_chunks_mut(image_out)
+        .enumerate()
+        .for_each(|(n, y_img)| {
+            let x_img = &x[n * s.image_len()..][..s.image_len()];
+            y_img
+                .par_chunks_mut(rows_per_task * s.out_w * k_n)
+                .enumerate()
+                .for_each(|(task, y_rows)| {
+                    let tr0 = task * group;
+                    let tile_rows = (tiles_h - tr0).min(group);
+                    let tiles = tile_rows * tiles_w;
+                    with_scratch(16 * tiles * (c_n + k_n), |buf| {
+                        let (v, m) = buf.split_at_mut(16 * tiles * c_n);
+                        input_transform(s, x_img, tr0, tile_rows, tiles_w, v);
+                        for xi in 0..16 {
+                            let a = MatRef::row_major(&v[xi * tiles * c_n..][..tiles * c_n], tiles, c_n);
+                            matmul_rhs(a, &rhs[xi], &mut m[xi * tiles * k_n..][..tiles * k_n], k_n, false);
+                        }
+                        output_transform(s, m, tr0, tiles, tiles_w, y_rows);
+                    });
+                    let first_pixel = n * s.out_h * s.out_w + 2 * tr0 * s.out_w;
+                    epilogue(first_pixel, y_rows);
+                });
+        });
+}
+
+/// Fills `v` (`[16, tiles, in_channels]`) with `B^T d B` of the input tiles of
+/// tile rows `tr0 .. tr0 + tile_rows` of one image.
+fn input_transform(
+    s: &Conv2dShape,
+    x_img: &[f32],
+    tr0: usize,
+    tile_rows: usize,
+    tiles_w: usize,
+    v: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        unsafe { input_transform_avx512(s, x_img, tr0, tile_rows, tiles_w, v) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { input_transform_avx2(s, x_img, tr0, tile_rows, tiles_w, v) };
+        return;
+    }
+    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_transform_avx512(
+    s: &Conv2dShape,
+    x_img: &[f32],
+    tr0: usize,
+    tile_rows: usize,
+    tiles_w: usize,
+    v: &mut [f32],
+) {
+    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn input_transform_avx2(
+    s: &Conv2dShape,
+    x_img: &[f32],
+    tr0: usize,
+    tile_rows: usize,
+    tiles_w: usize,
+    v: &mut [f32],
+) {
+    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v)
+}
+
+#[inline(always)]
+fn input_transform_body(
+    s: &Conv2dShape,
+    x_img: &[f32],
+    tr0: usize,
+    tile_rows: usize,
+    tiles_w: usize,
+    v: &mut [f32],
+) {
+    let c_n = s.in_channels;
+    let tiles = tile_rows * tiles_w;
+    let zeros = vec![0.0f32; c_n];
+    // The 16 input pixels of a tile (rows of `in_channels` values, zeros
+    // outside the image), then B^T d B channel by channel.
+    let mut d: [&[f32]; 16] = [&zeros[..]; 16];
+    let mut t = vec![0.0f32; 16 * c_n];
+    for tr in 0..tile_rows {
+        for tc in 0..tiles_w {
+            let tile = tr * tiles_w + tc;
+            let iy0 = (2 * (tr0 + tr)) as isize - s.pad_top as isize;
+            let ix0 = (2 * tc) as isize - s.pad_left as isize;
+            for (i, row) in d.chunks_exact_mut(4).enumerate() {
+                let iy = iy0 + i as isize;
+                for (j, px) in row.iter_mut().enumerate() {
+                    let ix = ix0 + j as isize;
+                    *px = if iy < 0 || ix < 0 || iy as usize >= s.in_h || ix as usize >= s.in_w {
+                        &zeros[..]
+                    } else {
+                        &x_img[((iy as usize) * s.in_w + ix as usize) * c_n..][..c_n]
+                    };
+                }
+            }
+            // t = B^T d: row 0 = d0 - d2, row 1 = d1 + d2, row 2 = d2 - d1, row 3 = d1 - d3.
+            for j in 0..4 {
+                let (d0, d1, d2, d3) = (d[j], d[4 + j], d[8 + j], d[12 + j]);
+                let (t01, rest) = t.split_at_mut(8 * c_n);
+                let (t0, t1) = t01.split_at_mut(4 * c_n);
+                let (t2, t3) = rest.split_at_mut(4 * c_n);
+                let (t0, t1, t2, t3) = (
+                    &mut t0[j * c_n..][..c_n],
+                    &mut t1[j * c_n..][..c_n],
+                    &mut t2[j * c_n..][..c_n],
+                    &mut t3[j * c_n..][..c_n],
+                );
+                for c in 0..c_n {
+                    t0[c] = d0[c] - d2[c];
+                    t1[c] = d1[c] + d2[c];
+                    t2[c] = d2[c] - d1[c];
+                    t3[c] = d1[c] - d3[c];
+                }
+            }
+            // V = t B: per row (e0..e3) -> (e0 - e2, e1 + e2, e2 - e1, e1 - e3).
+            for i in 0..4 {
+                let row = &t[i * 4 * c_n..][..4 * c_n];
+                let (e0, e1, e2, e3) = (
+                    &row[..c_n],
+                    &row[c_n..2 * c_n],
+                    &row[2 * c_n..3 * c_n],
+                    &row[3 * c_n..],
+                );
+                for (j, op) in (0..4).map(|j| (j, 4 * i + j)) {
+                    let dst = &mut v[(op * tiles + tile) * c_n..][..c_n];
+                    match j {
+                        0 => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e0[c] - e2[c]),
+                        1 => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e1[c] + e2[c]),
+                        2 => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e2[c] - e1[c]),
+                        _ => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e1[c] - e3[c]),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `A^T M A` of each tile (`m`: `[16, tiles, filters]`) into the
+/// output rows of the task (`y_rows`: from output row `2 * tr0`, whole rows).
+fn output_transform(
+    s: &Conv2dShape,
+    m: &[f32],
+    tr0: usize,
+    tiles: usize,
+    tiles_w: usize,
+    y_rows: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        unsafe { output_transform_avx512(s, m, tr0, tiles, tiles_w, y_rows) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { output_transform_avx2(s, m, tr0, tiles, tiles_w, y_rows) };
+        return;
+    }
+    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_transform_avx512(
+    s: &Conv2dShape,
+    m: &[f32],
+    tr0: usize,
+    tiles: usize,
+    tiles_w: usize,
+    y_rows: &mut [f32],
+) {
+    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn output_transform_avx2(
+    s: &Conv2dShape,
+    m: &[f32],
+    tr0: usize,
+    tiles: usize,
+    tiles_w: usize,
+    y_rows: &mut [f32],
+) {
+    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows)
+}
+
+#[inline(always)]
+fn output_transform_body(
+    s: &Conv2dShape,
+    m: &[f32],
+    tr0: usize,
+    tiles: usize,
+    tiles_w: usize,
+    y_rows: &mut [f32],
+) {
+    let k_n = s.filters;
+    let mut srow = vec![0.0f32; 8 * k_n]; // A^T M: [2][4][filters]
+    for tile in 0..tiles {
+        let (tr, tc) = (tile / tiles_w, tile % tiles_w);
+        let mm = |xi: usize| &m[(xi * tiles + tile) * k_n..][..k_n];
+        // s = A^T M: row 0 = m0 + m1 + m2, row 1 = m1 - m2 - m3 (rows of 4).
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (mm(j), mm(4 + j), mm(8 + j), mm(12 + j));
+            let (s0, s1) = srow.split_at_mut(4 * k_n);
+            let (s0, s1) = (&mut s0[j * k_n..][..k_n], &mut s1[j * k_n..][..k_n]);
+            for k in 0..k_n {
+                s0[k] = m0[k] + m1[k] + m2[k];
+                s1[k] = m1[k] - m2[k] - m3[k];
+            }
+        }
+        // Y = s A: per row (f0..f3) -> (f0 + f1 + f2, f1 - f2 - f3).
+        for r in 0..2 {
+            let oy = 2 * tr + r; // row within the task's rows
+            if 2 * tr0 + oy >= s.out_h {
+                continue;
+            }
+            let row = &srow[r * 4 * k_n..][..4 * k_n];
+            let (f0, f1, f2, f3) = (
+                &row[..k_n],
+                &row[k_n..2 * k_n],
+                &row[2 * k_n..3 * k_n],
+                &row[3 * k_n..],
+            );
+            let ox = 2 * tc;
+            let dst = &mut y_rows[(oy * s.out_w + ox) * k_n..][..k_n];
+            for k in 0..k_n {
+                dst[k] = f0[k] + f1[k] + f2[k];
+            }
+            if ox + 1 < s.out_w {
+                let dst = &mut y_rows[(oy * s.out_w + ox + 1) * k_n..][..k_n];
+                for k in 0..k_n {
+                    dst[k] = f1[k] - f2[k] - f3[k];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::conv2d_forward;
+    use cnnc_compiler::graph::ir::Conv2dAttrs;
+    use cnnc_compiler::model::{Activation, Pads2d};
+
+    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(batch: usize, h: usize, w: usize, c: usize, k: usize, pads: Pads2d) {
+        let attrs = Conv2dAttrs {
+            in_channels: c,
+            filters: k,
+            kernel_size: [3, 3],
+            strides: [1, 1],
+            pads,
+            dilation_rate: [1, 1],
+        };
+        let s = Conv2dShape::new(&attrs, batch, h, w).unwrap();
+        let x = lcg(1, s.input_len());
+        let kernel = lcg(2, s.kernel_len());
+        let mut want = vec![0.0; s.output_len()];
+        conv2d_forward(&s, &x, &kernel, None, Activation::Linear, &mut want).unwrap();
+        let wk = WinogradKernel::new(&kernel, c, k);
+        let mut got = vec![f32::NAN; s.output_len()];
+        let seen = std::sync::Mutex::new(Vec::new());
+        winograd_forward(&s, &x, &wk, &mut got, |first, rows| {
+            seen.lock().unwrap().push((first, rows.len() / k));
+        });
+        // Sums of 9 * c products of values in [-1, 1]: compare to that scale.
+        let scale = (9.0 * c as f32).sqrt();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 2e-5 * scale * 9.0,
+                "{batch}x{h}x{w}x{c}->{k} {pads:?}: element {i}: {a} vs {b}"
+            );
+        }
+        // The epilogue saw every output pixel exactly once, in runs.
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        let mut next = 0;
+        for (first, len) in seen {
+            assert_eq!(first, next);
+            next += len;
+        }
+        assert_eq!(next, s.rows());
+    }
+
+    const SAME: Pads2d = Pads2d {
+        top: 1,
+        bottom: 1,
+        left: 1,
+        right: 1,
+    };
+
+    #[test]
+    fn matches_im2col_convolution_for_same_padding() {
+        check(1, 14, 14, 16, 24, SAME);
+        check(2, 7, 7, 8, 8, SAME);
+        check(3, 5, 9, 12, 17, SAME);
+        check(5, 8, 8, 32, 16, SAME);
+    }
+
+    #[test]
+    fn matches_im2col_convolution_for_valid_and_uneven_padding() {
+        let none = Pads2d::default();
+        check(2, 9, 6, 8, 8, none);
+        check(1, 4, 4, 8, 9, none);
+        // TensorFlow's `same` on an even input with stride 1 is symmetric; an
+        // asymmetric (0, 2) padding exercises the bottom/right edge tiles.
+        check(
+            2,
+            6,
+            7,
+            9,
+            8,
+            Pads2d {
+                top: 0,
+                bottom: 2,
+                left: 2,
+                right: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn input_gradient_matches_the_im2col_backward_pass() {
+        use crate::kernels::conv::conv2d_backward;
+        for (batch, h, w, c, k, pads) in [
+            (2, 7, 9, 8, 12, SAME),
+            (1, 12, 12, 16, 8, Pads2d::default()),
+            (
+                3,
+                6,
+                5,
+                9,
+                10,
+                Pads2d {
+                    top: 0,
+                    bottom: 2,
+                    left: 1,
+                    right: 1,
+                },
+            ),
+        ] {
+            let attrs = Conv2dAttrs {
+                in_channels: c,
+                filters: k,
+                kernel_size: [3, 3],
+                strides: [1, 1],
+                pads,
+                dilation_rate: [1, 1],
+            };
+            let s = Conv2dShape::new(&attrs, batch, h, w).unwrap();
+            let x = lcg(3, s.input_len());
+            let kernel = lcg(4, s.kernel_len());
+            let y = vec![0.0; s.output_len()];
+            let dy0 = lcg(5, s.output_len());
+            let mut dy = dy0.clone();
+            let mut want = vec![0.0; s.input_len()];
+            conv2d_backward(
+                &s,
+                &x,
+                &kernel,
+                &y,
+                Activation::Linear,
+                &mut dy,
+                Some(&mut want),
+                None,
+                None,
+            )
+            .unwrap();
+            let g = input_gradient_shape(&s).expect("a 3x3 stride-1 conv");
+            let wk = WinogradKernel::input_gradient(&kernel, c, k);
+            let mut got = vec![f32::NAN; s.input_len()];
+            winograd_forward(&g, &dy0, &wk, &mut got, |_, _| {});
+            let scale = (9.0 * k as f32).sqrt();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 2e-4 * scale, "{i}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn applies_only_to_3x3_stride_1_undilated() {
+        let mut attrs = Conv2dAttrs {
+            in_channels: 16,
+            filters: 16,
+            kernel_size: [3, 3],
+            strides: [1, 1],
+            pads: SAME,
+            dilation_rate: [1, 1],
+        };
+        assert!(applies(&Conv2dShape::new(&attrs, 1, 8, 8).unwrap()));
+        attrs.strides = [2, 2];
+        assert!(!applies(&Conv2dShape::new(&attrs, 1, 8, 8).unwrap()));
+        attrs.strides = [1, 1];
+        attrs.dilation_rate = [2, 2];
+        attrs.pads = Pads2d {
+            top: 2,
+            bottom: 2,
+            left: 2,
+            right: 2,
+        };
+        assert!(!applies(&Conv2dShape::new(&attrs, 1, 8, 8).unwrap()));
+        attrs.dilation_rate = [1, 1];
+        attrs.in_channels = 3;
+        attrs.pads = SAME;
+        assert!(!applies(&Conv2dShape::new(&attrs, 1, 8, 8).unwrap()));
+    }
+
+    /// Wall time of im2col + GEMM vs Winograd on the shapes of the Fashion
+    /// CNN and ResNet-50 (a measurement, not a check: `cargo test --release
+    /// -p cnnc-runtime --lib winograd_timing -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn winograd_timing() {
+        for &(batch, hw, c, k) in &[
+            (256, 14, 64, 128),
+            (256, 14, 128, 128),
+            (256, 7, 128, 256),
+            (256, 7, 256, 256),
+            (1, 14, 128, 128),
+            (1, 56, 64, 64),
+            (1, 28, 128, 128),
+            (1, 14, 256, 256),
+            (1, 7, 512, 512),
+            (8, 56, 64, 64),
+            (8, 14, 256, 256),
+        ] {
+            let attrs = Conv2dAttrs {
+                in_channels: c,
+                filters: k,
+                kernel_size: [3, 3],
+                strides: [1, 1],
+                pads: SAME,
+                dilation_rate: [1, 1],
+            };
+            let s = Conv2dShape::new(&attrs, batch, hw, hw).unwrap();
+            let x = lcg(1, s.input_len());
+            let kernel = lcg(2, s.kernel_len());
+            let mut y = vec![0.0; s.output_len()];
+            let reps = (2e9 / (2.0 * s.macs() as f64)).clamp(1.0, 200.0) as usize;
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            };
+            let direct = time(&mut || {
+                conv2d_forward(&s, &x, &kernel, None, Activation::Linear, &mut y).unwrap()
+            });
+            let wk = WinogradKernel::new(&kernel, c, k);
+            let wino = time(&mut || winograd_forward(&s, &x, &wk, &mut y, |_, _| {}));
+            let transform = time(&mut || {
+                std::hint::black_box(WinogradKernel::new(&kernel, c, k));
+            });
+            let gflops = |t: f64| 2.0 * s.macs() as f64 / t / 1e9;
+            println!(
+                "b{batch} {hw}x{hw}x{c}->{k}: im2col {:.3} ms ({:.0} GFLOP/s), winograd {:.3} ms ({:.0} effective GFLOP/s), x{:.2}; kernel transform {:.3} ms",
+                direct * 1e3,
+                gflops(direct),
+                wino * 1e3,
+                gflops(wino),
+                direct / wino,
+                transform * 1e3
+            );
+        }
+    }
+}
