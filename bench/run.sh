@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
-# cnnc vs TensorFlow/Keras on the book's Fashion-MNIST CNN.
+# cnnc vs TensorFlow/Keras and ONNX Runtime: Fashion-MNIST CNN training and
+# inference, ResNet-50 and Xception inference, on 1 and 2 threads.
 #
 # Usage, from the repository root:
-#   bash bench/run.sh [--quick] [--threads 1,2] [--only cnnc|tf|both] [--write-results bench/RESULTS.md]
+#   bash bench/run.sh [--quick] [--threads 1,2] [--only cnnc,tf,ort|all] [--models fashion,resnet50,xception]
+#                     [--scale X] [--timeout S] [--write-results bench/RESULTS.md]
 #
-# 1. creates bench/.venv (python3 -m venv) with bench/requirements.txt if missing;
+# 1. creates bench/.venv (python3 -m venv) with bench/requirements.txt if it is
+#    missing or lacks a package (tensorflow, onnxruntime, onnx, psutil);
 # 2. builds cnnc with `cargo build --release` (honours CARGO_TARGET_DIR);
-# 3. runs every row (threads 1 and 2 x train b128, train b32, infer b1,
-#    infer b256) for cnnc and TF, one process per measurement, and prints a
-#    Markdown table; raw results go to bench/out/.
+# 3. bench/compare.py: measures the FP32 FMA peak (`cnnc bench --fma-peak`),
+#    exports the ONNX models (bench/export_onnx.py, cached in bench/out/onnx/),
+#    then runs every row for cnnc and its peers, one process per measurement,
+#    and prints Markdown tables; raw results go to bench/out/.
+# --quick multiplies the timed steps by 0.3 (a smoke test).
 # Environment: CNNC_SPEC (default specs/fashion_mnist.cnn), FASHION_MNIST_DIR
 # (default ../shared/data/fashion-mnist, random data if absent), PYTHON (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=""
+command_line="bash bench/run.sh $*"
+quick=()
 passthrough=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) quick="--scale 0.3"; shift ;;
-        --threads|--only|--scale|--timeout|--write-results) passthrough+=("$1" "$2"); shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --quick) quick=(--scale 0.3); shift ;;
+        --threads|--only|--models|--scale|--timeout|--write-results)
+            [ $# -ge 2 ] || { echo "bench/run.sh: $1 needs a value" >&2; exit 2; }
+            passthrough+=("$1" "$2"); shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 venv=bench/.venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tensorflow, psutil' >/dev/null 2>&1; then
-    echo "== creating $venv (tensorflow-cpu, psutil)"
-    "${PYTHON:-python3}" -m venv "$venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tensorflow, onnxruntime, onnx, psutil' >/dev/null 2>&1; then
+    echo "== setting up $venv (bench/requirements.txt: tensorflow-cpu, onnxruntime, onnx, psutil)"
+    [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
     "$venv/bin/pip" install --quiet -r bench/requirements.txt
 fi
@@ -37,6 +45,7 @@ echo "== cargo build --release"
 cargo build --release --quiet
 cnnc="${CARGO_TARGET_DIR:-target}/release/cnnc"
 [ -x "$cnnc" ] || { echo "bench/run.sh: $cnnc not found after the build" >&2; exit 1; }
+cnnc="$(cd "$(dirname "$cnnc")" && pwd)/$(basename "$cnnc")"
 
 spec="${CNNC_SPEC:-specs/fashion_mnist.cnn}"
 if [ ! -f "$spec" ]; then
@@ -53,5 +62,5 @@ if [ -z "${FASHION_MNIST_DIR:-}" ]; then
 fi
 
 echo "== benchmark ($spec, data: ${FASHION_MNIST_DIR:-random})"
-# shellcheck disable=SC2086
-exec "$venv/bin/python" bench/compare.py --cnnc "$cnnc" --spec "$spec" $quick "${passthrough[@]}"
+export BENCH_COMMAND="$command_line"
+exec "$venv/bin/python" bench/compare.py --cnnc "$cnnc" --spec "$spec" ${quick[@]+"${quick[@]}"} ${passthrough[@]+"${passthrough[@]}"}

@@ -66,6 +66,12 @@ def load_images(data_dir, n):
     return images, labels, "random"
 
 
+def cpu_seconds():
+    """User + system CPU time of every thread of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def batches(images, labels, batch_size, count):
     """`count` batches, cycling through the loaded images."""
     import numpy as np
@@ -131,10 +137,12 @@ def main():
 
     for i in range(args.warmup):
         step(i)
+    cpu_before = cpu_seconds()
     start = time.perf_counter()
     for i in range(args.warmup, total):
         last = step(i)
     elapsed = time.perf_counter() - start
+    cpu_s = cpu_seconds() - cpu_before
     if args.mode == "train":
         loss = float(last if not isinstance(last, (list, tuple)) else last[0])
     else:
@@ -154,6 +162,9 @@ def main():
         "ms_per_batch": ms_per_batch,
         # Linux reports ru_maxrss in KiB.
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        # CPU time of all threads during the timed steps, and the cores it kept busy.
+        "cpu_s": cpu_s,
+        "cores_used": cpu_s / elapsed,
         "params": params,
         "data": source,
         "last_loss": loss,

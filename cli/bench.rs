@@ -26,7 +26,7 @@ use cnnc_runtime::data::Dataset;
 use cnnc_runtime::executor::{Executor, Mode};
 use cnnc_runtime::loss::sparse_categorical_crossentropy;
 use cnnc_runtime::optim::{Optimizer, OptimizerConfig, SgdConfig};
-use cnnc_runtime::params::ParamStore;
+use cnnc_runtime::params::{model_params, InferenceParams, ParamStore};
 use cnnc_runtime::tensor::Tensor;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -71,8 +71,20 @@ pub enum BenchFormat {
 /// Arguments of `cnnc bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The `.cnn` spec to benchmark.
-    pub spec: PathBuf,
+    /// The `.cnn` spec to benchmark (not needed with `--fma-peak`).
+    #[arg(required_unless_present = "fma_peak")]
+    pub spec: Option<PathBuf>,
+
+    /// Instead of a spec, measure this machine's FP32 fused-multiply-add
+    /// peak (GFLOP/s) with independent AVX-512 (else AVX2 + FMA) chains, on
+    /// 1 thread and on `--threads` threads (default: one per core).
+    #[arg(long, conflicts_with = "spec")]
+    pub fma_peak: bool,
+
+    /// Seconds each `--fma-peak` repetition runs (3 repetitions per thread
+    /// count; the best one is reported).
+    #[arg(long, default_value_t = 0.3, value_name = "SECONDS")]
+    pub fma_seconds: f64,
 
     /// Workload: training steps or inference passes.
     #[arg(long, value_enum, default_value_t = BenchMode::Train)]
@@ -104,6 +116,26 @@ pub struct BenchArgs {
     /// Seed of the parameter initialisation and of the dropout masks.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+
+    /// Run the graph as lowered, without the optimization passes (to see
+    /// what the passes gain, or to check another runtime against the
+    /// unfused ops).
+    #[arg(long)]
+    pub no_optimize: bool,
+
+    /// Take the parameters from this `.safetensors` checkpoint (cnnc's
+    /// parameter names and Keras layouts, as `cnnc run` saves them) instead
+    /// of initialising them.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+
+    /// Inference only: after timing, run the first batch once more and
+    /// write it and its output to FILE as safetensors (F32 tensors `input`,
+    /// NHWC `[batch, h, w, c]`, and `output`, `[batch, ...]`), so another
+    /// runtime's output on the same input and weights can be compared
+    /// (`bench/export_onnx.py --verify`).
+    #[arg(long, value_name = "FILE")]
+    pub dump_io: Option<PathBuf>,
 }
 
 /// One measurement, as printed by `--format json`.
@@ -121,10 +153,28 @@ struct BenchResult {
     images_per_s: f64,
     ms_per_batch: f64,
     peak_rss_mb: Option<f64>,
+    /// CPU time of all the process's threads during the timed steps
+    /// (seconds; Linux only).
+    cpu_s: Option<f64>,
+    /// `cpu_s / wall time`: how many cores the timed steps kept busy.
+    cores_used: Option<f64>,
     /// Whether the peak-RSS count was restarted after the data was loaded
     /// (`/proc/self/clear_refs`), so the full-file read does not count.
     peak_rss_reset_after_load: bool,
     params: usize,
+    /// Seconds to initialise (or load) the parameters and, for inference,
+    /// prepare them (`InferenceParams::prepare`); not part of the timing.
+    prepare_s: f64,
+    /// The spec's model name (`fashion_mnist`, `resnet50`, ...).
+    model: String,
+    /// Per-example input shape (NHWC without the batch).
+    input_shape: Vec<usize>,
+    /// Forward FLOPs per image, as `cnnc build --format json` counts them
+    /// (`Model::flops`: 2 x multiply-adds of conv and dense layers plus one
+    /// per element for bias, activation, pooling, batch norm, ...). A
+    /// training step costs about 3x this per image (forward, input gradient,
+    /// kernel gradient).
+    flops_per_image: u64,
     /// `fashion-mnist` or `random`.
     data: &'static str,
     /// Mean loss of the last timed training step (None for inference).
@@ -133,14 +183,29 @@ struct BenchResult {
     rewrites: usize,
 }
 
+/// The parameters a step runs with.
+enum StepParams {
+    /// Training: the model's parameters and the optimizer updating them.
+    Train(ParamStore, Optimizer),
+    /// Inference: the parameters prepared once for the inference graph.
+    Infer(InferenceParams),
+}
+
 /// Runs `cnnc bench`. Exit codes: 0 success, 1 spec errors, 2 usage or I/O errors.
 pub fn execute(args: BenchArgs) -> ExitCode {
+    if args.fma_peak {
+        return fma::execute(args.fma_seconds, args.format);
+    }
+    let Some(spec) = args.spec.as_deref() else {
+        eprintln!("error: a spec is required (or --fma-peak)");
+        return ExitCode::from(2);
+    };
     if args.batch_size == 0 || args.steps == 0 {
         eprintln!("error: --batch-size and --steps must be at least 1");
         return ExitCode::from(2);
     }
-    let path = args.spec.display().to_string();
-    let src = match std::fs::read_to_string(&args.spec) {
+    let path = spec.display().to_string();
+    let src = match std::fs::read_to_string(spec) {
         Ok(src) => src,
         Err(err) => {
             eprintln!("error: cannot read {path}: {err}");
@@ -166,9 +231,17 @@ pub fn execute(args: BenchArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (graph, rewrites) = optimize(graph, target);
+    let flops_per_image = model.flops();
+    let (graph, rewrites) = if args.no_optimize {
+        (graph, Vec::new())
+    } else {
+        optimize(graph, target)
+    };
     let input_shape = graph.node(graph.input).shape.clone();
-    let param_count = graph.param_count();
+    let model_name = graph.name.clone();
+    // The model's own parameters (Keras's total), not the folded copies an
+    // inference graph adds.
+    let param_count: usize = model_params(&graph).iter().map(|p| p.len()).sum();
     if let Err(err) = crate::memory::check_fits(&graph, args.batch_size, target == Target::Training)
     {
         eprintln!("error: {err}");
@@ -190,18 +263,47 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     // (it decompresses only the prefix it uses): start the peak-RSS count here.
     let rss_reset = reset_peak_rss();
 
-    let mut params = ParamStore::init(&graph, args.seed);
-    let mut trainer = match args.mode {
+    if args.dump_io.is_some() && args.mode != BenchMode::Infer {
+        eprintln!("error: --dump-io needs --mode infer");
+        return ExitCode::from(2);
+    }
+    let prepare_start = Instant::now();
+    let model = match &args.weights {
+        None => ParamStore::init(&graph, args.seed),
+        Some(file) => match cnnc_runtime::checkpoint::load(file, model_params(&graph)) {
+            Ok(params) => params,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    // Inference runs on parameters prepared once, as a deployed model is
+    // (folded batch norms computed, kernels packed for the GEMM): the
+    // counterpart of ONNX Runtime's session initialisation, not timed.
+    let mut state = match args.mode {
         BenchMode::Train => match Optimizer::new(OptimizerConfig::Sgd(SGD), &graph.params) {
-            Ok(opt) => Some(opt),
+            Ok(opt) => StepParams::Train(model, opt),
             Err(err) => {
                 eprintln!("error: {err}");
                 return ExitCode::from(2);
             }
         },
-        BenchMode::Infer => None,
+        BenchMode::Infer => match InferenceParams::prepare(&graph, model) {
+            Ok(prepared) => StepParams::Infer(prepared),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(1);
+            }
+        },
     };
-    let mut executor = Executor::new(graph);
+    let prepare_s = prepare_start.elapsed().as_secs_f64();
+    // Inference runs on the memory plan's shared buffers; training keeps
+    // every activation for the backward pass.
+    let mut executor = match args.mode {
+        BenchMode::Train => Executor::new(graph),
+        BenchMode::Infer => Executor::for_inference(graph),
+    };
 
     if let Err(err) = executor.validate() {
         eprintln!("error: {err}");
@@ -211,17 +313,17 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     // loop does (`forward_into`, `backward_into`).
     let mut output = Tensor::zeros(vec![0]);
     let mut grads: Vec<Tensor> = Vec::new();
-    let mut step = |i: usize, params: &mut ParamStore| -> Result<Option<f32>, String> {
+    let mut step = |i: usize, state: &mut StepParams| -> Result<Option<f32>, String> {
         let (x, labels) = &batches[i % batches.len()];
-        match trainer.as_mut() {
-            None => {
+        match state {
+            StepParams::Infer(prepared) => {
                 executor
-                    .forward_into(params, x, Mode::Inference, &mut output)
+                    .forward_into(prepared, x, Mode::Inference, &mut output)
                     .map_err(|e| e.to_string())?;
                 std::hint::black_box(&output);
                 Ok(None)
             }
-            Some(sgd) => {
+            StepParams::Train(params, sgd) => {
                 let seed = args.seed.wrapping_add(i as u64);
                 executor
                     .forward_into(params, x, Mode::Train { seed }, &mut output)
@@ -238,15 +340,16 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     };
 
     for i in 0..args.warmup {
-        if let Err(err) = step(i, &mut params) {
+        if let Err(err) = step(i, &mut state) {
             eprintln!("error: {err}");
             return ExitCode::from(1);
         }
     }
+    let cpu_before = process_cpu_s();
     let start = Instant::now();
     let mut last_loss = None;
     for i in args.warmup..total {
-        match step(i, &mut params) {
+        match step(i, &mut state) {
             Ok(loss) => last_loss = loss,
             Err(err) => {
                 eprintln!("error: {err}");
@@ -255,6 +358,23 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_s = match (cpu_before, process_cpu_s()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+
+    if let (Some(file), StepParams::Infer(prepared)) = (&args.dump_io, &state) {
+        let x = &batches[0].0;
+        if let Err(err) = executor.forward_into(prepared, x, Mode::Inference, &mut output) {
+            eprintln!("error: {err}");
+            return ExitCode::from(1);
+        }
+        let tensors = [("input", x), ("output", &output)];
+        if let Err(err) = std::fs::write(file, safetensors_bytes(&tensors)) {
+            eprintln!("error: cannot write {}: {err}", file.display());
+            return ExitCode::from(2);
+        }
+    }
 
     let result = BenchResult {
         implementation: "cnnc",
@@ -267,8 +387,14 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         images_per_s: (args.batch_size * args.steps) as f64 / elapsed,
         ms_per_batch: elapsed * 1000.0 / args.steps as f64,
         peak_rss_mb: peak_rss_mb(),
+        cpu_s,
+        cores_used: cpu_s.map(|c| c / elapsed),
         peak_rss_reset_after_load: rss_reset,
         params: param_count,
+        prepare_s,
+        model: model_name,
+        input_shape: input_shape.clone(),
+        flops_per_image,
         data: data_source,
         last_loss,
         rewrites: rewrites.len(),
@@ -299,12 +425,58 @@ fn text_report(r: &BenchResult, path: &str) -> String {
     );
     out += &format!("  images/s     {:.1}\n", r.images_per_s);
     out += &format!("  ms/batch     {:.3}\n", r.ms_per_batch);
+    let step_flops = match r.mode {
+        "train" => 3.0 * r.flops_per_image as f64,
+        _ => r.flops_per_image as f64,
+    };
+    out += &format!(
+        "  GFLOP/s      {:.1} ({:.3} GFLOP per image forward{})\n",
+        r.images_per_s * step_flops / 1e9,
+        r.flops_per_image as f64 / 1e9,
+        if r.mode == "train" {
+            ", x3 for a training step"
+        } else {
+            ""
+        }
+    );
     match r.peak_rss_mb {
         Some(mb) => out += &format!("  peak RSS     {mb:.1} MB\n"),
         None => out += "  peak RSS     n/a\n",
     }
+    if let Some(cores) = r.cores_used {
+        out += &format!("  cores used   {cores:.2}\n");
+    }
     if let Some(loss) = r.last_loss {
         out += &format!("  last loss    {loss:.4}\n");
+    }
+    out
+}
+
+/// The safetensors encoding of F32 tensors (format: an 8-byte little-endian
+/// header length, a JSON header `{name: {"dtype", "shape", "data_offsets"}}`
+/// padded with spaces to a multiple of 8, then the little-endian data).
+fn safetensors_bytes(tensors: &[(&str, &Tensor)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, t) in tensors {
+        let len = t.len() * 4;
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape(), "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    while !head.len().is_multiple_of(8) {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for (_, t) in tensors {
+        for v in t.iter() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
     out
 }
@@ -321,6 +493,19 @@ fn default_data_dir() -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.is_dir())
         .unwrap_or_else(|| PathBuf::from(candidates[0]))
+}
+
+/// CPU time in seconds of every thread of this process so far: the sum of
+/// the first field (on-CPU nanoseconds) of `/proc/self/task/*/schedstat`.
+/// `None` where there is no such file (not Linux).
+fn process_cpu_s() -> Option<f64> {
+    let mut total_ns: u64 = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total_ns += fma::parse_schedstat_ns(&text)?;
+    }
+    Some(total_ns as f64 * 1e-9)
 }
 
 /// Peak resident set size in MiB, from the `VmHWM:` line (kB) of `/proc/self/status`.
@@ -437,6 +622,375 @@ impl SplitMix64 {
     }
 }
 
+/// `cnnc bench --fma-peak`: the machine's measured FP32 fused-multiply-add
+/// peak, the denominator of the "% of peak" column of `bench/run.sh`.
+///
+/// Each thread runs `CHAINS` independent accumulator chains
+/// `acc_i = a * b + acc_i` of packed FP32 FMAs in a loop (inline assembly, so
+/// the compiler can neither drop nor reorder them). An FMA has a latency of
+/// about 4 cycles and a server core issues up to 2 per cycle, so at least 8
+/// chains must be in flight to keep both FMA pipes busy; 16 (AVX-512, `zmm`)
+/// or 12 (AVX2, `ymm`, 16 registers) are used. One FMA on `L` lanes counts
+/// as `2 L` FLOP (a multiply and an add, the usual convention), so a core
+/// with two 16-lane FMA pipes peaks at `64 x clock` GFLOP/s.
+mod fma {
+    use super::BenchFormat;
+    use serde::Serialize;
+    use std::process::ExitCode;
+    use std::sync::Barrier;
+    use std::time::Instant;
+
+    /// The widest FMA instruction set available at run time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Isa {
+        /// AVX-512F `vfmadd231ps zmm`: 16 f32 lanes, 16 chains.
+        Avx512,
+        /// AVX2 + FMA3 `vfmadd231ps ymm`: 8 f32 lanes, 12 chains.
+        Avx2Fma,
+    }
+
+    impl Isa {
+        /// Detected with `is_x86_feature_detected!`; `None` without FMA.
+        pub fn detect() -> Option<Isa> {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return Some(Isa::Avx512);
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return Some(Isa::Avx2Fma);
+                }
+            }
+            None
+        }
+
+        pub fn name(self) -> &'static str {
+            match self {
+                Isa::Avx512 => "avx512f",
+                Isa::Avx2Fma => "avx2+fma",
+            }
+        }
+
+        /// f32 lanes per FMA instruction.
+        pub fn lanes(self) -> u64 {
+            match self {
+                Isa::Avx512 => 16,
+                Isa::Avx2Fma => 8,
+            }
+        }
+
+        /// Independent accumulator chains per loop iteration.
+        pub fn chains(self) -> u64 {
+            match self {
+                Isa::Avx512 => 16,
+                Isa::Avx2Fma => 12,
+            }
+        }
+
+        /// FLOPs of one loop iteration: chains x lanes x 2.
+        pub fn flops_per_iteration(self) -> u64 {
+            self.chains() * self.lanes() * 2
+        }
+
+        /// Runs `iterations` loop iterations (at least 1).
+        fn run(self, iterations: u64) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect` returned this ISA, so the CPU has the features
+            // the functions are compiled for; the assembly only touches the
+            // registers it declares as clobbered.
+            unsafe {
+                match self {
+                    Isa::Avx512 => fma_chains_avx512(iterations.max(1)),
+                    Isa::Avx2Fma => fma_chains_avx2(iterations.max(1)),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = iterations;
+        }
+    }
+
+    /// 16 chains of `vfmadd231ps zmm`, `iterations` times (>= 1).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma_chains_avx512(iterations: u64) {
+        // SAFETY: register-only arithmetic on declared clobbers; the caller
+        // guarantees AVX-512F and iterations >= 1 (the loop runs until the
+        // counter reaches 0 after a decrement).
+        unsafe {
+            std::arch::asm!(
+                "vpxord zmm0, zmm0, zmm0",
+                "vpxord zmm1, zmm1, zmm1",
+                "vpxord zmm2, zmm2, zmm2",
+                "vpxord zmm3, zmm3, zmm3",
+                "vpxord zmm4, zmm4, zmm4",
+                "vpxord zmm5, zmm5, zmm5",
+                "vpxord zmm6, zmm6, zmm6",
+                "vpxord zmm7, zmm7, zmm7",
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "vpxord zmm16, zmm16, zmm16",
+                "vpxord zmm17, zmm17, zmm17",
+                "2:",
+                "vfmadd231ps zmm0, zmm16, zmm17",
+                "vfmadd231ps zmm1, zmm16, zmm17",
+                "vfmadd231ps zmm2, zmm16, zmm17",
+                "vfmadd231ps zmm3, zmm16, zmm17",
+                "vfmadd231ps zmm4, zmm16, zmm17",
+                "vfmadd231ps zmm5, zmm16, zmm17",
+                "vfmadd231ps zmm6, zmm16, zmm17",
+                "vfmadd231ps zmm7, zmm16, zmm17",
+                "vfmadd231ps zmm8, zmm16, zmm17",
+                "vfmadd231ps zmm9, zmm16, zmm17",
+                "vfmadd231ps zmm10, zmm16, zmm17",
+                "vfmadd231ps zmm11, zmm16, zmm17",
+                "vfmadd231ps zmm12, zmm16, zmm17",
+                "vfmadd231ps zmm13, zmm16, zmm17",
+                "vfmadd231ps zmm14, zmm16, zmm17",
+                "vfmadd231ps zmm15, zmm16, zmm17",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) iterations => _,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+                out("zmm16") _, out("zmm17") _,
+                options(nostack, nomem),
+            );
+        }
+    }
+
+    /// 12 chains of `vfmadd231ps ymm`, `iterations` times (>= 1).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fma_chains_avx2(iterations: u64) {
+        // SAFETY: as for `fma_chains_avx512`, with AVX2 + FMA guaranteed.
+        unsafe {
+            std::arch::asm!(
+                "vxorps ymm0, ymm0, ymm0",
+                "vxorps ymm1, ymm1, ymm1",
+                "vxorps ymm2, ymm2, ymm2",
+                "vxorps ymm3, ymm3, ymm3",
+                "vxorps ymm4, ymm4, ymm4",
+                "vxorps ymm5, ymm5, ymm5",
+                "vxorps ymm6, ymm6, ymm6",
+                "vxorps ymm7, ymm7, ymm7",
+                "vxorps ymm8, ymm8, ymm8",
+                "vxorps ymm9, ymm9, ymm9",
+                "vxorps ymm10, ymm10, ymm10",
+                "vxorps ymm11, ymm11, ymm11",
+                "vxorps ymm12, ymm12, ymm12",
+                "vxorps ymm13, ymm13, ymm13",
+                "2:",
+                "vfmadd231ps ymm0, ymm12, ymm13",
+                "vfmadd231ps ymm1, ymm12, ymm13",
+                "vfmadd231ps ymm2, ymm12, ymm13",
+                "vfmadd231ps ymm3, ymm12, ymm13",
+                "vfmadd231ps ymm4, ymm12, ymm13",
+                "vfmadd231ps ymm5, ymm12, ymm13",
+                "vfmadd231ps ymm6, ymm12, ymm13",
+                "vfmadd231ps ymm7, ymm12, ymm13",
+                "vfmadd231ps ymm8, ymm12, ymm13",
+                "vfmadd231ps ymm9, ymm12, ymm13",
+                "vfmadd231ps ymm10, ymm12, ymm13",
+                "vfmadd231ps ymm11, ymm12, ymm13",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) iterations => _,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                out("ymm12") _, out("ymm13") _,
+                options(nostack, nomem),
+            );
+        }
+    }
+
+    /// One thread count's figure.
+    #[derive(Debug, Serialize)]
+    pub struct PeakRow {
+        pub threads: usize,
+        /// All threads together: total FLOPs / the slowest thread's wall time.
+        pub gflops: f64,
+        /// `gflops / threads`.
+        pub gflops_per_thread: f64,
+        /// Per thread, FLOPs / the thread's own on-CPU time (from
+        /// `/proc/thread-self/schedstat`), averaged over the threads: the
+        /// core's speed while it runs the loop, unaffected by time slices
+        /// other processes take on a busy machine. `None` off Linux.
+        pub gflops_per_core_on_cpu: Option<f64>,
+    }
+
+    /// What `--fma-peak --format json` prints.
+    #[derive(Debug, Serialize)]
+    struct PeakReport {
+        #[serde(rename = "impl")]
+        implementation: &'static str,
+        workload: &'static str,
+        isa: &'static str,
+        vector_lanes: u64,
+        chains: u64,
+        flops_per_fma_lane: u64,
+        seconds_per_repetition: f64,
+        repetitions: usize,
+        results: Vec<PeakRow>,
+    }
+
+    const REPETITIONS: usize = 3;
+
+    /// Nanoseconds the calling thread has spent on a CPU: the first field of
+    /// `/proc/thread-self/schedstat` (Linux `sched_info`).
+    fn thread_cpu_ns() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        parse_schedstat_ns(&text)
+    }
+
+    /// The on-CPU nanoseconds (first field) of a `schedstat` line.
+    pub(super) fn parse_schedstat_ns(text: &str) -> Option<u64> {
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Loop iterations that take about `seconds` on one thread.
+    fn calibrate(isa: Isa, seconds: f64) -> u64 {
+        let mut iterations: u64 = 1 << 16;
+        loop {
+            let start = Instant::now();
+            isa.run(iterations);
+            let elapsed = start.elapsed().as_secs_f64();
+            if elapsed >= 0.02 || iterations >= 1 << 40 {
+                let scaled = iterations as f64 * seconds / elapsed.max(1e-9);
+                return scaled.clamp(1.0, (1u64 << 40) as f64) as u64;
+            }
+            iterations *= 4;
+        }
+    }
+
+    /// Best of [`REPETITIONS`] runs of `iterations` on each of `threads`
+    /// threads started together (a barrier).
+    pub fn measure(isa: Isa, threads: usize, iterations: u64) -> PeakRow {
+        let per_thread = (isa.flops_per_iteration() * iterations) as f64;
+        let mut best_wall = 0.0f64;
+        let mut best_on_cpu: Option<f64> = None;
+        for _ in 0..REPETITIONS {
+            let barrier = Barrier::new(threads);
+            let timings: Vec<(f64, Option<f64>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            let cpu0 = thread_cpu_ns();
+                            let start = Instant::now();
+                            isa.run(iterations);
+                            let wall = start.elapsed().as_secs_f64();
+                            let cpu = match (cpu0, thread_cpu_ns()) {
+                                (Some(a), Some(b)) if b > a => Some((b - a) as f64 * 1e-9),
+                                _ => None,
+                            };
+                            (wall, cpu)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or((f64::INFINITY, None)))
+                    .collect()
+            });
+            let slowest = timings.iter().map(|t| t.0).fold(0.0f64, f64::max);
+            best_wall = best_wall.max(per_thread * threads as f64 / slowest.max(1e-9) / 1e9);
+            let on_cpu: Option<Vec<f64>> = timings
+                .iter()
+                .map(|t| t.1.map(|cpu| per_thread / cpu / 1e9))
+                .collect();
+            if let Some(rates) = on_cpu {
+                let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+                best_on_cpu = Some(best_on_cpu.map_or(mean, |b: f64| b.max(mean)));
+            }
+        }
+        PeakRow {
+            threads,
+            gflops: best_wall,
+            gflops_per_thread: best_wall / threads as f64,
+            gflops_per_core_on_cpu: best_on_cpu,
+        }
+    }
+
+    /// Thread counts measured: 1 and the runtime's (`--threads`, default
+    /// one per core), without repeats.
+    fn thread_counts() -> Vec<usize> {
+        let n = rayon::current_num_threads().max(1);
+        if n == 1 {
+            vec![1]
+        } else {
+            vec![1, n]
+        }
+    }
+
+    pub fn execute(seconds: f64, format: BenchFormat) -> ExitCode {
+        if !(seconds.is_finite() && seconds > 0.0 && seconds <= 60.0) {
+            eprintln!("error: --fma-seconds must be in (0, 60], found {seconds}");
+            return ExitCode::from(2);
+        }
+        let Some(isa) = Isa::detect() else {
+            eprintln!("error: --fma-peak needs an x86-64 CPU with AVX-512F or AVX2 + FMA");
+            return ExitCode::from(2);
+        };
+        let iterations = calibrate(isa, seconds);
+        let results: Vec<PeakRow> = thread_counts()
+            .into_iter()
+            .map(|t| measure(isa, t, iterations))
+            .collect();
+        let report = PeakReport {
+            implementation: "cnnc",
+            workload: "fma-peak",
+            isa: isa.name(),
+            vector_lanes: isa.lanes(),
+            chains: isa.chains(),
+            flops_per_fma_lane: 2,
+            seconds_per_repetition: seconds,
+            repetitions: REPETITIONS,
+            results,
+        };
+        let text = match format {
+            BenchFormat::Json => match serde_json::to_string(&report) {
+                Ok(line) => format!("{line}\n"),
+                Err(err) => {
+                    eprintln!("error: cannot serialize the result: {err}");
+                    return ExitCode::from(2);
+                }
+            },
+            BenchFormat::Text => {
+                let mut out = format!(
+                    "FP32 FMA peak ({}, {} lanes x {} chains, best of {}):\n",
+                    report.isa, report.vector_lanes, report.chains, report.repetitions
+                );
+                for r in &report.results {
+                    out += &format!(
+                        "  {} thread{}  {:.1} GFLOP/s ({:.1} per thread",
+                        r.threads,
+                        if r.threads == 1 { " " } else { "s" },
+                        r.gflops,
+                        r.gflops_per_thread
+                    );
+                    if let Some(core) = r.gflops_per_core_on_cpu {
+                        out += &format!("; {core:.1} per core while on a CPU");
+                    }
+                    out += ")\n";
+                }
+                out
+            }
+        };
+        crate::output::write_stdout(&text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +1040,67 @@ mod tests {
         assert_eq!(first(&batches[0].0, 1), 50.0 / 255.0);
         assert_eq!(first(&batches[1].0, 0), 100.0 / 255.0);
         assert_eq!(first(&batches[1].0, 1), 0.0);
+    }
+
+    /// `cnnc bench`'s arguments on their own, for parsing tests.
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    #[test]
+    fn fma_peak_needs_no_spec_and_excludes_one() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["bench", "--fma-peak"]).unwrap();
+        assert!(cli.args.fma_peak);
+        assert!(cli.args.spec.is_none());
+        assert!(Cli::try_parse_from(["bench"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "a.cnn", "--fma-peak"]).is_err());
+        let cli = Cli::try_parse_from(["bench", "a.cnn", "--no-optimize"]).unwrap();
+        assert_eq!(cli.args.spec.as_deref(), Some(Path::new("a.cnn")));
+        assert!(cli.args.no_optimize);
+    }
+
+    #[test]
+    fn fma_flops_per_iteration_count_two_per_lane() {
+        // 16 chains x 16 lanes x (multiply + add); 12 chains x 8 lanes x 2.
+        assert_eq!(fma::Isa::Avx512.flops_per_iteration(), 512);
+        assert_eq!(fma::Isa::Avx2Fma.flops_per_iteration(), 192);
+    }
+
+    #[test]
+    fn fma_measure_reports_consistent_rates() {
+        let Some(isa) = fma::Isa::detect() else {
+            return;
+        };
+        let row = fma::measure(isa, 2, 1 << 12);
+        assert_eq!(row.threads, 2);
+        assert!(row.gflops > 0.0 && row.gflops.is_finite());
+        assert!((row.gflops_per_thread * 2.0 - row.gflops).abs() <= 1e-9 * row.gflops);
+    }
+
+    #[test]
+    fn schedstat_first_field_is_on_cpu_ns() {
+        assert_eq!(fma::parse_schedstat_ns("247303 2854806 1\n"), Some(247_303));
+        assert_eq!(fma::parse_schedstat_ns(""), None);
+        assert_eq!(fma::parse_schedstat_ns("x 1 2"), None);
+    }
+
+    #[test]
+    fn safetensors_layout_is_header_then_little_endian_data() {
+        let a = Tensor::from_shape_vec(vec![1, 2], vec![1.0, -2.0]).unwrap();
+        let b = Tensor::from_shape_vec(vec![1], vec![0.5]).unwrap();
+        let bytes = safetensors_bytes(&[("input", &a), ("output", &b)]);
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        assert_eq!(header["input"]["shape"], serde_json::json!([1, 2]));
+        assert_eq!(header["input"]["data_offsets"], serde_json::json!([0, 8]));
+        assert_eq!(header["output"]["data_offsets"], serde_json::json!([8, 12]));
+        let data = &bytes[8 + n..];
+        assert_eq!(data.len(), 12);
+        assert_eq!(&data[4..8], &(-2.0f32).to_le_bytes());
+        assert_eq!(&data[8..12], &0.5f32.to_le_bytes());
     }
 }

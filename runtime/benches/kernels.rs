@@ -1,22 +1,39 @@
-//! Kernel and whole-model throughput on the Fashion-MNIST CNN shapes
-//! (batch 128): `cargo bench -p cnnc-runtime --bench kernels`.
+//! Kernel and whole-model throughput: `cargo bench -p cnnc-runtime --bench kernels [-- FILTER]`.
+//!
+//! Groups:
+//! - `conv_1_thread`: the five convolutions of the Fashion-MNIST CNN at
+//!   batch 128, forward and both backward GEMMs;
+//! - `zoo_1_thread`: inference kernels at the shapes of ResNet-50, Xception
+//!   and MobileNetV2 at batch 1 (what `bench/run.sh`'s zoo rows run):
+//!   3x3 stride-1 and 1x1 convolutions at ResNet-50's four stages, the 7x7
+//!   stride-2 stem, depthwise 3x3 (Xception's middle flow and entry flow,
+//!   MobileNetV2's stride-2 block), batch norm with moving statistics,
+//!   max pooling (ResNet-50's 3x3 stride-2 stem pool, Xception's 3x3
+//!   stride-2 `same` pool, the Fashion CNN's 2x2) and a 2x2 average pool;
+//! - `model`: a Fashion-MNIST CNN training step and inference at batch 128,
+//!   on 1 and 2 threads.
 //!
 //! Throughput is reported in "elements": floating-point operations for the
-//! conv groups (so `Gelem/s` reads as GFLOP/s, 2 × multiply-adds) and images
-//! for the `model` group (`Kelem/s` × 1000 = images/s for one training step,
-//! forward + backward).
+//! conv and depthwise cases (so `Gelem/s` reads as GFLOP/s, 2 × multiply-adds),
+//! bytes read + written for batch norm and pooling (memory-bound: `GiB/s`),
+//! and images for the `model` group (`Kelem/s` × 1000 = images/s for one
+//! training step, forward + backward).
 
 #[path = "../tests/kernels_support/mod.rs"]
 mod kernels_support;
 
-use cnnc_compiler::graph::ir::Conv2dAttrs;
+use cnnc_compiler::graph::ir::{Conv2dAttrs, DepthwiseConv2dAttrs, Pool2dAttrs};
 use cnnc_compiler::model::{Activation, Pads2d};
 use cnnc_runtime::executor::{Executor, Mode};
-use cnnc_runtime::kernels::{conv2d_backward, conv2d_forward, Conv2dShape};
+use cnnc_runtime::kernels::depthwise::{depthwise_conv2d_forward, DepthwiseConv2dShape};
+use cnnc_runtime::kernels::{
+    avg_pool2d_forward, batch_norm_inference_forward, conv2d_backward, conv2d_forward,
+    max_pool2d_forward, BatchNormShape, Conv2dShape, Pool2dShape,
+};
 use cnnc_runtime::params::ParamStore;
 use cnnc_runtime::tensor::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kernels_support::{fashion_mnist_graph, rand_vec};
+use kernels_support::{fashion_mnist_graph, rand_vec, same_pads2d};
 use ndarray::IxDyn;
 use std::time::Duration;
 
@@ -109,6 +126,180 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// A pool of `threads` rayon workers (the kernels use the current pool).
+fn pool_of(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool")
+}
+
+/// Valid (no) padding.
+const NO_PADS: Pads2d = Pads2d {
+    top: 0,
+    bottom: 0,
+    left: 0,
+    right: 0,
+};
+
+/// Convolutions of ResNet-50 (He et al. 2016, Keras `ResNet50` at 224x224):
+/// (name, input size, in_channels, filters, kernel, stride).
+const ZOO_CONVS: [(&str, usize, usize, usize, usize, usize); 9] = [
+    ("resnet_stem_7x7s2", 224, 3, 64, 7, 2),
+    ("resnet_conv2_3x3", 56, 64, 64, 3, 1),
+    ("resnet_conv3_3x3", 28, 128, 128, 3, 1),
+    ("resnet_conv4_3x3", 14, 256, 256, 3, 1),
+    ("resnet_conv5_3x3", 7, 512, 512, 3, 1),
+    ("resnet_conv2_1x1_expand", 56, 64, 256, 1, 1),
+    ("resnet_conv3_1x1_reduce", 28, 512, 128, 1, 1),
+    ("resnet_conv4_1x1_expand", 14, 256, 1024, 1, 1),
+    ("resnet_conv5_1x1_reduce", 7, 2048, 512, 1, 1),
+];
+
+/// Depthwise 3x3 convolutions: (name, input size, channels, stride).
+/// Xception (Chollet 2017) middle flow 19x19x728 and entry flow 74x74x256;
+/// MobileNetV2 (Sandler et al. 2018) block 3, 112x112x96 stride 2 (with
+/// Keras's `ZeroPadding2D` folded into the pads here).
+const ZOO_DEPTHWISE: [(&str, usize, usize, usize); 3] = [
+    ("xception_middle_19x19x728", 19, 728, 1),
+    ("xception_entry_74x74x256", 74, 256, 1),
+    ("mobilenet_v2_112x112x96_s2", 112, 96, 2),
+];
+
+/// Inference kernels at the zoo models' shapes, batch 1, one thread.
+fn zoo(c: &mut Criterion) {
+    let pool = pool_of(1);
+    let mut g = c.benchmark_group("zoo_1_thread");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+
+    for (name, hw, cin, f, k, stride) in ZOO_CONVS {
+        let attrs = Conv2dAttrs {
+            in_channels: cin,
+            filters: f,
+            kernel_size: [k, k],
+            strides: [stride, stride],
+            pads: same_pads2d(hw, hw, [k, k], [stride, stride]),
+            dilation_rate: [1, 1],
+        };
+        let s = Conv2dShape::new(&attrs, 1, hw, hw).expect("valid layer");
+        let x = rand_vec(s.input_len(), 11);
+        let w: Vec<f32> = rand_vec(s.kernel_len(), 12)
+            .iter()
+            .map(|v| v * 0.05)
+            .collect();
+        let b = vec![0.01f32; f];
+        let mut y = vec![0.0; s.output_len()];
+        g.throughput(Throughput::Elements(2 * s.macs() as u64));
+        g.bench_function(BenchmarkId::new("conv_bias_relu", name), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    conv2d_forward(&s, &x, &w, Some(&b), Activation::Relu, &mut y).unwrap()
+                })
+            })
+        });
+    }
+
+    for (name, hw, ch, stride) in ZOO_DEPTHWISE {
+        let attrs = DepthwiseConv2dAttrs {
+            in_channels: ch,
+            depth_multiplier: 1,
+            kernel_size: [3, 3],
+            strides: [stride, stride],
+            pads: same_pads2d(hw, hw, [3, 3], [stride, stride]),
+            dilation_rate: [1, 1],
+        };
+        let s = DepthwiseConv2dShape::new(&attrs, 1, hw, hw).expect("valid layer");
+        let x = rand_vec(s.input_len(), 13);
+        let w = rand_vec(s.kernel_len(), 14);
+        let mut y = vec![0.0; s.output_len()];
+        g.throughput(Throughput::Elements(2 * s.macs() as u64));
+        g.bench_function(BenchmarkId::new("depthwise3x3", name), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    depthwise_conv2d_forward(&s, &x, &w, None, Activation::Linear, &mut y).unwrap()
+                })
+            })
+        });
+    }
+
+    // Batch norm with moving statistics (inference): ResNet-50 conv2 output
+    // and Xception's middle flow.
+    for (name, hw, ch) in [
+        ("resnet_56x56x256", 56, 256),
+        ("xception_19x19x728", 19, 728),
+    ] {
+        let s = BatchNormShape {
+            rows: hw * hw,
+            channels: ch,
+        };
+        let x = rand_vec(s.len(), 15);
+        let gamma = vec![1.1f32; ch];
+        let beta = vec![0.1f32; ch];
+        let mean = vec![0.05f32; ch];
+        let var = vec![0.9f32; ch];
+        let mut y = vec![0.0; s.len()];
+        let mut inv_std = vec![0.0; ch];
+        g.throughput(Throughput::Bytes(2 * 4 * s.len() as u64));
+        g.bench_function(BenchmarkId::new("batch_norm_inference", name), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    batch_norm_inference_forward(
+                        &s,
+                        &x,
+                        Some(&gamma),
+                        Some(&beta),
+                        &mean,
+                        &var,
+                        1e-3,
+                        &mut y,
+                        &mut inv_std,
+                    )
+                    .unwrap()
+                })
+            })
+        });
+    }
+
+    // (name, input size, channels, pool, stride, same padding, max or average)
+    let pools = [
+        ("max3x3s2_resnet_stem_112x112x64", 112, 64, 3, 2, true, true),
+        ("max3x3s2_xception_147x147x128", 147, 128, 3, 2, true, true),
+        ("max2x2s2_fashion_28x28x64", 28, 64, 2, 2, false, true),
+        ("avg2x2s2_56x56x256", 56, 256, 2, 2, false, false),
+    ];
+    for (name, hw, ch, k, stride, same, is_max) in pools {
+        let attrs = Pool2dAttrs {
+            pool_size: [k, k],
+            strides: [stride, stride],
+            pads: if same {
+                same_pads2d(hw, hw, [k, k], [stride, stride])
+            } else {
+                NO_PADS
+            },
+        };
+        let s = Pool2dShape::new(&attrs, 1, hw, hw, ch).expect("valid pool");
+        let x = rand_vec(s.input_len(), 16);
+        let mut y = vec![0.0; s.output_len()];
+        g.throughput(Throughput::Bytes(
+            4 * (s.input_len() + s.output_len()) as u64,
+        ));
+        g.bench_function(BenchmarkId::new("pool", name), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    if is_max {
+                        max_pool2d_forward(&s, &x, &mut y, None).unwrap()
+                    } else {
+                        avg_pool2d_forward(&s, &x, &mut y).unwrap()
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 fn model(c: &mut Criterion) {
     let mut g = c.benchmark_group("model");
     g.sample_size(10)
@@ -149,5 +340,5 @@ fn model(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, model);
+criterion_group!(benches, conv, zoo, model);
 criterion_main!(benches);
