@@ -245,7 +245,11 @@ fn explain_lists_every_pass_and_its_rewrites() {
         "--format",
         "json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let graph: Value = serde_json::from_slice(&out.stdout).unwrap();
     let passes = graph["passes"].as_array().unwrap();
     let names: Vec<&str> = passes.iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -273,13 +277,21 @@ fn explain_lists_every_pass_and_its_rewrites() {
     assert_eq!(count("ResidualAddFusion"), 16);
     assert_eq!(count("DropoutElimination"), 0);
     let ops = graph["ops"].as_array().unwrap();
-    assert!(ops.iter().all(|op| op["op"] != "batch_norm" && op["op"] != "add"));
+    assert!(ops
+        .iter()
+        .all(|op| op["op"] != "batch_norm" && op["op"] != "add"));
     // 53 convs + the dense layer, all fused.
     let fused_convs = ops.iter().filter(|op| op["op"] == "fused_conv2d").count();
     assert_eq!(fused_convs, 53);
 
     // The text form says what each pass does.
-    let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--emit", "graph", "--explain"]);
+    let out = cnnc(&[
+        "build",
+        "specs/fashion_mnist.cnn",
+        "--emit",
+        "graph",
+        "--explain",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("passes (inference):"));
     assert!(text.contains("  DropoutElimination (2 rewrites)\n"));

@@ -101,7 +101,14 @@ fn residual_network_trains_and_its_checkpoint_evaluates_the_same() {
     }
     let evaluation = json(&cnnc(&args));
     assert_eq!(evaluation["test_accuracy"], report["test_accuracy"]);
-    assert_eq!(evaluation["test_loss"], report["test_loss"]);
+    // The end-of-training evaluation reads the kernels as trained (its 3x3
+    // convs at 28x28 and 14x14 run as Winograd), `evaluate` reads them
+    // packed at load (im2col + GEMM): the same loss up to float rounding.
+    let (a, b) = (
+        evaluation["test_loss"].as_f64().unwrap(),
+        report["test_loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
 }
 
 /// A model with two outputs is refused before any training, with the reason.

@@ -18,6 +18,8 @@
 //!   `384 Ki / patch` output pixels, accumulated (im2col itself excluded);
 //! - `kept`: `gemm::matmul_rhs` on an `Rhs` packed outside the timing
 //!   (weights cached across calls, as batch-1 inference should), full `M`;
+//! - `unfused` / `fused`: `blocks` with bias + relu, as a separate pass per
+//!   block or fused into the GEMM (`matmul_rhs_epilogue`);
 //! - `hot`: the first conv block only, repeatedly (operands in cache);
 //! - `crate`: the `gemm` crate 0.18 (what non-AVX-512 machines run);
 //! - `mm`: the `matrixmultiply` crate 0.3 (AVX-512 build).
@@ -34,8 +36,8 @@
 //! 2-thread FMA peak.
 
 use cnnc_runtime::kernels::gemm::{
-    force_portable_gemm, matmul, matmul_par, matmul_rhs, matmul_rhs_par, uses_avx512, Epilogue,
-    MatRef, Parallelism, Rhs,
+    force_portable_gemm, matmul, matmul_par, matmul_rhs, matmul_rhs_epilogue, matmul_rhs_par,
+    uses_avx512, Epilogue, EpilogueActivation, MatRef, Parallelism, Rhs,
 };
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -617,6 +619,45 @@ fn main() {
                     let f = 2.0 * (block * k * n) as f64;
                     measure(f, rounds, &pool, || {
                         matmul_rhs(ab, &rhs, &mut cm[..block * n], n, false)
+                    })
+                }
+                "unfused" | "fused" => {
+                    // Forward blocks with bias + relu: a separate pass over
+                    // each finished block (as conv.rs's epilogue closure) or
+                    // fused into the GEMM's stores (`matmul_rhs_epilogue`).
+                    force_portable_gemm(false);
+                    let rhs = Rhs::new(b);
+                    let block = conv_block_rows(k);
+                    let bias: Vec<f32> = (0..n).map(|j| 0.01 * j as f32).collect();
+                    let fused = lib == "fused";
+                    let epi = Epilogue {
+                        bias: Some(&bias),
+                        residual: None,
+                        activation: EpilogueActivation::Relu,
+                    };
+                    pool.install(|| {
+                        measure(flops, rounds, &pool, || {
+                            cm.par_chunks_mut(block * n)
+                                .enumerate()
+                                .for_each(|(bi, cb)| {
+                                    let rows = cb.len() / n;
+                                    let ab = MatRef {
+                                        data: &a.data[bi * block * a.row_stride..],
+                                        rows,
+                                        ..a
+                                    };
+                                    if fused {
+                                        matmul_rhs_epilogue(ab, &rhs, cb, n, false, &epi);
+                                    } else {
+                                        matmul_rhs(ab, &rhs, cb, n, false);
+                                        for row in cb.chunks_exact_mut(n) {
+                                            for (v, &bb) in row.iter_mut().zip(&bias) {
+                                                *v = (*v + bb).max(0.0);
+                                            }
+                                        }
+                                    }
+                                })
+                        })
                     })
                 }
                 "blocks" => {

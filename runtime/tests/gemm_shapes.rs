@@ -144,7 +144,9 @@ fn shapes_suite() {
             seed += 1;
         }
     }
-    // Depth across block boundaries (256: one block; 257: two of 129/128).
+    // Depth across block boundaries (256: one block; 257: two of 129/128),
+    // and row counts that switch the loop order (>= 8 row panels with depth
+    // blocks >= 192, last panel partial).
     for &(m, n, k) in &[
         (15, 33, 255),
         (29, 64, 256),
@@ -152,6 +154,8 @@ fn shapes_suite() {
         (14, 17, 513),
         (5, 70, 600),
         (17, 3, 300),
+        (113, 47, 384),
+        (126, 64, 200),
     ] {
         one_shape(m, n, k, seed);
         seed += 1;

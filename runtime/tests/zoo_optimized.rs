@@ -83,7 +83,17 @@ fn agree(name: &str, spec: &str, input: &[usize]) {
     let d = Executor::for_inference(optimized.clone())
         .try_forward(&folds.over(&params), &x, Mode::Inference)
         .unwrap();
-    assert_eq!(b, d, "{name}: packed and unpacked kernels differ");
+    // Unpacked 3x3 stride-1 kernels on maps of 12x12 or more run as
+    // Winograd F(2x2, 3x3), packed ones as im2col + GEMM: equal up to rounding.
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = b
+        .iter()
+        .zip(d.iter())
+        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "{name}: packed and unpacked kernels differ by {worst} (outputs up to {scale})"
+    );
     let unpacked = InferenceParams::prepare_with(
         &optimized,
         params.clone(),
@@ -93,7 +103,11 @@ fn agree(name: &str, spec: &str, input: &[usize]) {
     )
     .unwrap();
     let e = planned.try_forward(&unpacked, &x, Mode::Inference).unwrap();
-    assert_eq!(b, e, "{name}: prepare with and without packing differ");
+    // Unpacked either way: the same kernels, bit for bit.
+    assert_eq!(
+        d, e,
+        "{name}: unpacked prepared and folded-over-store kernels differ"
+    );
 
     assert_eq!(a.shape(), b.shape(), "{name}");
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);

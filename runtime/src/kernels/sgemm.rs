@@ -19,9 +19,11 @@
 //! - `a` is read in place when its rows are contiguous (im2col buffers,
 //!   activations) and copied panel by panel otherwise (transposed views);
 //! - loops, outermost first: column blocks of [`NC_PANELS`] panels, row blocks
-//!   of [`MC`] rows, depth blocks, row panels, column panels, so that one
-//!   `a` panel (14 × KC) stays in L1 while the `b` panels of a block stream
-//!   from L2, and the `c` block stays in L2 across depth blocks.
+//!   of [`MC`] rows, depth blocks, then either column panels over row panels
+//!   (one `b` panel stays in L1 while the `a` panels stream from L2: long
+//!   depth blocks, many rows) or row panels over column panels (one `a`
+//!   panel stays in L1: short depths, few rows); the `c` block stays in L2
+//!   across depth blocks.
 //!
 //! Determinism: every element of `c` is computed by the same sequence of
 //! operations (depth blocks in order; within a block, FMAs in depth order
@@ -46,6 +48,10 @@ pub const KC: usize = 256;
 const MC: usize = MR * 12;
 /// Column panels per cache block (512 columns).
 const NC_PANELS: usize = 16;
+/// Loop order switch of [`run_rect`]: `b`-panel-outer needs depth blocks of
+/// at least this many steps and this many row panels per block.
+const B_OUTER_MIN_DEPTH: usize = 192;
+const B_OUTER_MIN_PANELS: usize = 8;
 /// Products with at most this many rows read a row-major `b` in place
 /// instead of packing it.
 pub const SMALL_M: usize = 16;
@@ -493,12 +499,24 @@ unsafe fn run_rect(
                     };
                     run_tile(mr, &t, packed_a);
                 };
-                // One `a` panel stays in L1 across the `b` panels of the
-                // block (measured faster than the transposed order here,
-                // notably for short depths and wide `b`).
-                for ip in 0..panels {
+                if kb >= B_OUTER_MIN_DEPTH && panels >= B_OUTER_MIN_PANELS {
+                    // Long depth, many row panels: one `b` panel (NR × kb)
+                    // stays in L1 across the block's `a` panels, which
+                    // stream from L2.
                     for jp in jc..jc_hi {
-                        tile(ip, jp, &mut bufs.b);
+                        for ip in 0..panels {
+                            tile(ip, jp, &mut bufs.b);
+                        }
+                    }
+                } else {
+                    // Short depth or few row panels: one `a` panel stays in
+                    // L1 across the `b` panels (measured faster there: e.g.
+                    // the 7×7 single-channel conv, K = 49, and batch-1
+                    // layers with 4 row panels).
+                    for ip in 0..panels {
+                        for jp in jc..jc_hi {
+                            tile(ip, jp, &mut bufs.b);
+                        }
                     }
                 }
             }

@@ -21,7 +21,7 @@
 //! result does not depend on the thread count.
 
 use super::conv::Conv2dShape;
-use super::gemm::{matmul_rhs, MatRef, Rhs};
+use super::gemm::{matmul, MatRef, Parallelism};
 use super::scratch::with_scratch;
 use rayon::prelude::*;
 
@@ -62,39 +62,8 @@ impl WinogradKernel {
     /// If `kernel.len() != 9 * in_channels * filters` (an internal invariant:
     /// callers check shapes first).
     pub fn new(kernel: &[f32], in_channels: usize, filters: usize) -> WinogradKernel {
-        let (c_n, k_n) = (in_channels, filters);
-        assert_eq!(kernel.len(), 9 * c_n * k_n, "winograd kernel length");
-        let mut u = vec![0.0f32; 16 * c_n * k_n];
-        let g = |ky: usize, kx: usize, c: usize| &kernel[((ky * 3 + kx) * c_n + c) * k_n..][..k_n];
-        let mut gg = vec![0.0f32; 12 * k_n]; // G g: [4][3][filters]
-        for c in 0..c_n {
-            // Rows of G g: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
-            for kx in 0..3 {
-                let (g0, g1, g2) = (g(0, kx, c), g(1, kx, c), g(2, kx, c));
-                for k in 0..k_n {
-                    gg[kx * k_n + k] = g0[k];
-                    gg[(3 + kx) * k_n + k] = 0.5 * (g0[k] + g1[k] + g2[k]);
-                    gg[(6 + kx) * k_n + k] = 0.5 * (g0[k] - g1[k] + g2[k]);
-                    gg[(9 + kx) * k_n + k] = g2[k];
-                }
-            }
-            // (G g) G^T: each row (a, b, c) -> (a, (a + b + c) / 2, (a - b + c) / 2, c).
-            for r in 0..4 {
-                let row = |j: usize| &gg[(3 * r + j) * k_n..][..k_n];
-                let (a, b, cc) = (row(0), row(1), row(2));
-                for (col, out) in (0..4).map(|col| (col, 4 * r + col)) {
-                    let dst = &mut u[(out * c_n + c) * k_n..][..k_n];
-                    for k in 0..k_n {
-                        dst[k] = match col {
-                            0 => a[k],
-                            1 => 0.5 * (a[k] + b[k] + cc[k]),
-                            2 => 0.5 * (a[k] - b[k] + cc[k]),
-                            _ => cc[k],
-                        };
-                    }
-                }
-            }
-        }
+        let mut u = vec![0.0f32; 16 * in_channels * filters];
+        transform_kernel_into(kernel, in_channels, filters, &mut u);
         WinogradKernel {
             u,
             in_channels,
@@ -110,20 +79,18 @@ impl WinogradKernel {
     /// `[3, 3, in_channels, filters]`; the result maps `filters` channels to
     /// `in_channels`.
     pub fn input_gradient(kernel: &[f32], in_channels: usize, filters: usize) -> WinogradKernel {
-        let (c_n, k_n) = (in_channels, filters);
-        assert_eq!(kernel.len(), 9 * c_n * k_n, "winograd kernel length");
-        let mut flipped = vec![0.0f32; kernel.len()];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                for c in 0..c_n {
-                    for k in 0..k_n {
-                        flipped[((ky * 3 + kx) * k_n + k) * c_n + c] =
-                            kernel[(((2 - ky) * 3 + (2 - kx)) * c_n + c) * k_n + k];
-                    }
-                }
-            }
+        let mut u = vec![0.0f32; 16 * in_channels * filters];
+        input_gradient_kernel_into(kernel, in_channels, filters, &mut u);
+        WinogradKernel {
+            u,
+            in_channels: filters,
+            filters: in_channels,
         }
-        WinogradKernel::new(&flipped, k_n, c_n)
+    }
+
+    /// The transformed kernel, `[16, in_channels, filters]`.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.u
     }
 
     /// Input channels.
@@ -134,6 +101,85 @@ impl WinogradKernel {
     /// Filters (output channels).
     pub fn filters(&self) -> usize {
         self.filters
+    }
+}
+
+/// Writes `U = G g G^T` of `kernel` (`[3, 3, in_channels, filters]`) into
+/// `u` (`[16, in_channels, filters]`, see [`WinogradKernel`]), without
+/// allocating.
+///
+/// # Panics
+/// If a length does not match (an internal invariant).
+pub fn transform_kernel_into(kernel: &[f32], in_channels: usize, filters: usize, u: &mut [f32]) {
+    let (c_n, k_n) = (in_channels, filters);
+    assert_eq!(kernel.len(), 9 * c_n * k_n, "winograd kernel length");
+    assert_eq!(
+        u.len(),
+        16 * c_n * k_n,
+        "winograd transformed kernel length"
+    );
+    let plane = c_n * k_n;
+    for ck in 0..plane {
+        let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * plane + ck];
+        // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 (per column).
+        let mut gg = [[0.0f32; 3]; 4];
+        for kx in 0..3 {
+            let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
+            gg[0][kx] = g0;
+            gg[1][kx] = 0.5 * (g0 + g1 + g2);
+            gg[2][kx] = 0.5 * (g0 - g1 + g2);
+            gg[3][kx] = g2;
+        }
+        // (G g) G^T: each row (a, b, c) -> (a, (a + b + c) / 2, (a - b + c) / 2, c).
+        for (r, [a, b, c]) in gg.into_iter().enumerate() {
+            u[(4 * r) * plane + ck] = a;
+            u[(4 * r + 1) * plane + ck] = 0.5 * (a + b + c);
+            u[(4 * r + 2) * plane + ck] = 0.5 * (a - b + c);
+            u[(4 * r + 3) * plane + ck] = c;
+        }
+    }
+}
+
+/// Writes the transformed kernel of the input gradient (see
+/// [`WinogradKernel::input_gradient`]: `[16, filters, in_channels]`) of the
+/// forward kernel `[3, 3, in_channels, filters]` into `u`, without allocating.
+///
+/// # Panics
+/// If a length does not match (an internal invariant).
+pub fn input_gradient_kernel_into(
+    kernel: &[f32],
+    in_channels: usize,
+    filters: usize,
+    u: &mut [f32],
+) {
+    let (c_n, k_n) = (in_channels, filters);
+    assert_eq!(kernel.len(), 9 * c_n * k_n, "winograd kernel length");
+    assert_eq!(
+        u.len(),
+        16 * c_n * k_n,
+        "winograd transformed kernel length"
+    );
+    let plane = c_n * k_n;
+    for k in 0..k_n {
+        for c in 0..c_n {
+            // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k].
+            let g = |ky: usize, kx: usize| kernel[((2 - ky) * 3 + (2 - kx)) * plane + c * k_n + k];
+            let mut gg = [[0.0f32; 3]; 4];
+            for kx in 0..3 {
+                let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
+                gg[0][kx] = g0;
+                gg[1][kx] = 0.5 * (g0 + g1 + g2);
+                gg[2][kx] = 0.5 * (g0 - g1 + g2);
+                gg[3][kx] = g2;
+            }
+            let ck = k * c_n + c;
+            for (r, [a, b, cc]) in gg.into_iter().enumerate() {
+                u[(4 * r) * plane + ck] = a;
+                u[(4 * r + 1) * plane + ck] = 0.5 * (a + b + cc);
+                u[(4 * r + 2) * plane + ck] = 0.5 * (a - b + cc);
+                u[(4 * r + 3) * plane + ck] = cc;
+            }
+        }
     }
 }
 
@@ -192,15 +238,33 @@ pub fn winograd_forward(
     y: &mut [f32],
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    assert!(applies(s), "winograd geometry");
-    assert_eq!(x.len(), s.input_len(), "winograd input length");
-    assert_eq!(y.len(), s.output_len(), "winograd output length");
     assert_eq!(
         (kernel.in_channels, kernel.filters),
         (s.in_channels, s.filters),
         "winograd kernel channels"
     );
+    winograd_forward_transformed(s, x, &kernel.u, y, epilogue)
+}
+
+/// [`winograd_forward`] with the kernel already transformed into `u`
+/// (`[16, in_channels, filters]`, e.g. by [`transform_kernel_into`]).
+/// Allocates nothing once the per-thread scratch buffers are warm.
+pub fn winograd_forward_transformed(
+    s: &Conv2dShape,
+    x: &[f32],
+    u: &[f32],
+    y: &mut [f32],
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(applies(s), "winograd geometry");
+    assert_eq!(x.len(), s.input_len(), "winograd input length");
+    assert_eq!(y.len(), s.output_len(), "winograd output length");
     let (c_n, k_n) = (s.in_channels, s.filters);
+    assert_eq!(
+        u.len(),
+        16 * c_n * k_n,
+        "winograd transformed kernel length"
+    );
     let (tiles_h, tiles_w) = (s.out_h.div_ceil(2), s.out_w.div_ceil(2));
     // Tile rows per task: as many as fit the cache budget, and for small
     // batches few enough that every image splits into several tasks.
@@ -210,9 +274,11 @@ pub fn winograd_forward(
     } else {
         fit
     };
-    let rhs: Vec<Rhs<'_>> = (0..16)
-        .map(|xi| Rhs::new(MatRef::row_major(&kernel.u[xi * c_n * k_n..][..c_n * k_n], c_n, k_n)))
-        .collect();
+    // Each task's GEMMs pack these through the GEMM's per-thread buffers
+    // (16 x in_channels x filters copies per task, small next to its
+    // 16 x tiles x in_channels x filters multiply-adds).
+    let rhs: [MatRef<'_>; 16] =
+        std::array::from_fn(|xi| MatRef::row_major(&u[xi * c_n * k_n..][..c_n * k_n], c_n, k_n));
     let image_out = s.out_h * s.out_w * k_n;
     let rows_per_task = 2 * group;
     y.par_chunks_mut(image_out)
@@ -226,14 +292,22 @@ pub fn winograd_forward(
                     let tr0 = task * group;
                     let tile_rows = (tiles_h - tr0).min(group);
                     let tiles = tile_rows * tiles_w;
-                    with_scratch(16 * tiles * (c_n + k_n), |buf| {
-                        let (v, m) = buf.split_at_mut(16 * tiles * c_n);
-                        input_transform(s, x_img, tr0, tile_rows, tiles_w, v);
+                    let work = 16 * tiles * (c_n + k_n) + 17 * c_n + 8 * k_n;
+                    with_scratch(work, |buf| {
+                        let (v, rest) = buf.split_at_mut(16 * tiles * c_n);
+                        let (m, rest) = rest.split_at_mut(16 * tiles * k_n);
+                        let (tmp, srow) = rest.split_at_mut(17 * c_n);
+                        input_transform(s, x_img, tr0, tile_rows, tiles_w, v, tmp);
                         for xi in 0..16 {
-                            let a = MatRef::row_major(&v[xi * tiles * c_n..][..tiles * c_n], tiles, c_n);
-                            matmul_rhs(a, &rhs[xi], &mut m[xi * tiles * k_n..][..tiles * k_n], k_n, false);
+                            let a = MatRef::row_major(
+                                &v[xi * tiles * c_n..][..tiles * c_n],
+                                tiles,
+                                c_n,
+                            );
+                            let c = &mut m[xi * tiles * k_n..][..tiles * k_n];
+                            matmul(a, rhs[xi], c, k_n, false, Parallelism::None);
                         }
-                        output_transform(s, m, tr0, tiles, tiles_w, y_rows);
+                        output_transform(s, m, tr0, tiles, tiles_w, y_rows, srow);
                     });
                     let first_pixel = n * s.out_h * s.out_w + 2 * tr0 * s.out_w;
                     epilogue(first_pixel, y_rows);
@@ -250,20 +324,21 @@ fn input_transform(
     tile_rows: usize,
     tiles_w: usize,
     v: &mut [f32],
+    tmp: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F (checked just above).
-        unsafe { input_transform_avx512(s, x_img, tr0, tile_rows, tiles_w, v) };
+        unsafe { input_transform_avx512(s, x_img, tr0, tile_rows, tiles_w, v, tmp) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { input_transform_avx2(s, x_img, tr0, tile_rows, tiles_w, v) };
+        unsafe { input_transform_avx2(s, x_img, tr0, tile_rows, tiles_w, v, tmp) };
         return;
     }
-    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v);
+    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v, tmp);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -275,8 +350,9 @@ unsafe fn input_transform_avx512(
     tile_rows: usize,
     tiles_w: usize,
     v: &mut [f32],
+    tmp: &mut [f32],
 ) {
-    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v)
+    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v, tmp)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -288,8 +364,9 @@ unsafe fn input_transform_avx2(
     tile_rows: usize,
     tiles_w: usize,
     v: &mut [f32],
+    tmp: &mut [f32],
 ) {
-    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v)
+    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v, tmp)
 }
 
 #[inline(always)]
@@ -300,14 +377,17 @@ fn input_transform_body(
     tile_rows: usize,
     tiles_w: usize,
     v: &mut [f32],
+    tmp: &mut [f32],
 ) {
     let c_n = s.in_channels;
     let tiles = tile_rows * tiles_w;
-    let zeros = vec![0.0f32; c_n];
+    // `tmp`: a row of zeros (`in_channels`), then `B^T d` (`[4][4][in_channels]`).
+    let (zeros, t) = tmp.split_at_mut(c_n);
+    zeros.fill(0.0);
+    let zeros: &[f32] = zeros;
     // The 16 input pixels of a tile (rows of `in_channels` values, zeros
     // outside the image), then B^T d B channel by channel.
-    let mut d: [&[f32]; 16] = [&zeros[..]; 16];
-    let mut t = vec![0.0f32; 16 * c_n];
+    let mut d: [&[f32]; 16] = [zeros; 16];
     for tr in 0..tile_rows {
         for tc in 0..tiles_w {
             let tile = tr * tiles_w + tc;
@@ -318,7 +398,7 @@ fn input_transform_body(
                 for (j, px) in row.iter_mut().enumerate() {
                     let ix = ix0 + j as isize;
                     *px = if iy < 0 || ix < 0 || iy as usize >= s.in_h || ix as usize >= s.in_w {
-                        &zeros[..]
+                        zeros
                     } else {
                         &x_img[((iy as usize) * s.in_w + ix as usize) * c_n..][..c_n]
                     };
@@ -355,10 +435,22 @@ fn input_transform_body(
                 for (j, op) in (0..4).map(|j| (j, 4 * i + j)) {
                     let dst = &mut v[(op * tiles + tile) * c_n..][..c_n];
                     match j {
-                        0 => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e0[c] - e2[c]),
-                        1 => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e1[c] + e2[c]),
-                        2 => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e2[c] - e1[c]),
-                        _ => dst.iter_mut().enumerate().for_each(|(c, o)| *o = e1[c] - e3[c]),
+                        0 => dst
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(c, o)| *o = e0[c] - e2[c]),
+                        1 => dst
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(c, o)| *o = e1[c] + e2[c]),
+                        2 => dst
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(c, o)| *o = e2[c] - e1[c]),
+                        _ => dst
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(c, o)| *o = e1[c] - e3[c]),
                     }
                 }
             }
@@ -375,20 +467,21 @@ fn output_transform(
     tiles: usize,
     tiles_w: usize,
     y_rows: &mut [f32],
+    srow: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F (checked just above).
-        unsafe { output_transform_avx512(s, m, tr0, tiles, tiles_w, y_rows) };
+        unsafe { output_transform_avx512(s, m, tr0, tiles, tiles_w, y_rows, srow) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { output_transform_avx2(s, m, tr0, tiles, tiles_w, y_rows) };
+        unsafe { output_transform_avx2(s, m, tr0, tiles, tiles_w, y_rows, srow) };
         return;
     }
-    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows);
+    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows, srow);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -400,8 +493,9 @@ unsafe fn output_transform_avx512(
     tiles: usize,
     tiles_w: usize,
     y_rows: &mut [f32],
+    srow: &mut [f32],
 ) {
-    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows)
+    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows, srow)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -413,8 +507,9 @@ unsafe fn output_transform_avx2(
     tiles: usize,
     tiles_w: usize,
     y_rows: &mut [f32],
+    srow: &mut [f32],
 ) {
-    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows)
+    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows, srow)
 }
 
 #[inline(always)]
@@ -425,9 +520,10 @@ fn output_transform_body(
     tiles: usize,
     tiles_w: usize,
     y_rows: &mut [f32],
+    srow: &mut [f32],
 ) {
     let k_n = s.filters;
-    let mut srow = vec![0.0f32; 8 * k_n]; // A^T M: [2][4][filters]
+    // `srow`: A^T M, `[2][4][filters]`.
     for tile in 0..tiles {
         let (tr, tc) = (tile / tiles_w, tile % tiles_w);
         let mm = |xi: usize| &m[(xi * tiles + tile) * k_n..][..k_n];
@@ -477,7 +573,9 @@ mod tests {
     use cnnc_compiler::model::{Activation, Pads2d};
 
     fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 state = state
