@@ -156,7 +156,8 @@ pub fn execute(args: BuildArgs) -> ExitCode {
 fn explain_text(target: passes::Target, rewrites: &[passes::Rewrite]) -> String {
     let mut out = format!("passes ({}):\n", target_name(target));
     for pass in passes::pipeline(target) {
-        let made: Vec<&passes::Rewrite> = rewrites.iter().filter(|r| r.rule == pass.name()).collect();
+        let made: Vec<&passes::Rewrite> =
+            rewrites.iter().filter(|r| r.rule == pass.name()).collect();
         out += &format!("  {} ({} rewrites)\n", pass.name(), made.len());
         out += &format!("    what: {}\n", pass.explain());
         for r in made {

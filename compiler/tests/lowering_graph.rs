@@ -208,10 +208,7 @@ fn fusion_stops_at_values_with_several_readers() {
     let (g, _) = optimize(lower(&residual()), Target::Inference);
     assert_eq!(ops(&g), ["input", "fused_conv2d", "fused_conv2d"]);
     assert_eq!(g.nodes[1].fused, ["conv2d", "bias_add", "relu"]);
-    assert_eq!(
-        g.nodes[2].fused,
-        ["conv2d", "bias_add", "add", "relu"]
-    );
+    assert_eq!(g.nodes[2].fused, ["conv2d", "bias_add", "add", "relu"]);
     assert_eq!(g.nodes[2].inputs, [NodeId(1), NodeId(1)]);
     match &g.nodes[2].op {
         Op::FusedConv2d {

@@ -316,7 +316,10 @@ fn batch_norm_is_not_folded_across_an_activation_or_a_shared_value() {
     let n = b.bn("bn", r);
     let (g, rewrites) = BatchNormFolding.run(b.graph(&[n]));
     assert!(rewrites.is_empty());
-    assert_eq!(ops(&g), ["input", "conv2d", "bias_add", "relu", "batch_norm"]);
+    assert_eq!(
+        ops(&g),
+        ["input", "conv2d", "bias_add", "relu", "batch_norm"]
+    );
 
     // The conv's output is also read by another op.
     let mut b = Builder::default();
@@ -367,7 +370,10 @@ fn training_graphs_keep_batch_norm_and_add() {
     let (g, rewrites) = optimize(conv_bias_bn_relu(), Target::Training);
     assert_eq!(ops(&g), ["input", "fused_conv2d", "batch_norm", "relu"]);
     assert!(rewrites.iter().all(|r| r.rule != "BatchNormFolding"));
-    assert!(g.params.iter().all(|p| !matches!(p.init, Init::Folded { .. })));
+    assert!(g
+        .params
+        .iter()
+        .all(|p| !matches!(p.init, Init::Folded { .. })));
 }
 
 /// input -> conv_a (relu) = r; conv_b(r) -> bias -> add(·, r) -> `after`.
@@ -422,7 +428,10 @@ fn residual_fusion_leaves_softmax_and_graph_outputs_alone() {
     // Softmax after the add is not element-wise: the add fuses, softmax stays.
     let (g, _) = residual_block(Some(Activation::Softmax));
     let (g, _) = optimize(g, Target::Inference);
-    assert_eq!(ops(&g), ["input", "fused_conv2d", "fused_conv2d", "softmax"]);
+    assert_eq!(
+        ops(&g),
+        ["input", "fused_conv2d", "fused_conv2d", "softmax"]
+    );
     assert!(matches!(
         g.nodes[2].op,
         Op::FusedConv2d {
@@ -579,7 +588,8 @@ fn memory_plans_of_the_zoo_are_valid() {
         let graph = lower::lower(&model.unwrap_or_else(|_| panic!("{spec} checks")));
         let (graph, _) = optimize(graph, Target::Inference);
         let plan = memory::plan_inference(&graph);
-        plan.validate(&graph).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        plan.validate(&graph)
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
         assert!(plan.peak_live_len <= plan.planned_len, "{spec}");
         assert!(plan.planned_len < plan.unplanned_len, "{spec}");
         // Every computed op's output fits its slot.

@@ -81,7 +81,10 @@ pub enum Fold {
     /// `[in_features, units]`, the last two axes of a depthwise kernel
     /// `[kh, kw, in_channels, depth_multiplier]` (`o = c * depth_multiplier + m`).
     /// Same shape as `kernel`.
-    BatchNormKernel { kernel: ParamId, stats: BatchNormStats },
+    BatchNormKernel {
+        kernel: ParamId,
+        stats: BatchNormStats,
+    },
     /// `bias[o] * scale[o] + shift[o]` (`bias` 0 when absent), `[channels]`.
     BatchNormBias {
         bias: Option<ParamId>,

@@ -114,7 +114,9 @@ impl MemoryPlan {
                 return Err(format!("node {i}: slot {slot} does not exist"));
             };
             if cap < len {
-                return Err(format!("node {i}: slot {slot} holds {cap} values, needs {len}"));
+                return Err(format!(
+                    "node {i}: slot {slot} holds {cap} values, needs {len}"
+                ));
             }
             match place {
                 Placement::Skipped => {}
@@ -129,14 +131,20 @@ impl MemoryPlan {
                         return Err(format!("node {i}: no input {input}"));
                     };
                     if self.placement[j].slot() != Some(slot) {
-                        return Err(format!("node {i} shares slot {slot} with node {j}, which is not there"));
+                        return Err(format!(
+                            "node {i} shares slot {slot} with node {j}, which is not there"
+                        ));
                     }
                     if matches!(place, Placement::InPlace { .. }) {
                         if node.inputs.iter().filter(|x| x.0 == j).count() != 1 {
-                            return Err(format!("node {i} overwrites node {j}, which it reads twice"));
+                            return Err(format!(
+                                "node {i} overwrites node {j}, which it reads twice"
+                            ));
                         }
                         if let Some(&v) = held[slot].iter().find(|&&v| still_needed(v, i + 1)) {
-                            return Err(format!("node {i} overwrites node {v}, which is read later"));
+                            return Err(format!(
+                                "node {i} overwrites node {v}, which is read later"
+                            ));
                         }
                         held[slot] = vec![i];
                     } else {

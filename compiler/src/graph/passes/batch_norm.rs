@@ -148,9 +148,9 @@ impl Pass for BatchNormFolding {
 /// Points a conv / depthwise / matmul op at another kernel parameter.
 fn set_kernel(op: &mut Op, new: ParamId) {
     match op {
-        Op::Conv2d { kernel, .. } | Op::MatMul { kernel, .. } | Op::DepthwiseConv2d { kernel, .. } => {
-            *kernel = new
-        }
+        Op::Conv2d { kernel, .. }
+        | Op::MatMul { kernel, .. }
+        | Op::DepthwiseConv2d { kernel, .. } => *kernel = new,
         _ => {}
     }
 }
