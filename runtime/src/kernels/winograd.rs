@@ -122,14 +122,7 @@ pub fn transform_kernel_into(kernel: &[f32], in_channels: usize, filters: usize,
     for ck in 0..plane {
         let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * plane + ck];
         // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 (per column).
-        let mut gg = [[0.0f32; 3]; 4];
-        for kx in 0..3 {
-            let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
-            gg[0][kx] = g0;
-            gg[1][kx] = 0.5 * (g0 + g1 + g2);
-            gg[2][kx] = 0.5 * (g0 - g1 + g2);
-            gg[3][kx] = g2;
-        }
+        let gg = g_times(g);
         // (G g) G^T: each row (a, b, c) -> (a, (a + b + c) / 2, (a - b + c) / 2, c).
         for (r, [a, b, c]) in gg.into_iter().enumerate() {
             u[(4 * r) * plane + ck] = a;
@@ -138,6 +131,18 @@ pub fn transform_kernel_into(kernel: &[f32], in_channels: usize, filters: usize,
             u[(4 * r + 3) * plane + ck] = c;
         }
     }
+}
+
+/// `G g` for one (channel, filter) pair, `g(ky, kx)` the 3x3 kernel: rows
+/// `g0`, `(g0 + g1 + g2) / 2`, `(g0 - g1 + g2) / 2`, `g2`.
+#[inline(always)]
+fn g_times(g: impl Fn(usize, usize) -> f32) -> [[f32; 3]; 4] {
+    let col = |kx: usize| {
+        let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
+        [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+    };
+    let cols = [col(0), col(1), col(2)];
+    std::array::from_fn(|r| [cols[0][r], cols[1][r], cols[2][r]])
 }
 
 /// Writes the transformed kernel of the input gradient (see
@@ -164,14 +169,7 @@ pub fn input_gradient_kernel_into(
         for c in 0..c_n {
             // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k].
             let g = |ky: usize, kx: usize| kernel[((2 - ky) * 3 + (2 - kx)) * plane + c * k_n + k];
-            let mut gg = [[0.0f32; 3]; 4];
-            for kx in 0..3 {
-                let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
-                gg[0][kx] = g0;
-                gg[1][kx] = 0.5 * (g0 + g1 + g2);
-                gg[2][kx] = 0.5 * (g0 - g1 + g2);
-                gg[3][kx] = g2;
-            }
+            let gg = g_times(g);
             let ck = k * c_n + c;
             for (r, [a, b, cc]) in gg.into_iter().enumerate() {
                 u[(4 * r) * plane + ck] = a;

@@ -24,10 +24,8 @@ impl Pass for DeadOpElimination {
         let mut editor = Editor::new(graph);
         let n = editor.len();
         let mut needed = vec![false; n];
-        for i in 0..n {
-            if editor.is_output(NodeId(i)) {
-                needed[i] = true;
-            }
+        for (i, need) in needed.iter_mut().enumerate() {
+            *need = editor.is_output(NodeId(i));
         }
         for i in (0..n).rev() {
             if needed[i] && editor.is_live(NodeId(i)) {
