@@ -29,7 +29,7 @@
 use super::activation::{
     activation_backward_rows, add_rows_into, bias_activation_rows, bias_residual_activation_rows,
 };
-use super::gemm::{matmul, matmul_rhs, MatRef, Parallelism, Rhs};
+use super::gemm::{matmul, matmul_rhs, matmul_rhs_par, Epilogue, MatRef, Parallelism, Rhs};
 use super::scratch::{with_partials, with_scratch};
 use super::winograd::{self, winograd_forward_transformed};
 use super::{check_len, window_output_size, KernelError};
@@ -500,6 +500,29 @@ fn forward_blocks_rhs(
     let (k, f) = (s.patch_len(), s.filters);
     let block = s.block_rows();
     if f == 0 || y.is_empty() {
+        return;
+    }
+    // Few blocks (batch 1, late stages: ResNet-50's 7x7 maps are one block)
+    // would leave cores idle: then run the blocks one after the other, each
+    // product split over the pool by rows and column panels (same bits).
+    let blocks = y.len().div_ceil(block * f);
+    if blocks < 2 * rayon::current_num_threads() && rayon::current_num_threads() > 1 {
+        for (bi, yblk) in y.chunks_mut(block * f).enumerate() {
+            let r0 = bi * block;
+            let rows = yblk.len() / f;
+            let none = Epilogue::default();
+            if s.is_pointwise() {
+                let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
+                matmul_rhs_par(a, w, yblk, f, false, &none);
+            } else {
+                with_scratch(rows * k, |col| {
+                    im2col(s, x, r0, rows, col);
+                    let a = MatRef::row_major(col, rows, k);
+                    matmul_rhs_par(a, w, yblk, f, false, &none);
+                });
+            }
+            epilogue(r0, yblk);
+        }
         return;
     }
     y.par_chunks_mut(block * f)
