@@ -25,6 +25,39 @@ use super::gemm::{matmul, MatRef, Parallelism};
 use super::scratch::with_scratch;
 use rayon::prelude::*;
 
+/// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX-512F
+/// or AVX2 when the CPU has them (detected at run time, so no `target-cpu`
+/// flag is needed), else for the baseline: the transforms are plain loops
+/// over channels that the compiler vectorizes to the widest registers it is
+/// allowed.
+macro_rules! dispatch_simd {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// Floats of transformed input and products one task works on at most
 /// (`16 * tiles * (in_channels + filters)`): about 1 MiB, within L2.
 const TASK_FLOATS: usize = 256 * 1024;
@@ -313,58 +346,18 @@ pub fn winograd_forward_transformed(
         });
 }
 
-/// Fills `v` (`[16, tiles, in_channels]`) with `B^T d B` of the input tiles of
-/// tile rows `tr0 .. tr0 + tile_rows` of one image.
-fn input_transform(
-    s: &Conv2dShape,
-    x_img: &[f32],
-    tr0: usize,
-    tile_rows: usize,
-    tiles_w: usize,
-    v: &mut [f32],
-    tmp: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        unsafe { input_transform_avx512(s, x_img, tr0, tile_rows, tiles_w, v, tmp) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { input_transform_avx2(s, x_img, tr0, tile_rows, tiles_w, v, tmp) };
-        return;
-    }
-    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v, tmp);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn input_transform_avx512(
-    s: &Conv2dShape,
-    x_img: &[f32],
-    tr0: usize,
-    tile_rows: usize,
-    tiles_w: usize,
-    v: &mut [f32],
-    tmp: &mut [f32],
-) {
-    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v, tmp)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn input_transform_avx2(
-    s: &Conv2dShape,
-    x_img: &[f32],
-    tr0: usize,
-    tile_rows: usize,
-    tiles_w: usize,
-    v: &mut [f32],
-    tmp: &mut [f32],
-) {
-    input_transform_body(s, x_img, tr0, tile_rows, tiles_w, v, tmp)
+dispatch_simd! {
+    /// Fills `v` (`[16, tiles, in_channels]`) with `B^T d B` of the input tiles of
+    /// tile rows `tr0 .. tr0 + tile_rows` of one image.
+    fn input_transform(
+        s: &Conv2dShape,
+        x_img: &[f32],
+        tr0: usize,
+        tile_rows: usize,
+        tiles_w: usize,
+        v: &mut [f32],
+        tmp: &mut [f32]
+    ) => input_transform_body
 }
 
 #[inline(always)]
@@ -456,58 +449,18 @@ fn input_transform_body(
     }
 }
 
-/// Writes `A^T M A` of each tile (`m`: `[16, tiles, filters]`) into the
-/// output rows of the task (`y_rows`: from output row `2 * tr0`, whole rows).
-fn output_transform(
-    s: &Conv2dShape,
-    m: &[f32],
-    tr0: usize,
-    tiles: usize,
-    tiles_w: usize,
-    y_rows: &mut [f32],
-    srow: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        unsafe { output_transform_avx512(s, m, tr0, tiles, tiles_w, y_rows, srow) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { output_transform_avx2(s, m, tr0, tiles, tiles_w, y_rows, srow) };
-        return;
-    }
-    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows, srow);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_transform_avx512(
-    s: &Conv2dShape,
-    m: &[f32],
-    tr0: usize,
-    tiles: usize,
-    tiles_w: usize,
-    y_rows: &mut [f32],
-    srow: &mut [f32],
-) {
-    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows, srow)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn output_transform_avx2(
-    s: &Conv2dShape,
-    m: &[f32],
-    tr0: usize,
-    tiles: usize,
-    tiles_w: usize,
-    y_rows: &mut [f32],
-    srow: &mut [f32],
-) {
-    output_transform_body(s, m, tr0, tiles, tiles_w, y_rows, srow)
+dispatch_simd! {
+    /// Writes `A^T M A` of each tile (`m`: `[16, tiles, filters]`) into the
+    /// output rows of the task (`y_rows`: from output row `2 * tr0`, whole rows).
+    fn output_transform(
+        s: &Conv2dShape,
+        m: &[f32],
+        tr0: usize,
+        tiles: usize,
+        tiles_w: usize,
+        y_rows: &mut [f32],
+        srow: &mut [f32]
+    ) => output_transform_body
 }
 
 #[inline(always)]
