@@ -227,7 +227,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     let graph = match cnnc_compiler::graph::lower::try_lower(&model) {
         Ok(graph) => graph,
         Err(err) => {
-            eprintln!("error: {path}: {err}; benchmarks need a fixed input size");
+            eprintln!("error: {path}: {err}; declare a fixed input size to benchmark it");
             return ExitCode::from(1);
         }
     };
@@ -414,8 +414,11 @@ pub fn execute(args: BenchArgs) -> ExitCode {
 
 fn text_report(r: &BenchResult, path: &str) -> String {
     let mut out = format!(
-        "{path}: {} ({} params, {} rewrites)\n",
-        r.workload, r.params, r.rewrites
+        "{path}: {} ({} params, {} rewrite{})\n",
+        r.workload,
+        r.params,
+        r.rewrites,
+        if r.rewrites == 1 { "" } else { "s" }
     );
     out += &format!("  threads      {}\n", r.threads);
     out += &format!("  data         {}\n", r.data);

@@ -49,9 +49,10 @@ pub struct BuildArgs {
     /// rewrites and where it must not apply, and each rewrite it made.
     #[arg(long)]
     pub explain: bool,
-    /// The batch size the summary's activation-memory figures are given for.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub batch_size: usize,
+    /// The batch size the summary's activation-memory figures are given for
+    /// (default 32).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
 }
 
 pub fn execute(args: BuildArgs) -> ExitCode {
@@ -65,7 +66,12 @@ pub fn execute(args: BuildArgs) -> ExitCode {
         eprintln!("error: --explain lists the passes, which --no-optimize turns off: drop one");
         return ExitCode::from(2);
     }
-    if args.batch_size == 0 {
+    if args.batch_size.is_some() && args.emit != Emit::Summary {
+        eprintln!("error: --batch-size sizes the summary's activation memory: drop `--emit`");
+        return ExitCode::from(2);
+    }
+    let batch_size = args.batch_size.unwrap_or(32);
+    if batch_size == 0 {
         eprintln!("error: --batch-size must be at least 1");
         return ExitCode::from(2);
     }
@@ -92,12 +98,12 @@ pub fn execute(args: BuildArgs) -> ExitCode {
             if !text.ends_with('\n') {
                 text.push('\n');
             }
-            text + &memory_text(&memory_report(&model, args.batch_size))
+            text + &memory_text(&memory_report(&model, batch_size))
         }
         (Emit::Summary, Format::Json) => {
             let mut json = cnnc_compiler::summary::to_json(&model);
             if let Some(map) = json.as_object_mut() {
-                let report = memory_report(&model, args.batch_size);
+                let report = memory_report(&model, batch_size);
                 map.insert(
                     "activation_memory".into(),
                     serde_json::to_value(&report).unwrap_or_default(),
@@ -201,6 +207,10 @@ struct MemoryReport {
     /// Bytes per image kept in training: every op's output (for backward)
     /// and one gradient buffer per op.
     training_bytes_per_image: Option<usize>,
+    /// `inference_bytes_per_image * batch_size`.
+    inference_bytes: Option<usize>,
+    /// `training_bytes_per_image * batch_size`.
+    training_bytes: Option<usize>,
 }
 
 fn memory_report(model: &cnnc_compiler::model::Model, batch_size: usize) -> MemoryReport {
@@ -209,6 +219,8 @@ fn memory_report(model: &cnnc_compiler::model::Model, batch_size: usize) -> Memo
         inference_bytes_per_image: None,
         inference_unplanned_bytes_per_image: None,
         training_bytes_per_image: None,
+        inference_bytes: None,
+        training_bytes: None,
     };
     let Ok(graph) = lower::try_lower(model) else {
         return none;
@@ -222,6 +234,8 @@ fn memory_report(model: &cnnc_compiler::model::Model, batch_size: usize) -> Memo
         inference_bytes_per_image: Some(plan.planned_bytes(1)),
         inference_unplanned_bytes_per_image: Some(plan.unplanned_len * 4),
         training_bytes_per_image: Some(kept * 2 * 4),
+        inference_bytes: Some(plan.planned_bytes(batch_size)),
+        training_bytes: Some(kept * 2 * 4 * batch_size),
     }
 }
 

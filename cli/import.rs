@@ -28,6 +28,13 @@ pub struct ImportArgs {
 }
 
 pub fn execute(args: ImportArgs) -> ExitCode {
+    if args.out.exists() && !args.out.is_dir() {
+        eprintln!(
+            "error: `-o {}` is a file: give the folder to write the spec and checkpoint into",
+            args.out.display()
+        );
+        return ExitCode::from(2);
+    }
     let options = ImportOptions {
         model_name: args.name.clone(),
         source_name: None,

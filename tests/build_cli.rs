@@ -332,6 +332,23 @@ fn summary_reports_activation_memory_of_the_memory_plan() {
         memory["training_bytes_per_image"],
         (unplanned + 128 + 64) * 2 * 4
     );
+    // And for the batch.
+    assert_eq!(memory["inference_bytes"], (50_176 + 25_088) * 4 * 10);
+    assert_eq!(
+        memory["training_bytes"],
+        (unplanned + 128 + 64) * 2 * 4 * 10
+    );
+
+    // --batch-size sizes the summary only.
+    let out = cnnc(&[
+        "build",
+        "specs/fashion_mnist.cnn",
+        "--batch-size",
+        "4",
+        "--emit",
+        "graph",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
 
     let out = cnnc(&["build", "specs/fashion_mnist.cnn", "--batch-size", "10"]);
     let text = String::from_utf8_lossy(&out.stdout);
