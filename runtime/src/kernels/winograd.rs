@@ -537,7 +537,9 @@ mod tests {
             .collect()
     }
 
-    fn check(batch: usize, h: usize, w: usize, c: usize, k: usize, pads: Pads2d) {
+    /// The geometry of a 3x3 stride-1 convolution of `batch` `h x w x c`
+    /// inputs to `k` filters.
+    fn shape3x3(batch: usize, h: usize, w: usize, c: usize, k: usize, pads: Pads2d) -> Conv2dShape {
         let attrs = Conv2dAttrs {
             in_channels: c,
             filters: k,
@@ -546,7 +548,11 @@ mod tests {
             pads,
             dilation_rate: [1, 1],
         };
-        let s = Conv2dShape::new(&attrs, batch, h, w).unwrap();
+        Conv2dShape::new(&attrs, batch, h, w).unwrap()
+    }
+
+    fn check(batch: usize, h: usize, w: usize, c: usize, k: usize, pads: Pads2d) {
+        let s = shape3x3(batch, h, w, c, k, pads);
         let x = lcg(1, s.input_len());
         let kernel = lcg(2, s.kernel_len());
         let mut want = vec![0.0; s.output_len()];
@@ -633,15 +639,7 @@ mod tests {
                 },
             ),
         ] {
-            let attrs = Conv2dAttrs {
-                in_channels: c,
-                filters: k,
-                kernel_size: [3, 3],
-                strides: [1, 1],
-                pads,
-                dilation_rate: [1, 1],
-            };
-            let s = Conv2dShape::new(&attrs, batch, h, w).unwrap();
+            let s = shape3x3(batch, h, w, c, k, pads);
             let x = lcg(3, s.input_len());
             let kernel = lcg(4, s.kernel_len());
             let y = vec![0.0; s.output_len()];
@@ -718,15 +716,7 @@ mod tests {
             (8, 56, 64, 64),
             (8, 14, 256, 256),
         ] {
-            let attrs = Conv2dAttrs {
-                in_channels: c,
-                filters: k,
-                kernel_size: [3, 3],
-                strides: [1, 1],
-                pads: SAME,
-                dilation_rate: [1, 1],
-            };
-            let s = Conv2dShape::new(&attrs, batch, hw, hw).unwrap();
+            let s = shape3x3(batch, hw, hw, c, k, SAME);
             let x = lcg(1, s.input_len());
             let kernel = lcg(2, s.kernel_len());
             let mut y = vec![0.0; s.output_len()];
