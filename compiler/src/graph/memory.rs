@@ -223,8 +223,11 @@ pub fn plan_inference(graph: &Graph) -> MemoryPlan {
     let len_of = |i: usize| graph.nodes[i].shape.iter().product::<usize>();
     let mut placement = vec![Placement::Skipped; n];
     let mut slot_len: Vec<usize> = Vec::new();
-    // Values currently held by each slot (a slot is free at 0).
+    // Values currently held by each slot (a slot is free at 0), and the
+    // length of the value that took it (aliases and in-place ops that follow
+    // share that buffer).
     let mut holders: Vec<usize> = Vec::new();
+    let mut in_use: Vec<usize> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let (mut live_len, mut peak_live_len, mut unplanned_len) = (0usize, 0usize, 0usize);
 
@@ -270,10 +273,12 @@ pub fn plan_inference(graph: &Graph) -> MemoryPlan {
                 None => {
                     slot_len.push(0);
                     holders.push(0);
+                    in_use.push(0);
                     slot_len.len() - 1
                 }
             };
             slot_len[slot] = slot_len[slot].max(need);
+            in_use[slot] = need;
             live_len += need;
             Placement::Slot { slot }
         });
@@ -306,7 +311,7 @@ pub fn plan_inference(graph: &Graph) -> MemoryPlan {
             holders[slot] -= 1;
             if holders[slot] == 0 {
                 free.push(slot);
-                live_len -= slot_len_in_use(&placement, j, graph);
+                live_len -= in_use[slot];
             }
         }
     }
@@ -317,22 +322,6 @@ pub fn plan_inference(graph: &Graph) -> MemoryPlan {
         planned_len,
         peak_live_len,
         unplanned_len,
-    }
-}
-
-/// Values per example of the buffer node `j`'s value was written into:
-/// the length of the node that first took the slot for this chain of
-/// aliases / in-place ops (they all have the same length, except aliases,
-/// which keep the size of the value they alias).
-fn slot_len_in_use(placement: &[Placement], j: usize, graph: &Graph) -> usize {
-    let mut j = j;
-    loop {
-        match placement[j] {
-            Placement::Alias { input, .. } | Placement::InPlace { input, .. } => {
-                j = graph.nodes[j].inputs[input].0;
-            }
-            _ => return graph.nodes[j].shape.iter().product(),
-        }
     }
 }
 
