@@ -1,14 +1,21 @@
 //! `cnnc import MODEL.onnx [-o DIR] [--name NAME]`: converts a trained ONNX
 //! model into an equivalent `.cnn` spec and a cnnc checkpoint
 //! (`DIR/NAME.cnn`, `DIR/NAME.safetensors`) with `cnnc_import`.
+//! `cnnc import MODEL.h5` does the same for a full Keras model saved in the
+//! HDF5 format (`model.save("x.h5")`): a file with the HDF5 signature is
+//! read as Keras, anything else as ONNX.
 //!
 //! The spec is checked by cnnc's own checker before anything is written.
 //! Exit codes: 0 on success; 1 when the model cannot be imported (an
 //! operator or attribute cnnc cannot express: the message names the ONNX
-//! operator type and node; a malformed model) or the files cannot be
-//! written; 2 when the model file cannot be read.
+//! operator type and node; for Keras the layer class and name; a malformed
+//! model) or the files cannot be written; 2 when the model file cannot be
+//! read.
 
-use cnnc_import::{import_onnx_file, ImportError, ImportOptions, IoLayout};
+use cnnc_import::keras::is_hdf5_file;
+use cnnc_import::{
+    import_keras_file, import_onnx_file, ImportError, ImportOptions, Imported, IoLayout, KerasError,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +23,7 @@ use std::process::ExitCode;
 /// Arguments of `cnnc import`.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
-    /// The ONNX model file (.onnx).
+    /// The model file: ONNX (.onnx) or a full Keras model in HDF5 (.h5).
     pub model: PathBuf,
     /// Folder to write NAME.cnn and NAME.safetensors into (created if needed).
     #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
@@ -39,25 +46,15 @@ pub fn execute(args: ImportArgs) -> ExitCode {
         model_name: args.name.clone(),
         source_name: None,
     };
-    let imported = match import_onnx_file(&args.model, &options) {
+    let keras = is_hdf5_file(&args.model);
+    let result = if keras {
+        import_keras(&args, &options)
+    } else {
+        import_onnx(&args, &options)
+    };
+    let imported = match result {
         Ok(imported) => imported,
-        Err(err) => {
-            let code = if matches!(err, ImportError::Read { .. }) {
-                2
-            } else {
-                1
-            };
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err}");
-            if let ImportError::Unsupported { op_type, .. } = &err {
-                let _ = writeln!(
-                    stderr,
-                    "note: `{}` cannot be imported: cnnc has no equivalent for this use of ONNX `{op_type}`",
-                    args.model.display()
-                );
-            }
-            return ExitCode::from(code);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let written = match imported.write(&args.out) {
         Ok(w) => w,
@@ -116,4 +113,47 @@ pub fn execute(args: ImportArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Imports an ONNX model; on failure prints the error and returns the exit code.
+fn import_onnx(args: &ImportArgs, options: &ImportOptions) -> Result<Imported, u8> {
+    import_onnx_file(&args.model, options).map_err(|err| {
+        let code = if matches!(err, ImportError::Read { .. }) {
+            2
+        } else {
+            1
+        };
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "error: {err}");
+        if let ImportError::Unsupported { op_type, .. } = &err {
+            let _ = writeln!(
+                stderr,
+                "note: `{}` cannot be imported: cnnc has no equivalent for this use of ONNX `{op_type}`",
+                args.model.display()
+            );
+        }
+        code
+    })
+}
+
+/// Imports a full Keras model (HDF5); on failure prints the error and
+/// returns the exit code.
+fn import_keras(args: &ImportArgs, options: &ImportOptions) -> Result<Imported, u8> {
+    import_keras_file(&args.model, options).map_err(|err| {
+        let code = if matches!(err, KerasError::Read { .. }) {
+            2
+        } else {
+            1
+        };
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "error: {err}");
+        if let KerasError::Unsupported { class_name, .. } = &err {
+            let _ = writeln!(
+                stderr,
+                "note: `{}` cannot be imported: cnnc has no equivalent for this use of Keras `{class_name}`",
+                args.model.display()
+            );
+        }
+        code
+    })
 }

@@ -63,3 +63,43 @@ fn bad_inputs_have_their_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a file"));
 }
+
+#[test]
+fn keras_h5_models_are_imported() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("import-keras-small");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.display().to_string();
+    let out = cnnc(&[
+        "import",
+        "import/tests/reference/keras/small_full.h5",
+        "-o",
+        &out_dir,
+        "--name",
+        "small",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec = dir.join("small.cnn");
+    assert!(dir.join("small.safetensors").is_file());
+    let built = cnnc(&["build", &spec.display().to_string(), "--format", "json"]);
+    assert_eq!(built.status.code(), Some(0));
+    let summary: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
+    // Keras 3.15 counts 2,857 parameters for this model (see
+    // import/tests/reference/keras/make_keras_reference.py).
+    assert_eq!(summary["total_params"].as_u64(), Some(2857));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2857 parameters"));
+
+    // A weights-only file has no architecture: exit 1, saying so.
+    let out = cnnc(&[
+        "import",
+        "import/tests/reference/keras/small_weights.h5",
+        "-o",
+        &out_dir,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model_config"));
+}

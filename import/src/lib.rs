@@ -23,6 +23,7 @@
 pub mod error;
 pub mod fold;
 pub mod graph;
+pub mod keras;
 pub mod layers;
 pub mod layout;
 pub mod names;
@@ -33,6 +34,7 @@ pub mod tensor;
 pub mod weights;
 
 pub use error::ImportError;
+pub use keras::{import_keras_file, load_keras_weights, KerasError, KerasWeights};
 pub use ops::{IoInfo, IoLayout};
 pub use weights::NamedTensor;
 
@@ -230,6 +232,18 @@ fn header(
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+    }
+    if let Some(start) = spec::top_start(&mapped.net) {
+        let top = &mapped.net.layers[start..];
+        lines.push(format!(
+            "Without its top ({}): call `{model_name}(include_top=false)`, output `{}` {:?}.",
+            top.iter()
+                .map(|l| format!("`{}`", l.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mapped.net.layers[start - 1].name,
+            mapped.net.layers[start - 1].shape
         ));
     }
     lines

@@ -11,6 +11,12 @@ use std::fmt::Write;
 
 /// Writes the spec: `header` lines become `#` comments above
 /// `model <name> { ... }`.
+///
+/// When the network ends in a classifier ("top", see [`top_start`]) the
+/// model gets Keras's `include_top=true` parameter and the top is wrapped in
+/// `if include_top { ... }`, so that another spec can call
+/// `<name>(include_top=false)` for the last feature map (as
+/// `keras.applications` models do).
 pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String {
     let mut out = String::new();
     for line in header {
@@ -20,7 +26,12 @@ pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String 
             let _ = writeln!(out, "# {line}");
         }
     }
-    let _ = writeln!(out, "model {model_name} {{");
+    let top = top_start(net);
+    if top.is_some() {
+        let _ = writeln!(out, "model {model_name}(include_top=true) {{");
+    } else {
+        let _ = writeln!(out, "model {model_name} {{");
+    }
     let single_input = net.inputs.len() == 1 && net.inputs[0].name == "input";
     for input in &net.inputs {
         let dims = join(input.shape.iter().map(|d| d.to_string()));
@@ -55,7 +66,15 @@ pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String 
 
     // The current tensor of the first statement is the (single) input.
     let mut current: Option<&str> = if single_input { Some("input") } else { None };
-    for layer in &net.layers {
+    for (i, layer) in net.layers.iter().enumerate() {
+        if top == Some(i) {
+            out.push_str("  if include_top {\n");
+        }
+        let indent = if top.is_some_and(|t| i >= t) {
+            "    "
+        } else {
+            "  "
+        };
         let call = layer_call(layer);
         let assign = if named_reads.contains_key(layer.name.as_str()) {
             format!("{} = ", layer.name)
@@ -67,14 +86,50 @@ pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String 
         } else {
             format!("{assign}{} -> {call}", layer.inputs[0])
         };
-        let _ = writeln!(out, "  {statement}");
+        let _ = writeln!(out, "{indent}{statement}");
         current = Some(layer.name.as_str());
+    }
+    if top.is_some() {
+        out.push_str("  }\n");
     }
     if output_statement {
         let _ = writeln!(out, "\n  output {}", net.outputs.join(", "));
     }
     out.push_str("}\n");
     out
+}
+
+/// Index of the first layer of the network's classifier "top": the chain
+/// of layers after the last one with a spatial (`[H, W, C]`) output, as
+/// `keras.applications`' `include_top` draws it (global pooling or
+/// flatten, dense layers, softmax). `None` unless the network has one input
+/// and one output, the output is the last layer, the last spatial layer is
+/// not the output, and every top layer reads only the layer before it,
+/// which nothing else reads.
+pub fn top_start(net: &Network) -> Option<usize> {
+    if net.inputs.len() != 1 || net.outputs.len() != 1 {
+        return None;
+    }
+    let last = net.layers.last()?;
+    if net.outputs[0] != last.name {
+        return None;
+    }
+    let start = net.layers.iter().rposition(|l| l.shape.len() == 3)? + 1;
+    if start >= net.layers.len() {
+        return None;
+    }
+    let readers = net.readers();
+    for i in start..net.layers.len() {
+        let layer = &net.layers[i];
+        if !is_chain_step(layer)
+            || layer.inputs.len() != 1
+            || layer.inputs[0] != net.layers[i - 1].name
+            || readers.get(&net.layers[i - 1].name) != Some(&1)
+        {
+            return None;
+        }
+    }
+    Some(start)
 }
 
 /// Whether the layer reads one tensor (written as a chain step); joins
@@ -324,14 +379,18 @@ mod tests {
             outputs: vec!["gap".into()],
         };
         let text = write_spec("net", &["from test".into()], &net);
+        // The classifier top (the layers after the last [H, W, C] one) is
+        // behind Keras's `include_top`.
         let expected = "# from test
-model net {
+model net(include_top=true) {
   input [8, 8, 4]
 
   c1 = conv2d(4, 3, padding=same, activation=relu, name=\"c1\")
   c2 = conv2d(4, 3, padding=same, activation=relu, name=\"c2\")
   add(c1, c2, name=\"sum\")
-  global_average_pooling2d(name=\"gap\")
+  if include_top {
+    global_average_pooling2d(name=\"gap\")
+  }
 }
 ";
         assert_eq!(text, expected);
@@ -343,5 +402,21 @@ model net {
             model.layers[2].inputs,
             vec!["c1".to_string(), "c2".to_string()]
         );
+        // Without its top, called from another model, it ends at `sum`.
+        let dir = std::env::temp_dir().join(format!("cnnc-import-top-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("net.cnn"), &text).unwrap();
+        let features = dir.join("features.cnn");
+        let source = "import \"net.cnn\"\nmodel features {\n  input [8, 8, 4]\n  net(include_top=false)\n}\n";
+        let (_, checked) = cnnc_compiler::check_file(&features, source);
+        let model = checked.expect("spec checks");
+        assert_eq!(model.layers.last().unwrap().name, "sum");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A network whose output is spatial has no top.
+        let mut fcn = net.clone();
+        fcn.layers.pop();
+        fcn.outputs = vec!["sum".into()];
+        assert_eq!(top_start(&fcn), None);
+        assert!(write_spec("fcn", &[], &fcn).contains("model fcn {"));
     }
 }
