@@ -21,9 +21,12 @@
 //!   place of the kernels they replace, parameters no node reads any more
 //!   (the original kernels and the batch-norm vectors) are dropped, and conv
 //!   and dense kernels are packed once into the GEMM's panel layout (on CPUs
-//!   where the in-crate AVX-512 GEMM runs; see [`PrepareOptions`]). The
-//!   result is self-contained and never larger than the model's parameters
-//!   (plus panel padding).
+//!   where the in-crate AVX-512 GEMM runs; see [`PrepareOptions`]), except
+//!   3x3 stride-1 conv kernels on large enough maps, which are transformed
+//!   once for Winograd F(2x2, 3x3) ([`WinogradPolicy`]; 16 instead of 9
+//!   values per input channel and filter). The result is self-contained and
+//!   never larger than the model's parameters plus panel padding and those
+//!   Winograd kernels' 7/9 extra.
 //! - [`InferenceParams::fold`] computes only the folded values and reads
 //!   every other parameter from the model's store at run time
 //!   ([`InferenceParams::over`]), for a model that keeps training.
@@ -38,7 +41,9 @@
 //! store for a graph with folded parameters ([`ParamError::Unprepared`]), so
 //! folded values can never be silently stale or zero.
 
+use crate::kernels::conv::{prepared_winograd_applies, Conv2dShape, PreparedKernel};
 use crate::kernels::gemm::Rhs;
+use crate::kernels::winograd::{self, PreparedWinograd};
 use crate::tensor::Tensor;
 use cnnc_compiler::graph::ir::{BatchNormStats, Fold, Init, Op, Param, ParamId};
 use cnnc_compiler::graph::Graph;
@@ -437,6 +442,36 @@ impl Default for PrepareOptions {
     }
 }
 
+/// Which prepared conv kernels [`InferenceParams::prepare_with_winograd`]
+/// prepares as Winograd F(2x2, 3x3) (3x3, stride 1, undilated, at least 8
+/// input channels and filters: [`winograd::applies`]) instead of packing
+/// them for im2col + GEMM. Only with [`PrepareOptions::pack_kernels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WinogradPolicy {
+    /// Where it was measured to be faster at batch 1 and at large batches
+    /// ([`prepared_winograd_applies`]). The default.
+    #[default]
+    Auto,
+    /// Never: every conv kernel runs im2col + GEMM.
+    Off,
+    /// Wherever [`winograd::applies`] and the output is at least this many
+    /// pixels high and wide (for measurements and tests).
+    MinOutputSize(usize),
+}
+
+impl WinogradPolicy {
+    /// Whether the convolution `s` (batch irrelevant) gets a Winograd kernel.
+    fn chooses(self, s: &Conv2dShape) -> bool {
+        match self {
+            WinogradPolicy::Auto => prepared_winograd_applies(s),
+            WinogradPolicy::Off => false,
+            WinogradPolicy::MinOutputSize(min) => {
+                winograd::applies(s) && s.out_h.min(s.out_w) >= min
+            }
+        }
+    }
+}
+
 /// The parameters of one inference graph, prepared from the model's
 /// parameters (see the module docs): folded values computed, parameters no
 /// node reads dropped, kernels optionally packed for the GEMM.
@@ -445,9 +480,10 @@ impl Default for PrepareOptions {
 pub struct InferenceParams {
     /// Per graph parameter: the value held here, if any.
     values: Vec<Option<Tensor>>,
-    /// Per graph parameter: the kernel packed for the GEMM, if it was
-    /// (its tensor is then not held).
-    packed: Vec<Option<Rhs<'static>>>,
+    /// Per graph parameter: the kernel prepared for the conv / dense
+    /// forward pass (packed for the GEMM, or Winograd-transformed), if it
+    /// was (its tensor is then not held).
+    packed: Vec<Option<PreparedKernel>>,
     /// [`fingerprint`] of the graph prepared for.
     fingerprint: u64,
     /// [`model_param_count`] of that graph.
@@ -461,6 +497,14 @@ impl std::fmt::Debug for InferenceParams {
             .field(
                 "packed",
                 &self.packed.iter().filter(|v| v.is_some()).count(),
+            )
+            .field(
+                "winograd",
+                &self
+                    .packed
+                    .iter()
+                    .filter(|v| matches!(v, Some(PreparedKernel::Winograd(_))))
+                    .count(),
             )
             .field("bytes", &self.bytes())
             .finish()
@@ -502,22 +546,42 @@ fn check_model_count(
     Ok(())
 }
 
-/// The `[rows, cols]` GEMM view of a conv or dense kernel read by `op`, if
-/// `op` reads `p` as such a kernel (a conv kernel
-/// `[kh, kw, in_channels, filters]` is `[kh * kw * in_channels, filters]`).
-fn gemm_view(op: &Op, p: ParamId, shape: &[usize]) -> Option<(usize, usize)> {
-    let kernel = match op {
-        Op::Conv2d { kernel, .. }
-        | Op::FusedConv2d { kernel, .. }
-        | Op::MatMul { kernel, .. }
-        | Op::FusedMatMul { kernel, .. } => *kernel,
+/// How node `i` of `graph` reads parameter `p` as a conv or dense kernel,
+/// if it does: the `[rows, cols]` GEMM view (a conv kernel
+/// `[kh, kw, in_channels, filters]` is `[kh * kw * in_channels, filters]`),
+/// and for a convolution, its geometry for one image (`None` when the
+/// shapes do not give one: the executor reports that).
+fn kernel_use(graph: &Graph, i: usize, p: ParamId) -> Option<KernelUse> {
+    let node = &graph.nodes[i];
+    let (kernel, attrs) = match &node.op {
+        Op::Conv2d { kernel, attrs } | Op::FusedConv2d { kernel, attrs, .. } => {
+            (*kernel, Some(attrs))
+        }
+        Op::MatMul { kernel, .. } | Op::FusedMatMul { kernel, .. } => (*kernel, None),
         _ => return None,
     };
     if kernel != p {
         return None;
     }
-    let (&cols, lead) = shape.split_last()?;
-    Some((lead.iter().product(), cols))
+    let (&cols, lead) = graph.params.get(p.0)?.shape.split_last()?;
+    let conv = attrs.and_then(|attrs| {
+        let input = graph.nodes.get(node.inputs.first()?.0)?;
+        let &[in_h, in_w, _] = input.shape.as_slice() else {
+            return None;
+        };
+        Conv2dShape::new(attrs, 1, in_h, in_w).ok()
+    });
+    Some(KernelUse {
+        view: (lead.iter().product(), cols),
+        conv,
+    })
+}
+
+/// See [`kernel_use`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KernelUse {
+    view: (usize, usize),
+    conv: Option<Conv2dShape>,
 }
 
 impl InferenceParams {
@@ -540,6 +604,19 @@ impl InferenceParams {
         graph: &Graph,
         model: ParamStore,
         options: PrepareOptions,
+    ) -> Result<InferenceParams, ParamError> {
+        InferenceParams::prepare_with_winograd(graph, model, options, WinogradPolicy::Auto)
+    }
+
+    /// [`InferenceParams::prepare_with`], choosing which 3x3 conv kernels
+    /// run as Winograd F(2x2, 3x3) by `winograd` (with
+    /// `options.pack_kernels` only; a kernel read by several nodes only if
+    /// every one of them is such a convolution).
+    pub fn prepare_with_winograd(
+        graph: &Graph,
+        model: ParamStore,
+        options: PrepareOptions,
+        winograd: WinogradPolicy,
     ) -> Result<InferenceParams, ParamError> {
         let model_len = check_layout(graph)?;
         check_model_count(graph, model_len, &model)?;
@@ -581,30 +658,53 @@ impl InferenceParams {
                 *v = None;
             }
         }
-        let mut packed: Vec<Option<Rhs<'static>>> = (0..n).map(|_| None).collect();
-        if options.pack_kernels && crate::kernels::gemm::uses_avx512() {
-            // Per parameter: the GEMM view every reader agrees on, if all
-            // its readers are conv / dense kernels.
-            let mut view: Vec<Option<Option<(usize, usize)>>> = vec![None; n];
-            for node in &graph.nodes {
+        let mut packed: Vec<Option<PreparedKernel>> = (0..n).map(|_| None).collect();
+        if options.pack_kernels {
+            // Per parameter: how its readers use it, if they all are conv /
+            // dense nodes reading it as their kernel, the same way, and
+            // whether all of them would run it as Winograd.
+            let mut uses: Vec<Option<Option<(KernelUse, bool)>>> = vec![None; n];
+            for (i, node) in graph.nodes.iter().enumerate() {
                 for p in node.op.params() {
-                    let Some(slot) = view.get_mut(p.0) else {
+                    let Some(slot) = uses.get_mut(p.0) else {
                         continue;
                     };
-                    let this = gemm_view(&node.op, p, &graph.params[p.0].shape);
+                    let this = kernel_use(graph, i, p).map(|u| {
+                        let wino = u.conv.is_some_and(|s| winograd.chooses(&s));
+                        (u, wino)
+                    });
                     *slot = match *slot {
                         None => Some(this),
-                        Some(prev) if prev == this => Some(prev),
-                        Some(_) => Some(None),
+                        Some(Some((prev, w))) => match this {
+                            Some((u, w2)) if u.view == prev.view => Some(Some((u, w && w2))),
+                            _ => Some(None),
+                        },
+                        Some(None) => Some(None),
                     };
                 }
             }
             for i in 0..n {
-                if let (Some(Some((rows, cols))), Some(t)) = (view[i], values[i].as_ref()) {
-                    if let Some(rhs) = pack(t, rows, cols) {
-                        packed[i] = Some(rhs);
-                        values[i] = None;
+                let (Some(Some((u, wino))), Some(t)) = (uses[i], values[i].as_ref()) else {
+                    continue;
+                };
+                let prepared = match (wino, u.conv) {
+                    (true, Some(s)) => {
+                        t.as_slice().filter(|d| d.len() == s.kernel_len()).map(|d| {
+                            PreparedKernel::Winograd(PreparedWinograd::new(
+                                d,
+                                s.in_channels,
+                                s.filters,
+                            ))
+                        })
                     }
+                    _ if crate::kernels::gemm::uses_avx512() => {
+                        pack(t, u.view.0, u.view.1).map(PreparedKernel::Gemm)
+                    }
+                    _ => None,
+                };
+                if let Some(p) = prepared {
+                    packed[i] = Some(p);
+                    values[i] = None;
                 }
             }
         }
@@ -676,15 +776,30 @@ impl InferenceParams {
         self.values.get(id.0).and_then(Option::as_ref)
     }
 
-    /// Whether parameter `id` is held packed for the GEMM.
+    /// Whether parameter `id` is held prepared for the conv / dense forward
+    /// pass (packed for the GEMM or Winograd-transformed) instead of as a
+    /// tensor.
     pub fn is_packed(&self, id: ParamId) -> bool {
         self.packed.get(id.0).is_some_and(Option::is_some)
+    }
+
+    /// Whether parameter `id` is held as a Winograd F(2x2, 3x3) kernel.
+    pub fn is_winograd(&self, id: ParamId) -> bool {
+        matches!(
+            self.packed.get(id.0),
+            Some(Some(PreparedKernel::Winograd(_)))
+        )
     }
 
     /// Bytes held: values plus packed kernels (panel padding included).
     pub fn bytes(&self) -> usize {
         let values: usize = self.values.iter().flatten().map(|t| t.len() * 4).sum();
-        let packed: usize = self.packed.iter().flatten().map(rhs_bytes).sum();
+        let packed: usize = self
+            .packed
+            .iter()
+            .flatten()
+            .map(PreparedKernel::bytes)
+            .sum();
         values + packed
     }
 
@@ -716,17 +831,6 @@ fn pack(t: &Tensor, rows: usize, cols: usize) -> Option<Rhs<'static>> {
     {
         let _ = (t, rows, cols);
         None
-    }
-}
-
-fn rhs_bytes(rhs: &Rhs<'static>) -> usize {
-    match rhs {
-        Rhs::Plain(b) => b.rows * b.cols * 4,
-        #[cfg(target_arch = "x86_64")]
-        Rhs::Packed(p) => {
-            let nr = crate::kernels::sgemm::NR;
-            p.k() * p.n().div_ceil(nr) * nr * 4
-        }
     }
 }
 
@@ -793,8 +897,8 @@ pub(crate) struct Resolved<'a> {
     /// Row-major data per graph parameter (empty for parameters no node
     /// reads, and for packed kernels).
     pub data: Vec<Cow<'a, [f32]>>,
-    /// Packed kernels per graph parameter.
-    pub packed: Vec<Option<&'a Rhs<'static>>>,
+    /// Prepared (packed or Winograd) kernels per graph parameter.
+    pub packed: Vec<Option<&'a PreparedKernel>>,
 }
 
 impl<'a> ParamsRef<'a> {

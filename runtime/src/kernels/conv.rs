@@ -31,7 +31,9 @@ use super::activation::{
 };
 use super::gemm::{matmul, matmul_rhs, matmul_rhs_par, Epilogue, MatRef, Parallelism, Rhs};
 use super::scratch::{with_partials, with_scratch};
-use super::winograd::{self, winograd_forward_transformed};
+use super::winograd::{
+    self, winograd_forward_prepared, winograd_forward_transformed, PreparedWinograd,
+};
 use super::{check_len, window_output_size, KernelError};
 use cnnc_compiler::graph::ir::Conv2dAttrs;
 use cnnc_compiler::model::Activation;
@@ -387,10 +389,50 @@ pub enum ConvKernel<'a> {
     /// Keras layout `[kernel_h, kernel_w, in_channels, filters]` (packed for
     /// the GEMM on every call).
     Hwio(&'a [f32]),
-    /// Already prepared for the GEMM (e.g. packed once at load), as the
-    /// matrix `[kernel_h * kernel_w * in_channels, filters]` viewed from the
-    /// HWIO kernel (see [`super::gemm::Rhs`]).
-    Prepared(&'a Rhs<'a>),
+    /// Prepared once (e.g. when a model is loaded for inference): see
+    /// [`PreparedKernel`].
+    Prepared(&'a PreparedKernel),
+}
+
+/// A conv or dense kernel prepared once for the forward pass (by
+/// [`crate::params::InferenceParams::prepare`]), in the form of the
+/// algorithm chosen for the layer.
+pub enum PreparedKernel {
+    /// im2col + GEMM: the matrix `[kernel_h * kernel_w * in_channels,
+    /// filters]` viewed from the HWIO kernel (a dense kernel:
+    /// `[in_features, units]`), prepared for the GEMM (see
+    /// [`super::gemm::Rhs`]).
+    Gemm(Rhs<'static>),
+    /// Winograd F(2x2, 3x3) for a 3x3 stride-1 undilated convolution (see
+    /// [`winograd::applies`] and [`prepared_winograd_applies`]).
+    Winograd(PreparedWinograd),
+}
+
+impl std::fmt::Debug for PreparedKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PreparedKernel::Gemm(rhs) => {
+                let (k, n) = rhs_dims(rhs);
+                write!(f, "Gemm([{k}, {n}])")
+            }
+            PreparedKernel::Winograd(w) => write!(f, "{w:?}"),
+        }
+    }
+}
+
+impl PreparedKernel {
+    /// Bytes held (panel padding included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            PreparedKernel::Gemm(Rhs::Plain(b)) => b.rows * b.cols * 4,
+            #[cfg(target_arch = "x86_64")]
+            PreparedKernel::Gemm(Rhs::Packed(p)) => {
+                let nr = super::sgemm::NR;
+                p.k() * p.n().div_ceil(nr) * nr * 4
+            }
+            PreparedKernel::Winograd(w) => w.bytes(),
+        }
+    }
 }
 
 /// `(rows, cols)` of a prepared right-hand side.
@@ -429,6 +471,15 @@ pub fn fused_conv2d_forward(
         check_len("conv2d residual", s.output_len(), r.len())?;
     }
     let (k, f) = (s.patch_len(), s.filters);
+    // Bias, residual and activation on each finished run of output rows
+    // (`r0`: its first row), while it is in cache.
+    let epilogue = |r0: usize, yblk: &mut [f32]| match residual {
+        None => bias_activation_rows(yblk, f, bias, act),
+        Some(r) => {
+            let rb = &r[r0 * f..r0 * f + yblk.len()];
+            bias_residual_activation_rows(yblk, f, bias, rb, act)
+        }
+    };
     let owned;
     let w = match kernel {
         ConvKernel::Hwio(kernel) if use_winograd(s) => {
@@ -437,13 +488,7 @@ pub fn fused_conv2d_forward(
             // scratch buffer (the tasks use the first).
             with_partials(16 * s.in_channels * f, |u| {
                 winograd::transform_kernel_into(kernel, s.in_channels, f, u);
-                winograd_forward_transformed(s, x, u, y, |r0, yblk| match residual {
-                    None => bias_activation_rows(yblk, f, bias, act),
-                    Some(r) => {
-                        let rb = &r[r0 * f..r0 * f + yblk.len()];
-                        bias_residual_activation_rows(yblk, f, bias, rb, act)
-                    }
-                })
+                winograd_forward_transformed(s, x, u, y, epilogue)
             });
             return Ok(());
         }
@@ -452,7 +497,7 @@ pub fn fused_conv2d_forward(
             owned = Rhs::new(MatRef::row_major(kernel, k, f));
             &owned
         }
-        ConvKernel::Prepared(rhs) => {
+        ConvKernel::Prepared(PreparedKernel::Gemm(rhs)) => {
             let (rows, cols) = rhs_dims(rhs);
             if (rows, cols) != (k, f) {
                 return Err(KernelError::Geometry(format!(
@@ -461,14 +506,20 @@ pub fn fused_conv2d_forward(
             }
             rhs
         }
-    };
-    forward_blocks_rhs(s, x, w, y, |r0, yblk| match residual {
-        None => bias_activation_rows(yblk, f, bias, act),
-        Some(r) => {
-            let rb = &r[r0 * f..r0 * f + yblk.len()];
-            bias_residual_activation_rows(yblk, f, bias, rb, act)
+        ConvKernel::Prepared(PreparedKernel::Winograd(wk)) => {
+            let (c, kf) = (wk.in_channels(), wk.filters());
+            if !winograd::applies(s) || (c, kf) != (s.in_channels, f) {
+                return Err(KernelError::Geometry(format!(
+                    "a Winograd F(2x2, 3x3) kernel ({c} -> {kf} channels) cannot run the \
+                     {}x{} stride-{}x{} convolution of {} -> {f} channels",
+                    s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.in_channels
+                )));
+            }
+            winograd_forward_prepared(s, x, wk, y, epilogue);
+            return Ok(());
         }
-    });
+    };
+    forward_blocks_rhs(s, x, w, y, epilogue);
     Ok(())
 }
 
@@ -551,12 +602,17 @@ fn forward_blocks_rhs(
 pub fn matmul_forward_prepared(
     rows: usize,
     x: &[f32],
-    kernel: &Rhs<'_>,
+    kernel: &PreparedKernel,
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
-    let (in_features, units) = rhs_dims(kernel);
+    let PreparedKernel::Gemm(rhs) = kernel else {
+        return Err(KernelError::Geometry(
+            "a dense layer cannot run on a Winograd conv kernel".into(),
+        ));
+    };
+    let (in_features, units) = rhs_dims(rhs);
     let s = Conv2dShape {
         batch: rows,
         in_h: 1,
@@ -688,6 +744,55 @@ const WINOGRAD_MIN_SIZE: usize = 12;
 /// Whether the convolution `s` runs as Winograd F(2x2, 3x3).
 fn use_winograd(s: &Conv2dShape) -> bool {
     winograd::applies(s) && s.out_h.min(s.out_w) >= WINOGRAD_MIN_SIZE
+}
+
+/// Smallest output height and width for which a kernel prepared for
+/// inference ([`PreparedKernel`]) is prepared as Winograd F(2x2, 3x3)
+/// rather than packed for im2col + GEMM, whatever its channels; see
+/// [`prepared_winograd_applies`].
+pub const PREPARED_WINOGRAD_MIN_SIZE: usize = 12;
+
+/// Smallest output height and width for which a kernel with at most
+/// [`PREPARED_WINOGRAD_SMALL_MAP_MAX_WEIGHTS`] input channels x filters is
+/// prepared as Winograd.
+pub const PREPARED_WINOGRAD_SMALL_MAP_MIN_SIZE: usize = 7;
+
+/// See [`PREPARED_WINOGRAD_SMALL_MAP_MIN_SIZE`]: `in_channels * filters`
+/// (the transformed kernel is 16 times that, here at most 4 MiB).
+pub const PREPARED_WINOGRAD_SMALL_MAP_MAX_WEIGHTS: usize = 256 * 256;
+
+/// Whether an inference kernel for the convolution `s` is prepared as
+/// Winograd F(2x2, 3x3) ([`winograd::applies`], and the output size and
+/// channels below). The choice is made once per layer, for every batch
+/// size, so it must not lose at either end.
+///
+/// Measured with prepared kernels on both sides (`cargo test --release -p
+/// cnnc-runtime --test winograd_prepared -- --ignored --nocapture`; bias +
+/// relu epilogue; 2-core VM shared with other jobs, load 5-7, medians of
+/// interleaved runs; im2col time / Winograd time):
+///
+/// | output, channels | batch 1 | batch 32-256 |
+/// |---|---|---|
+/// | 56x56, 64 -> 64 | 1.66-1.68x | 1.53-1.58x |
+/// | 28x28, 128 -> 128 | 1.80-1.82x | 1.61-1.80x |
+/// | 14x14, 64 -> 128 / 128 -> 128 | 1.68-1.83x | 1.67-1.91x |
+/// | 14x14, 256 -> 256 / 512 -> 512 | 1.42-1.64x | 1.55-1.76x |
+/// | 10x10, 256 -> 256 | 1.69x | |
+/// | 7x7, 128 -> 256 / 256 -> 256 | 1.08-1.25x | 1.20-1.25x |
+/// | 7x7 / 8x8, 512 -> 512 | 0.49-0.84x | 1.11-1.13x |
+/// | 4x4, 256 -> 256 | 1.01x | 0.77x |
+///
+/// So: every output of at least [`PREPARED_WINOGRAD_MIN_SIZE`]; from
+/// [`PREPARED_WINOGRAD_SMALL_MAP_MIN_SIZE`] (a 7x7 map wastes 23% of its
+/// 4x4 tiles) when `in_channels * filters` is at most
+/// [`PREPARED_WINOGRAD_SMALL_MAP_MAX_WEIGHTS`] (a batch-1 layer with a
+/// larger kernel reads 16 large matrices for few tiles and loses).
+pub fn prepared_winograd_applies(s: &Conv2dShape) -> bool {
+    let size = s.out_h.min(s.out_w);
+    winograd::applies(s)
+        && (size >= PREPARED_WINOGRAD_MIN_SIZE
+            || (size >= PREPARED_WINOGRAD_SMALL_MAP_MIN_SIZE
+                && s.in_channels * s.filters <= PREPARED_WINOGRAD_SMALL_MAP_MAX_WEIGHTS))
 }
 
 /// Partial kernel gradient of the output rows `g0 .. g0 + dz.len() / filters`:

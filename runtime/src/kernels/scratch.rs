@@ -7,6 +7,7 @@ use std::cell::RefCell;
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static STAGE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with a scratch slice of exactly `len` floats (contents unspecified).
@@ -19,6 +20,14 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 /// held by the calling thread while its rayon tasks use [`with_scratch`].
 pub(crate) fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_buffer(&PARTIALS, len, f)
+}
+
+/// Like [`with_scratch`] but from a third per-thread buffer, for a whole
+/// layer's intermediate held by the calling thread (e.g. the Winograd
+/// domain of every tile) while the caller may hold [`with_partials`] and
+/// its rayon tasks use [`with_scratch`].
+pub(crate) fn with_stage<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buffer(&STAGE, len, f)
 }
 
 /// Lends `len` floats of the thread's buffer `key`, or a fresh allocation

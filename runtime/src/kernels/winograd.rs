@@ -22,7 +22,7 @@
 
 use super::conv::Conv2dShape;
 use super::gemm::{matmul, MatRef, Parallelism};
-use super::scratch::with_scratch;
+use super::scratch::{with_scratch, with_stage};
 use rayon::prelude::*;
 
 /// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX-512F
@@ -33,14 +33,17 @@ use rayon::prelude::*;
 macro_rules! dispatch_simd {
     ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($arg: $ty),*) {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
                 }
@@ -61,6 +64,13 @@ macro_rules! dispatch_simd {
 /// Floats of transformed input and products one task works on at most
 /// (`16 * tiles * (in_channels + filters)`): about 1 MiB, within L2.
 const TASK_FLOATS: usize = 256 * 1024;
+
+/// Below this many tiles per task, and when the Winograd domain of all
+/// tiles (`16 * tiles * (in_channels + filters)` floats) is at most
+/// [`WHOLE_FLOATS`], the layer runs in three stages over all its tiles
+/// instead of tasks of whole tile rows (see [`forward_whole`]).
+const WHOLE_MAX_TASK_TILES: usize = 28;
+const WHOLE_FLOATS: usize = 1024 * 1024;
 
 /// Whether `s` is a convolution this module computes: a 3x3 kernel, stride 1,
 /// no dilation, and enough channels for the transforms to pay off (at least 8
@@ -287,15 +297,162 @@ pub fn winograd_forward_transformed(
     y: &mut [f32],
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    assert!(applies(s), "winograd geometry");
-    assert_eq!(x.len(), s.input_len(), "winograd input length");
-    assert_eq!(y.len(), s.output_len(), "winograd output length");
     let (c_n, k_n) = (s.in_channels, s.filters);
     assert_eq!(
         u.len(),
         16 * c_n * k_n,
         "winograd transformed kernel length"
     );
+    // Each task's GEMMs pack these through the GEMM's per-thread buffers
+    // (16 x in_channels x filters copies per task, small next to its
+    // 16 x tiles x in_channels x filters multiply-adds).
+    let rhs: [MatRef<'_>; 16] =
+        std::array::from_fn(|xi| MatRef::row_major(&u[xi * c_n * k_n..][..c_n * k_n], c_n, k_n));
+    forward_tiles(
+        s,
+        x,
+        |xi, a, c| matmul(a, rhs[xi], c, k_n, false, Parallelism::None),
+        y,
+        epilogue,
+    )
+}
+
+/// A 3x3 kernel transformed into the Winograd domain once (e.g. when a
+/// model is loaded for inference), with each of the 16 matrices `U[xi]`
+/// (`[in_channels, filters]`, see [`WinogradKernel`]) prepared for the GEMM
+/// ([`super::gemm::Rhs`]: packed into the AVX-512 kernel's panels where it runs), so a
+/// forward pass neither transforms nor packs the kernel.
+pub struct PreparedWinograd {
+    u: PreparedU,
+    in_channels: usize,
+    filters: usize,
+}
+
+enum PreparedU {
+    /// The 16 matrices, packed (AVX-512 path).
+    #[cfg(target_arch = "x86_64")]
+    Packed(Vec<super::sgemm::PackedB>),
+    /// `[16, in_channels, filters]` row-major (portable GEMM path, which
+    /// reads the right-hand side in place).
+    Plain(Vec<f32>),
+}
+
+impl PreparedWinograd {
+    /// Transforms `kernel` (`[3, 3, in_channels, filters]`, HWIO) and
+    /// prepares the 16 matrices for the GEMM in use
+    /// ([`super::gemm::uses_avx512`]).
+    ///
+    /// # Panics
+    /// If `kernel.len() != 9 * in_channels * filters` (callers check shapes
+    /// first).
+    pub fn new(kernel: &[f32], in_channels: usize, filters: usize) -> PreparedWinograd {
+        let mut u = vec![0.0f32; 16 * in_channels * filters];
+        transform_kernel_into(kernel, in_channels, filters, &mut u);
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::uses_avx512() {
+            let plane = in_channels * filters;
+            let packed = (0..16)
+                .map(|xi| {
+                    super::sgemm::pack_b(MatRef::row_major(
+                        &u[xi * plane..][..plane],
+                        in_channels,
+                        filters,
+                    ))
+                })
+                .collect();
+            return PreparedWinograd {
+                u: PreparedU::Packed(packed),
+                in_channels,
+                filters,
+            };
+        }
+        PreparedWinograd {
+            u: PreparedU::Plain(u),
+            in_channels,
+            filters,
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// Filters (output channels).
+    pub fn filters(&self) -> usize {
+        self.filters
+    }
+
+    /// Bytes held (panel padding included).
+    pub fn bytes(&self) -> usize {
+        match &self.u {
+            #[cfg(target_arch = "x86_64")]
+            PreparedU::Packed(p) => {
+                let nr = super::sgemm::NR;
+                p.iter().map(|b| b.k() * b.n().div_ceil(nr) * nr * 4).sum()
+            }
+            PreparedU::Plain(u) => u.len() * 4,
+        }
+    }
+}
+
+impl std::fmt::Debug for PreparedWinograd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedWinograd")
+            .field("in_channels", &self.in_channels)
+            .field("filters", &self.filters)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+/// [`winograd_forward`] with a [`PreparedWinograd`] kernel: no kernel
+/// transform or packing per call; allocates nothing once the per-thread
+/// scratch buffers are warm.
+///
+/// # Panics
+/// If the slices or the kernel's channels do not match `s`, or [`applies`]
+/// does not hold (internal invariants: callers check first).
+pub fn winograd_forward_prepared(
+    s: &Conv2dShape,
+    x: &[f32],
+    kernel: &PreparedWinograd,
+    y: &mut [f32],
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let (c_n, k_n) = (s.in_channels, s.filters);
+    assert_eq!(
+        (kernel.in_channels, kernel.filters),
+        (c_n, k_n),
+        "winograd kernel channels"
+    );
+    match &kernel.u {
+        #[cfg(target_arch = "x86_64")]
+        PreparedU::Packed(p) => forward_tiles(
+            s,
+            x,
+            |xi, a, c| super::sgemm::gemm_packed(a, &p[xi], c, k_n, false),
+            y,
+            epilogue,
+        ),
+        PreparedU::Plain(u) => winograd_forward_transformed(s, x, u, y, epilogue),
+    }
+}
+
+/// The Winograd forward pass with `product(xi, v, m)` computing the GEMM
+/// `m = v x U[xi]` (`v` `[tiles, in_channels]`, `m` `[tiles, filters]`
+/// row-major, single-threaded).
+fn forward_tiles(
+    s: &Conv2dShape,
+    x: &[f32],
+    product: impl Fn(usize, MatRef<'_>, &mut [f32]) + Sync,
+    y: &mut [f32],
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(applies(s), "winograd geometry");
+    assert_eq!(x.len(), s.input_len(), "winograd input length");
+    assert_eq!(y.len(), s.output_len(), "winograd output length");
+    let (c_n, k_n) = (s.in_channels, s.filters);
     let (tiles_h, tiles_w) = (s.out_h.div_ceil(2), s.out_w.div_ceil(2));
     // Tile rows per task: as many as fit the cache budget, and for small
     // batches few enough that every image splits into several tasks.
@@ -305,12 +462,12 @@ pub fn winograd_forward_transformed(
     } else {
         fit
     };
-    // Each task's GEMMs pack these through the GEMM's per-thread buffers
-    // (16 x in_channels x filters copies per task, small next to its
-    // 16 x tiles x in_channels x filters multiply-adds).
-    let rhs: [MatRef<'_>; 16] =
-        std::array::from_fn(|xi| MatRef::row_major(&u[xi * c_n * k_n..][..c_n * k_n], c_n, k_n));
     let image_out = s.out_h * s.out_w * k_n;
+    let all_tiles = s.batch * tiles_h * tiles_w;
+    if group * tiles_w < WHOLE_MAX_TASK_TILES && 16 * all_tiles * (c_n + k_n) <= WHOLE_FLOATS {
+        forward_whole(s, x, product, y, epilogue);
+        return;
+    }
     let rows_per_task = 2 * group;
     y.par_chunks_mut(image_out)
         .enumerate()
@@ -328,17 +485,16 @@ pub fn winograd_forward_transformed(
                         let (v, rest) = buf.split_at_mut(16 * tiles * c_n);
                         let (m, rest) = rest.split_at_mut(16 * tiles * k_n);
                         let (tmp, srow) = rest.split_at_mut(17 * c_n);
-                        input_transform(s, x_img, tr0, tile_rows, tiles_w, v, tmp);
+                        input_transform(s, x_img, tr0, tile_rows, tiles_w, v, tiles, 0, tmp);
                         for xi in 0..16 {
                             let a = MatRef::row_major(
                                 &v[xi * tiles * c_n..][..tiles * c_n],
                                 tiles,
                                 c_n,
                             );
-                            let c = &mut m[xi * tiles * k_n..][..tiles * k_n];
-                            matmul(a, rhs[xi], c, k_n, false, Parallelism::None);
+                            product(xi, a, &mut m[xi * tiles * k_n..][..tiles * k_n]);
                         }
-                        output_transform(s, m, tr0, tiles, tiles_w, y_rows, srow);
+                        output_transform(s, m, tiles, 0, tr0, tiles, tiles_w, y_rows, srow);
                     });
                     let first_pixel = n * s.out_h * s.out_w + 2 * tr0 * s.out_w;
                     epilogue(first_pixel, y_rows);
@@ -346,9 +502,61 @@ pub fn winograd_forward_transformed(
         });
 }
 
+/// [`forward_tiles`] in three stages over all tiles of the batch, for few
+/// small images (batch 1, 7x7 to 14x14 maps), where tasks of whole tile
+/// rows would run GEMMs of a handful of rows, each reading all of `U`:
+/// 1. the input transform of every tile (`V`: `[16, tiles, in_channels]`);
+/// 2. the 16 GEMMs `M[xi] = V[xi] x U[xi]`, each over all tiles, split
+///    over the pool by `xi` (each part of `U` is read once);
+/// 3. the output transform and `epilogue`, split by tile rows.
+fn forward_whole(
+    s: &Conv2dShape,
+    x: &[f32],
+    product: impl Fn(usize, MatRef<'_>, &mut [f32]) + Sync,
+    y: &mut [f32],
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let (c_n, k_n) = (s.in_channels, s.filters);
+    let (tiles_h, tiles_w) = (s.out_h.div_ceil(2), s.out_w.div_ceil(2));
+    let per_image = tiles_h * tiles_w;
+    let all = s.batch * per_image;
+    with_stage(16 * all * (c_n + k_n) + 17 * c_n, |buf| {
+        let (v, rest) = buf.split_at_mut(16 * all * c_n);
+        let (m, tmp) = rest.split_at_mut(16 * all * k_n);
+        for n in 0..s.batch {
+            let x_img = &x[n * s.image_len()..][..s.image_len()];
+            input_transform(s, x_img, 0, tiles_h, tiles_w, v, all, n * per_image, tmp);
+        }
+        let v: &[f32] = v;
+        m.par_chunks_mut(all * k_n)
+            .enumerate()
+            .for_each(|(xi, mc)| {
+                let a = MatRef::row_major(&v[xi * all * c_n..][..all * c_n], all, c_n);
+                product(xi, a, mc);
+            });
+        let m: &[f32] = m;
+        let image_out = s.out_h * s.out_w * k_n;
+        y.par_chunks_mut(image_out)
+            .enumerate()
+            .for_each(|(n, y_img)| {
+                y_img
+                    .par_chunks_mut(2 * s.out_w * k_n)
+                    .enumerate()
+                    .for_each(|(tr, y_rows)| {
+                        with_scratch(8 * k_n, |srow| {
+                            let tile0 = n * per_image + tr * tiles_w;
+                            output_transform(s, m, all, tile0, tr, tiles_w, tiles_w, y_rows, srow);
+                        });
+                        epilogue(n * s.out_h * s.out_w + 2 * tr * s.out_w, y_rows);
+                    });
+            });
+    });
+}
+
 dispatch_simd! {
-    /// Fills `v` (`[16, tiles, in_channels]`) with `B^T d B` of the input tiles of
-    /// tile rows `tr0 .. tr0 + tile_rows` of one image.
+    /// Fills rows `tile0 ..` of `v` (`[16, tile_stride, in_channels]`) with
+    /// `B^T d B` of the input tiles of tile rows `tr0 .. tr0 + tile_rows` of
+    /// one image.
     fn input_transform(
         s: &Conv2dShape,
         x_img: &[f32],
@@ -356,11 +564,14 @@ dispatch_simd! {
         tile_rows: usize,
         tiles_w: usize,
         v: &mut [f32],
+        tile_stride: usize,
+        tile0: usize,
         tmp: &mut [f32]
     ) => input_transform_body
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn input_transform_body(
     s: &Conv2dShape,
     x_img: &[f32],
@@ -368,10 +579,11 @@ fn input_transform_body(
     tile_rows: usize,
     tiles_w: usize,
     v: &mut [f32],
+    tile_stride: usize,
+    tile0: usize,
     tmp: &mut [f32],
 ) {
     let c_n = s.in_channels;
-    let tiles = tile_rows * tiles_w;
     // `tmp`: a row of zeros (`in_channels`), then `B^T d` (`[4][4][in_channels]`).
     let (zeros, t) = tmp.split_at_mut(c_n);
     zeros.fill(0.0);
@@ -381,7 +593,7 @@ fn input_transform_body(
     let mut d: [&[f32]; 16] = [zeros; 16];
     for tr in 0..tile_rows {
         for tc in 0..tiles_w {
-            let tile = tr * tiles_w + tc;
+            let tile = tile0 + tr * tiles_w + tc;
             let iy0 = (2 * (tr0 + tr)) as isize - s.pad_top as isize;
             let ix0 = (2 * tc) as isize - s.pad_left as isize;
             for (i, row) in d.chunks_exact_mut(4).enumerate() {
@@ -424,7 +636,7 @@ fn input_transform_body(
                     &row[3 * c_n..],
                 );
                 for (j, op) in (0..4).map(|j| (j, 4 * i + j)) {
-                    let dst = &mut v[(op * tiles + tile) * c_n..][..c_n];
+                    let dst = &mut v[(op * tile_stride + tile) * c_n..][..c_n];
                     match j {
                         0 => dst
                             .iter_mut()
@@ -450,11 +662,14 @@ fn input_transform_body(
 }
 
 dispatch_simd! {
-    /// Writes `A^T M A` of each tile (`m`: `[16, tiles, filters]`) into the
-    /// output rows of the task (`y_rows`: from output row `2 * tr0`, whole rows).
+    /// Writes `A^T M A` of tiles `tile0 .. tile0 + tiles` (`m`: `[16,
+    /// tile_stride, filters]`) into the output rows of the task (`y_rows`:
+    /// from output row `2 * tr0`, whole rows).
     fn output_transform(
         s: &Conv2dShape,
         m: &[f32],
+        tile_stride: usize,
+        tile0: usize,
         tr0: usize,
         tiles: usize,
         tiles_w: usize,
@@ -464,9 +679,12 @@ dispatch_simd! {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn output_transform_body(
     s: &Conv2dShape,
     m: &[f32],
+    tile_stride: usize,
+    tile0: usize,
     tr0: usize,
     tiles: usize,
     tiles_w: usize,
@@ -477,7 +695,7 @@ fn output_transform_body(
     // `srow`: A^T M, `[2][4][filters]`.
     for tile in 0..tiles {
         let (tr, tc) = (tile / tiles_w, tile % tiles_w);
-        let mm = |xi: usize| &m[(xi * tiles + tile) * k_n..][..k_n];
+        let mm = |xi: usize| &m[(xi * tile_stride + tile0 + tile) * k_n..][..k_n];
         // s = A^T M: row 0 = m0 + m1 + m2, row 1 = m1 - m2 - m3 (rows of 4).
         for j in 0..4 {
             let (m0, m1, m2, m3) = (mm(j), mm(4 + j), mm(8 + j), mm(12 + j));
