@@ -446,6 +446,34 @@ pub struct Model {
     pub layers: Vec<Layer>,
 }
 
+impl Layer {
+    /// Freezes (`false`) or unfreezes (`true`) the layer, like Keras's
+    /// `layer.trainable = ...` between two `fit` calls (transfer learning:
+    /// train a new head on a frozen base, then fine-tune). Keeps
+    /// `trainable_params` consistent: every parameter of a trainable layer
+    /// but batch norm's moving mean and variance (`2 x channels`, never
+    /// trained); 0 for a frozen one. A frozen batch norm also runs in
+    /// inference mode once lowered.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        let always_frozen = match self.kind {
+            LayerKind::BatchNormalization { .. } => {
+                2 * self
+                    .output_shape
+                    .last()
+                    .and_then(|d| d.known())
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        };
+        self.trainable = trainable;
+        self.trainable_params = if trainable {
+            self.params.saturating_sub(always_frozen)
+        } else {
+            0
+        };
+    }
+}
+
 impl Model {
     /// Per-example shape of the tensor called `name` (a layer or an input).
     pub fn shape_of(&self, name: &str) -> Option<&[Dim]> {

@@ -67,6 +67,36 @@ model m {
 }
 
 #[test]
+fn set_trainable_matches_a_spec_written_frozen_or_not() {
+    // Unfreezing a layer declared `trainable=false` must give the counts the
+    // checker gives the same layer declared trainable, and back.
+    let layers = "conv2d(8, 3, name=\"c\")\n batch_normalization(name=\"bn\")\n batch_normalization(center=false, name=\"bn2\")";
+    let frozen_src = format!(
+        "model m {{\n input [8, 8, 4]\n {}\n}}\n",
+        layers.replace("\")", "\", trainable=false)")
+    );
+    let trainable = ok(&format!("model m {{\n input [8, 8, 4]\n {layers}\n}}\n"));
+    let mut m = ok(&frozen_src);
+    assert_eq!(m.trainable_params(), 0);
+    for layer in &mut m.layers {
+        layer.set_trainable(true);
+    }
+    // conv 3*3*4*8 + 8 = 296; bn 2*8 trainable (+16 moving); bn2 8 (+16).
+    assert_eq!(m.trainable_params(), 296 + 16 + 8);
+    for (a, b) in m.layers.iter().zip(&trainable.layers) {
+        assert_eq!(
+            (a.trainable, a.trainable_params),
+            (b.trainable, b.trainable_params)
+        );
+    }
+    for layer in &mut m.layers {
+        layer.set_trainable(false);
+    }
+    assert_eq!(m.trainable_params(), 0);
+    assert_eq!(m.total_params(), trainable.total_params());
+}
+
+#[test]
 fn batch_normalization_counts_moving_statistics_as_non_trainable() {
     let m = ok("model m {\n input [8, 8, 32]\n batch_normalization\n batch_normalization(center=false)\n batch_normalization(scale=false, center=false)\n}\n");
     // Keras: 4 * 32 = 128 params, 64 of them (moving mean, variance) non-trainable.

@@ -198,6 +198,101 @@ pub fn describe_safetensors(err: &safetensors::SafeTensorError) -> String {
     }
 }
 
+/// What [`load_by_name`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ByName {
+    /// Parameters given their value from the file.
+    pub loaded: Vec<String>,
+    /// Parameters the file does not hold (they keep their value: a new
+    /// head, typically).
+    pub not_in_file: Vec<String>,
+    /// Tensors of the file that no parameter has (the old head,
+    /// typically).
+    pub unused: Vec<String>,
+}
+
+/// Loads into `values` (aligned with `params`) every tensor of the
+/// checkpoint at `path` whose name is a parameter's, like Keras's
+/// `model.load_weights(path, by_name=True)`: the pretrained base of a
+/// transfer-learning model gets its weights, the parameters the file lacks
+/// keep theirs. Errors: [`CheckpointError::Io`] / `Format` for an unreadable
+/// file, `CountMismatch` if `values` is not aligned with `params`,
+/// `Mismatch` (listing them all) when a name matches but the shape or dtype
+/// differs, or when no name matches at all (`missing` then lists the
+/// model's parameters and `unexpected` the file's tensors).
+pub fn load_by_name(
+    path: &Path,
+    params: &[Param],
+    values: &mut ParamStore,
+) -> Result<ByName, CheckpointError> {
+    if values.values.len() != params.len() {
+        return Err(CheckpointError::CountMismatch {
+            params: params.len(),
+            values: values.values.len(),
+        });
+    }
+    let buffer = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = SafeTensors::deserialize(&buffer).map_err(|err| CheckpointError::Format {
+        path: path.to_path_buf(),
+        message: describe_safetensors(&err),
+    })?;
+    let tensors: BTreeMap<String, TensorView<'_>> = file.tensors().into_iter().collect();
+    let mut report = ByName::default();
+    let mut mismatched = Vec::new();
+    let mut found = Vec::new();
+    for (i, param) in params.iter().enumerate() {
+        let Some(view) = tensors.get(&param.name) else {
+            report.not_in_file.push(param.name.clone());
+            continue;
+        };
+        if view.dtype() != Dtype::F32 || view.shape() != param.shape.as_slice() {
+            mismatched.push(TensorMismatch {
+                name: param.name.clone(),
+                expected: param.shape.clone(),
+                found: view.shape().to_vec(),
+                dtype: format!("{:?}", view.dtype()),
+            });
+            continue;
+        }
+        found.push((i, view));
+    }
+    report.unused = tensors
+        .keys()
+        .filter(|name| !params.iter().any(|p| &p.name == *name))
+        .cloned()
+        .collect();
+    if !mismatched.is_empty() || found.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            missing: if found.is_empty() && mismatched.is_empty() {
+                report.not_in_file
+            } else {
+                Vec::new()
+            },
+            unexpected: if found.is_empty() && mismatched.is_empty() {
+                report.unused
+            } else {
+                Vec::new()
+            },
+            mismatched,
+        });
+    }
+    for (i, view) in found {
+        let target = values.values[i]
+            .as_slice_mut()
+            .expect("parameter values are contiguous");
+        for (v, b) in target.iter_mut().zip(view.data().chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        report.loaded.push(params[i].name.clone());
+    }
+    Ok(report)
+}
+
 /// Loads a checkpoint for `params`, checking that the file holds exactly the
 /// model's tensors with the model's shapes (F32); every difference is listed
 /// in [`CheckpointError::Mismatch`].
@@ -294,6 +389,66 @@ mod tests {
                 values: vec![kernel, bias],
             },
         )
+    }
+
+    #[test]
+    fn load_by_name_fills_matching_params_and_keeps_the_rest() {
+        let dir = dir("byname");
+        let path = dir.join("base.safetensors");
+        let (params, values) = store();
+        save(&path, &params, &values).unwrap();
+        // A model with the same conv plus a new head.
+        let mut model = params.clone();
+        model.push(param("head/kernel", &[2, 5]));
+        let head = Tensor::from_elem(IxDyn(&[2, 5]), 7.0);
+        let mut target = ParamStore {
+            values: vec![
+                Tensor::zeros(IxDyn(&[3, 3, 1, 2])),
+                Tensor::zeros(IxDyn(&[2])),
+                head.clone(),
+            ],
+        };
+        let report = load_by_name(&path, &model, &mut target).unwrap();
+        assert_eq!(report.loaded, ["conv2d/kernel", "conv2d/bias"]);
+        assert_eq!(report.not_in_file, ["head/kernel"]);
+        assert!(report.unused.is_empty());
+        assert_eq!(target.values[0], values.values[0]);
+        assert_eq!(target.values[1], values.values[1]);
+        assert_eq!(target.values[2], head);
+
+        // Same name, other shape: an error naming it, nothing half-loaded.
+        let wrong = vec![param("conv2d/kernel", &[3, 3, 2, 2]), param("x", &[1])];
+        let mut fresh = ParamStore {
+            values: vec![
+                Tensor::zeros(IxDyn(&[3, 3, 2, 2])),
+                Tensor::zeros(IxDyn(&[1])),
+            ],
+        };
+        match load_by_name(&path, &wrong, &mut fresh) {
+            Err(CheckpointError::Mismatch { mismatched, .. }) => {
+                assert_eq!(mismatched[0].name, "conv2d/kernel");
+                assert_eq!(mismatched[0].found, [3, 3, 1, 2]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(fresh.values[0].iter().all(|&v| v == 0.0));
+        // No name in common: an error listing both sides.
+        let other = vec![param("dense/kernel", &[4, 2])];
+        let mut fresh = ParamStore {
+            values: vec![Tensor::zeros(IxDyn(&[4, 2]))],
+        };
+        match load_by_name(&path, &other, &mut fresh) {
+            Err(CheckpointError::Mismatch {
+                missing,
+                unexpected,
+                ..
+            }) => {
+                assert_eq!(missing, ["dense/kernel"]);
+                assert_eq!(unexpected, ["conv2d/bias", "conv2d/kernel"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

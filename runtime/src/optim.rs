@@ -90,6 +90,44 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// The settings as Keras writes the constructor call, e.g.
+    /// `SGD(learning_rate=0.2, momentum=0.9, decay=0.01)` (settings at their
+    /// default left out).
+    pub fn describe(&self) -> String {
+        let mut args = Vec::new();
+        match self {
+            OptimizerConfig::Sgd(c) => {
+                let d = SgdConfig::default();
+                args.push(format!("learning_rate={}", c.learning_rate));
+                if c.momentum != d.momentum {
+                    args.push(format!("momentum={}", c.momentum));
+                }
+                if c.nesterov {
+                    args.push("nesterov=True".to_string());
+                }
+                if c.decay != d.decay {
+                    args.push(format!("decay={}", c.decay));
+                }
+                format!("SGD({})", args.join(", "))
+            }
+            OptimizerConfig::Adam(c) => {
+                let d = AdamConfig::default();
+                args.push(format!("learning_rate={}", c.learning_rate));
+                for (name, value, default) in [
+                    ("beta_1", c.beta_1, d.beta_1),
+                    ("beta_2", c.beta_2, d.beta_2),
+                    ("epsilon", c.epsilon, d.epsilon),
+                    ("decay", c.decay, d.decay),
+                ] {
+                    if value != default {
+                        args.push(format!("{name}={value}"));
+                    }
+                }
+                format!("Adam({})", args.join(", "))
+            }
+        }
+    }
+
     /// Checks the settings are usable (positive finite learning rate, betas
     /// and momentum in `[0, 1)`, ...). Returns a message naming the field.
     pub fn validate(&self) -> Result<(), OptimError> {
@@ -297,6 +335,24 @@ mod tests {
     use super::*;
     use cnnc_compiler::graph::ir::Init;
     use ndarray::IxDyn;
+
+    #[test]
+    fn describe_writes_the_keras_call() {
+        let sgd = OptimizerConfig::Sgd(SgdConfig {
+            learning_rate: 0.2,
+            momentum: 0.9,
+            decay: 0.01,
+            ..SgdConfig::default()
+        });
+        assert_eq!(
+            sgd.describe(),
+            "SGD(learning_rate=0.2, momentum=0.9, decay=0.01)"
+        );
+        assert_eq!(
+            OptimizerConfig::Adam(AdamConfig::default()).describe(),
+            "Adam(learning_rate=0.001)"
+        );
+    }
 
     fn param(name: &str, len: usize, trainable: bool) -> Param {
         Param {

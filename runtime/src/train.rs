@@ -45,7 +45,8 @@
 //! optimizer updates each parameter sequentially, so a run is reproducible
 //! for a given seed and thread count.
 
-use crate::data::{batch_count, epoch_order, for_each_batch, mix_seed, Batch, Dataset};
+use crate::data::folder::{BatchSource, FolderError};
+use crate::data::{batch_count, epoch_order, mix_seed, Batch, Dataset};
 use crate::executor::{ExecError, Executor, Mode};
 use crate::loss::{self, LossError};
 use crate::metrics::{correct_count, RunningMean};
@@ -100,12 +101,23 @@ pub enum TrainError {
     Loss(#[from] LossError),
     #[error(transparent)]
     Optimizer(#[from] OptimError),
+    /// An example of a streaming data set (an image folder) could not be
+    /// read or transformed.
+    #[error(transparent)]
+    Data(#[from] FolderError),
 }
 
 /// How to run `fit`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitConfig {
+    /// The epoch to stop after (Keras's `epochs`): epochs
+    /// `initial_epoch + 1 ..= epochs` run.
     pub epochs: usize,
+    /// Epochs already done (Keras's `initial_epoch`): a later `fit` call,
+    /// such as the second phase of transfer learning, continues the epoch
+    /// numbering, the per-epoch shuffles and augmentation and the dropout
+    /// seeds instead of repeating those of epoch 1.
+    pub initial_epoch: usize,
     /// Examples per training step (Keras default 32).
     pub batch_size: usize,
     /// Examples per evaluation step on the validation set (defaults to
@@ -121,6 +133,7 @@ impl Default for FitConfig {
     fn default() -> Self {
         FitConfig {
             epochs: 1,
+            initial_epoch: 0,
             batch_size: 32,
             validation_batch_size: None,
             seed: 42,
@@ -377,18 +390,29 @@ impl Classifier {
         data: &Dataset,
         batch_size: usize,
     ) -> Result<Evaluation, TrainError> {
+        self.evaluate_source(params, data, batch_size)
+    }
+
+    /// [`Classifier::evaluate`] on any [`BatchSource`], e.g. a streaming
+    /// image folder (read as in epoch 0: give it no augmentation).
+    pub fn evaluate_source<P: ParamSource + ?Sized, S: BatchSource>(
+        &mut self,
+        params: &P,
+        data: &S,
+        batch_size: usize,
+    ) -> Result<Evaluation, TrainError> {
         if batch_size == 0 {
             return Err(TrainError::ZeroBatchSize);
         }
         if data.is_empty() {
             return Err(TrainError::EmptyData("evaluation"));
         }
-        self.check_input(data.example_shape())?;
+        self.check_input(&data.example_shape())?;
         let params = inference_params(self.executor.graph(), &mut self.folded, params.param_ref())?;
         let order: Vec<usize> = (0..data.len()).collect();
         let mut loss_total = 0.0f64;
         let mut correct = 0usize;
-        for_each_batch(data, &order, batch_size, |_, batch: Batch| {
+        data.for_each_batch(&order, batch_size, 0, |_, batch: Batch| {
             let output = self
                 .executor
                 .try_forward(&params, &batch.images, Mode::Inference)?;
@@ -554,6 +578,17 @@ impl Trainer {
         self.classifier.evaluate(&self.params, data, batch_size)
     }
 
+    /// [`Trainer::evaluate`] on any [`BatchSource`] (e.g. a streaming image
+    /// folder without augmentation).
+    pub fn evaluate_source<S: BatchSource>(
+        &mut self,
+        data: &S,
+        batch_size: usize,
+    ) -> Result<Evaluation, TrainError> {
+        self.classifier
+            .evaluate_source(&self.params, data, batch_size)
+    }
+
     /// Trains for `config.epochs` epochs (Keras `model.fit`): each epoch
     /// shuffles the training set, and for every batch runs forward
     /// ([`Mode::Train`]: logits, dropout on), the loss, backward, and one
@@ -566,24 +601,41 @@ impl Trainer {
         config: &FitConfig,
         callback: &mut dyn FitCallback,
     ) -> Result<History, TrainError> {
+        self.fit_source(optimizer, train, validation, config, callback)
+    }
+
+    /// [`Trainer::fit`] on any [`BatchSource`]s, e.g. a streaming image
+    /// folder ([`crate::data::folder::FolderSource`]) that decodes ahead of
+    /// training and draws its augmentation from the (0-based) epoch it is
+    /// given.
+    pub fn fit_source<T: BatchSource, V: BatchSource>(
+        &mut self,
+        optimizer: &mut Optimizer,
+        train: &T,
+        validation: Option<&V>,
+        config: &FitConfig,
+        callback: &mut dyn FitCallback,
+    ) -> Result<History, TrainError> {
         if config.batch_size == 0 || config.validation_batch_size == Some(0) {
             return Err(TrainError::ZeroBatchSize);
         }
         if train.is_empty() {
             return Err(TrainError::EmptyData("training"));
         }
-        check_input(self.classifier.input_shape(), train.example_shape())?;
+        check_input(self.classifier.input_shape(), &train.example_shape())?;
         let validation = validation.filter(|v| !v.is_empty());
         if let Some(v) = validation {
-            check_input(self.classifier.input_shape(), v.example_shape())?;
+            check_input(self.classifier.input_shape(), &v.example_shape())?;
         }
         let steps = batch_count(train.len(), config.batch_size);
         let mut history = History::default();
-        let mut global_step = optimizer.iterations();
+        let mut global_step = optimizer
+            .iterations()
+            .max((config.initial_epoch * steps) as u64);
         // Gradient and logit buffers reused from step to step.
         let mut grads: Vec<Tensor> = Vec::new();
         let mut logits = Tensor::zeros(IxDyn(&[0]));
-        for epoch in 1..=config.epochs {
+        for epoch in config.initial_epoch + 1..=config.epochs {
             let started = Instant::now();
             callback.on_epoch_begin(epoch, config.epochs, steps);
             let order = epoch_order(train.len(), config.seed, epoch - 1, config.shuffle);
@@ -593,42 +645,49 @@ impl Trainer {
             let params = &mut self.params;
             let grads = &mut grads;
             let logits = &mut logits;
-            for_each_batch(train, &order, config.batch_size, |index, batch: Batch| {
-                let seed = mix_seed(config.seed ^ DROPOUT_STREAM, global_step);
-                global_step += 1;
-                executor.forward_into(&*params, &batch.images, Mode::Train { seed }, logits)?;
-                let logits = &*logits;
-                let out = loss::sparse_categorical_crossentropy(logits, &batch.labels)?;
-                if !out.loss.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
+            train.for_each_batch(
+                &order,
+                config.batch_size,
+                epoch - 1,
+                |index, batch: Batch| {
+                    let seed = mix_seed(config.seed ^ DROPOUT_STREAM, global_step);
+                    global_step += 1;
+                    executor.forward_into(&*params, &batch.images, Mode::Train { seed }, logits)?;
+                    let logits = &*logits;
+                    let out = loss::sparse_categorical_crossentropy(logits, &batch.labels)?;
+                    if !out.loss.is_finite() {
+                        return Err(TrainError::NonFiniteLoss {
+                            epoch,
+                            step: index + 1,
+                            loss: out.loss,
+                        });
+                    }
+                    let weight = batch.len() as f64;
+                    loss_mean.add(f64::from(out.loss), weight);
+                    accuracy_mean.add(correct_count(logits, &batch.labels) as f64 / weight, weight);
+                    executor.backward_into(params, &out.grad_logits, grads)?;
+                    optimizer.step(params, grads)?;
+                    // Batch norm: fold this batch's statistics into the moving ones.
+                    executor.update_moving_statistics(params)?;
+                    callback.on_batch_end(&BatchProgress {
                         epoch,
+                        epochs: config.epochs,
                         step: index + 1,
-                        loss: out.loss,
+                        steps,
+                        loss: loss_mean.mean(),
+                        accuracy: accuracy_mean.mean(),
+                        elapsed: started.elapsed(),
                     });
-                }
-                let weight = batch.len() as f64;
-                loss_mean.add(f64::from(out.loss), weight);
-                accuracy_mean.add(correct_count(logits, &batch.labels) as f64 / weight, weight);
-                executor.backward_into(params, &out.grad_logits, grads)?;
-                optimizer.step(params, grads)?;
-                // Batch norm: fold this batch's statistics into the moving ones.
-                executor.update_moving_statistics(params)?;
-                callback.on_batch_end(&BatchProgress {
-                    epoch,
-                    epochs: config.epochs,
-                    step: index + 1,
-                    steps,
-                    loss: loss_mean.mean(),
-                    accuracy: accuracy_mean.mean(),
-                    elapsed: started.elapsed(),
-                });
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
             let (val_loss, val_accuracy) = match validation {
                 Some(v) => {
                     callback.on_validation_begin();
                     let batch_size = config.validation_batch_size.unwrap_or(config.batch_size);
-                    let e = self.classifier.evaluate(&self.params, v, batch_size)?;
+                    let e = self
+                        .classifier
+                        .evaluate_source(&self.params, v, batch_size)?;
                     (Some(e.loss), Some(e.accuracy))
                 }
                 None => (None, None),

@@ -397,3 +397,52 @@ fn non_finite_loss_stops_training() {
     );
     assert!(err.to_string().contains("learning_rate"));
 }
+
+#[test]
+fn continuing_with_initial_epoch_equals_one_longer_fit() {
+    // Keras's `fit(initial_epoch=1, epochs=3)` after `fit(epochs=1)` with the
+    // same optimizer is the same training as `fit(epochs=3)`: the same
+    // shuffles (by epoch index), dropout masks (by step) and updates, so
+    // the parameters come out bit-identical.
+    let train = quadrants(120, 11);
+    let run = |split: bool| {
+        let mut trainer = trainer(HIDDEN, 5);
+        let mut optimizer = Optimizer::new(sgd(0.05), &trainer.graph().params).unwrap();
+        let mut recorder = Recorder::default();
+        let config = |initial_epoch, epochs| FitConfig {
+            initial_epoch,
+            epochs,
+            batch_size: 16,
+            ..FitConfig::default()
+        };
+        if split {
+            let first = trainer
+                .fit(&mut optimizer, &train, None, &config(0, 1), &mut recorder)
+                .unwrap();
+            let rest = trainer
+                .fit(&mut optimizer, &train, None, &config(1, 3), &mut recorder)
+                .unwrap();
+            assert_eq!(first.epochs.len(), 1);
+            // The continuation numbers its epochs 2 and 3, of 3.
+            assert_eq!(
+                rest.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+                [2, 3]
+            );
+        } else {
+            trainer
+                .fit(&mut optimizer, &train, None, &config(0, 3), &mut recorder)
+                .unwrap();
+        }
+        let begun: Vec<(usize, usize)> = recorder
+            .epochs_begun
+            .iter()
+            .map(|&(e, of, _)| (e, of))
+            .collect();
+        (trainer.into_params().values, begun)
+    };
+    let (whole, whole_epochs) = run(false);
+    let (split, split_epochs) = run(true);
+    assert_eq!(whole_epochs, [(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(split_epochs, [(1, 1), (2, 3), (3, 3)]);
+    assert_eq!(whole, split);
+}
