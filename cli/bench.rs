@@ -250,14 +250,16 @@ pub fn execute(args: BenchArgs) -> ExitCode {
 
     let total = args.warmup + args.steps;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let (batches, data_source) = match make_batches(&data_dir, &input_shape, args.batch_size, total)
-    {
-        Ok(b) => b,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
-    };
+    // Random labels must be valid classes of the model's output.
+    let classes = graph.node(graph.output).shape.last().copied().unwrap_or(1);
+    let (batches, data_source) =
+        match make_batches(&data_dir, &input_shape, args.batch_size, total, classes) {
+            Ok(b) => b,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
 
     // Loading the whole IDX file is a transient the TF side does not have
     // (it decompresses only the prefix it uses): start the peak-RSS count here.
@@ -541,20 +543,21 @@ type Examples = (Vec<f32>, Vec<usize>);
 /// `count` batches of `batch_size` examples: inputs `[batch, ...input_shape]`
 /// and integer labels. Real Fashion-MNIST images (cycling through the first
 /// `batch_size * count`) when the data set is there and the input shape is
-/// `[28, 28, 1]`; deterministic pseudo-random inputs in `[0, 1)` and labels in
-/// `0..10` otherwise.
+/// `[28, 28, 1]` and the model has 10 classes; deterministic pseudo-random
+/// inputs in `[0, 1)` and labels in `0..classes` otherwise.
 fn make_batches(
     data_dir: &Path,
     input_shape: &[usize],
     batch_size: usize,
     count: usize,
+    classes: usize,
 ) -> Result<(Vec<Batch>, &'static str), String> {
     let per_example: usize = input_shape.iter().product();
     let wanted = batch_size.saturating_mul(count).min(60_000);
     let mut shape = vec![batch_size];
     shape.extend_from_slice(input_shape);
 
-    let real = if input_shape == [28, 28, 1] {
+    let real = if input_shape == [28, 28, 1] && classes == 10 {
         load_fashion_mnist_prefix(data_dir, wanted)?
     } else {
         None
@@ -565,7 +568,9 @@ fn make_batches(
             let n = wanted.max(1);
             let mut rng = SplitMix64(0x5eed);
             let pixels: Vec<f32> = (0..n * per_example).map(|_| rng.next_unit_f32()).collect();
-            let labels: Vec<usize> = (0..n).map(|_| (rng.next_u64() % 10) as usize).collect();
+            let labels: Vec<usize> = (0..n)
+                .map(|_| (rng.next_u64() % classes.max(1) as u64) as usize)
+                .collect();
             (pixels, labels, "random")
         }
     };
@@ -1008,8 +1013,8 @@ mod tests {
     #[test]
     fn fallback_batches_are_deterministic_and_in_unit_range() {
         let dir = Path::new("/nonexistent-cnnc-bench-dir");
-        let (a, src) = make_batches(dir, &[4, 4, 2], 3, 2).unwrap();
-        let (b, _) = make_batches(dir, &[4, 4, 2], 3, 2).unwrap();
+        let (a, src) = make_batches(dir, &[4, 4, 2], 3, 2, 10).unwrap();
+        let (b, _) = make_batches(dir, &[4, 4, 2], 3, 2, 10).unwrap();
         assert_eq!(src, "random");
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].0.shape(), &[3, 4, 4, 2]);
@@ -1017,6 +1022,9 @@ mod tests {
         assert_eq!(a[1].0, b[1].0);
         assert_eq!(a[1].1, b[1].1);
         assert!(a.iter().all(|(_, y)| y.iter().all(|&l| l < 10)));
+        // A 5-class model (e.g. flowers5) gets labels 0..5 only.
+        let (c, _) = make_batches(dir, &[4, 4, 2], 8, 2, 5).unwrap();
+        assert!(c.iter().all(|(_, y)| y.iter().all(|&l| l < 5)));
     }
 
     #[test]
@@ -1033,7 +1041,7 @@ mod tests {
         // The reader detects gzip by its magic bytes, so raw IDX under the .gz names works.
         std::fs::write(dir.join("train-images-idx3-ubyte.gz"), images).unwrap();
         std::fs::write(dir.join("train-labels-idx1-ubyte.gz"), labels).unwrap();
-        let (batches, src) = make_batches(&dir, &[28, 28, 1], 2, 2).unwrap();
+        let (batches, src) = make_batches(&dir, &[28, 28, 1], 2, 2, 10).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(src, "fashion-mnist");
         assert_eq!(batches[0].1, vec![7, 8]);

@@ -25,6 +25,13 @@
 //! The schema, defaults and `--set` rules are in [`config`]. `optimizer` may
 //! also be a bare name (`optimizer: adam`) for that optimizer's defaults.
 //!
+//! `data.format: folder` reads a class-per-folder image directory, split per
+//! class into train / validation / test and streamed through the image
+//! pipeline ([`folder`]); `weights` starts training from pretrained
+//! parameters matched by name, and `phases` trains in several `fit` calls
+//! that freeze and unfreeze layers ([`phases`], [`train`]). Predict takes
+//! JPEG / PNG files and prints the `predict.top` most probable classes.
+//!
 //! The output of the last layer, before a final softmax, is treated as
 //! logits (like Keras's `from_logits=True`): training and evaluation compute
 //! the cross-entropy from it, and predict reports softmax(logits) as the
@@ -41,17 +48,19 @@
 //! given instead of a run file).
 
 mod config;
+mod folder;
+mod phases;
 mod progress;
+mod train;
 
 use cnnc_compiler::graph::{lower, passes, Graph};
 use cnnc_runtime::checkpoint::{self, CheckpointError};
+use cnnc_runtime::data::folder::{BatchSource, FolderSource};
 use cnnc_runtime::data::{self, DataError, Dataset};
-use cnnc_runtime::optim::Optimizer;
-use cnnc_runtime::params::{model_params, InferenceParams, ParamStore};
+use cnnc_runtime::params::{model_params, InferenceParams};
 use cnnc_runtime::tensor::Tensor;
-use cnnc_runtime::train::{Classifier, Evaluation, FitConfig, History, TrainError, Trainer};
+use cnnc_runtime::train::{Classifier, Evaluation, TrainError};
 use config::{LoadedRunFile, MetricName, RunMode};
-use progress::{KerasProgress, Sink};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -177,10 +186,11 @@ impl Out {
     }
 }
 
-/// The compiled model: training and inference graphs.
+/// The compiled model: the checked model (training phases re-lower it
+/// with their trainability) and its inference graph.
 struct Compiled {
     name: String,
-    training: Graph,
+    model: cnnc_compiler::model::Model,
     inference: Graph,
     input_shape: Vec<usize>,
     classes: usize,
@@ -208,7 +218,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
     })?;
     let compiled = compile(&run_file)?;
     match config.mode {
-        RunMode::Train => train(&run_file, compiled, &out, args.format, started),
+        RunMode::Train => train::train(&run_file, compiled, &out, args.format, started),
         RunMode::Evaluate => evaluate(&run_file, compiled, &out, started),
         RunMode::Predict => predict(&run_file, compiled, &out, started),
     }
@@ -247,7 +257,6 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
             "{shown}: {e}; `cnnc run` needs a model with a fixed input size, e.g. `input [28, 28, 1]`"
         ))
     })?;
-    let (training, _) = passes::optimize(graph.clone(), passes::Target::Training);
     let (inference, _) = passes::optimize(graph, passes::Target::Inference);
     let output_shape: Vec<usize> = graph_sizes(model.output_shape());
     let [classes] = output_shape[..] else {
@@ -256,28 +265,45 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
              classifiers, whose last layer is dense(units = classes)"
         )));
     };
-    let class_names = match &run_file.config.data.class_names {
+    let data = &run_file.config.data;
+    let (names_key, names) = match (&data.class_names, &data.class_names_file) {
+        (Some(_), Some(_)) => {
+            return Err(run_file.invalid_at(
+                "data.class_names_file",
+                "data.class_names and data.class_names_file are both set; keep one",
+            ))
+        }
+        (Some(names), None) => ("data.class_names", Some(names.clone())),
+        (None, Some(file)) => {
+            let path = run_file.resolve("data.class_names_file", file);
+            let names = folder::read_class_names(&path)
+                .map_err(|err| run_file.invalid_at("data.class_names_file", err))?;
+            ("data.class_names_file", Some(names))
+        }
+        (None, None) => ("data.class_names", None),
+    };
+    let class_names = match names {
         Some(names) if names.len() != classes => {
             return Err(run_file.invalid_at(
-                "data.class_names",
+                names_key,
                 format!(
-                    "data.class_names has {} but the model `{}` has {}; give one name per class, in label order",
+                    "{names_key} has {} but the model `{}` has {}; give one name per class, in label order",
                     plural(names.len(), "name"),
                     model.name,
                     plural(classes, "class")
                 ),
             ))
         }
-        Some(names) => names.clone(),
+        Some(names) => names,
         None => (0..classes).map(|c| c.to_string()).collect(),
     };
     Ok(Compiled {
         name: model.name.clone(),
-        training,
         inference,
         input_shape: graph_sizes(&model.input_shape),
         classes,
         class_names,
+        model,
     })
 }
 
@@ -319,9 +345,9 @@ fn load_pair(
     limit: Option<usize>,
 ) -> Result<Option<Dataset>, Failure> {
     let data = &run_file.config.data;
-    // The one format so far; a new one adds an arm here.
-    match data.format {
-        config::DataFormat::Idx => {}
+    // Image folders are read by `folder::load` (train, evaluate, predict).
+    if data.format == config::DataFormat::Folder {
+        return Ok(None);
     }
     let (images, labels) = match prefix {
         "train" => (&data.train_images, &data.train_labels),
@@ -540,174 +566,12 @@ fn check_not_empty(
     })
 }
 
-fn train(
-    run_file: &LoadedRunFile,
-    compiled: Compiled,
-    out: &Out,
-    format: Format,
-    started: Instant,
-) -> Result<(), Failure> {
-    let config = &run_file.config;
-    if config.epochs == 0 {
-        return Err(run_file.invalid_at(
-            "epochs",
-            "epochs is 0: mode `train` would save untrained weights over `checkpoint`; \
-             set epochs to 1 or more (to measure a saved checkpoint, use mode: evaluate)",
-        ));
-    }
-    check_outputs(run_file)?;
-    let Some(full) = load_pair(run_file, &compiled, "train", config.data.train_limit)? else {
-        return Err(
-            run_file.invalid("mode `train` needs `data.train_images` and `data.train_labels`")
-        );
-    };
-    check_not_empty(run_file, "train", config.data.train_limit, &full)?;
-    let test = load_pair(run_file, &compiled, "test", config.data.test_limit)?;
-    if let Some(test) = &test {
-        check_not_empty(run_file, "test", config.data.test_limit, test)?;
-    }
-    let (train_set, validation) = full
-        .split_validation(config.data.validation_split.0)
-        .map_err(|err| {
-            run_file.invalid_at(
-                "data.validation_split",
-                format!("data.validation_split: {err}"),
-            )
-        })?;
-
-    let params = ParamStore::init(&compiled.training, config.seed);
-    let parameter_count = compiled.training.param_count();
-    let mut trainer =
-        Trainer::new(compiled.training, compiled.inference, params).map_err(train_failure)?;
-    let mut optimizer = Optimizer::new(config.optimizer, &trainer.graph().params)
-        .map_err(|err| run_file.invalid_at("optimizer", format!("optimizer: {err}")))?;
-
-    out.line(format!(
-        "Training `{}` ({} parameters) on {} images, validating on {}; {}, {}, batch_size {}, seed {}",
-        compiled.name,
-        grouped(parameter_count),
-        grouped(train_set.len()),
-        grouped(validation.len()),
-        config.optimizer.name(),
-        config.loss.name(),
-        config.batch_size,
-        config.seed
-    ))?;
-    let sink = match format {
-        Format::Text => Sink::Stdout,
-        Format::Json => Sink::Stderr,
-    };
-    let interactive = match sink {
-        Sink::Stdout => std::io::stdout().is_terminal(),
-        Sink::Stderr => std::io::stderr().is_terminal(),
-    };
-    let show_accuracy = config.metrics.contains(&MetricName::Accuracy);
-    let mut progress = KerasProgress::new(sink, interactive, show_accuracy);
-    let fit = FitConfig {
-        epochs: config.epochs,
-        batch_size: config.batch_size,
-        validation_batch_size: None,
-        seed: config.seed,
-        shuffle: true,
-    };
-    let history = trainer
-        .fit(
-            &mut optimizer,
-            &train_set,
-            (!validation.is_empty()).then_some(&validation),
-            &fit,
-            &mut progress,
-        )
-        .map_err(train_failure)?;
-
-    // Save first, so that nothing later (the test set, a closed stdout) can
-    // lose the trained weights.
-    let checkpoint_path = config
-        .checkpoint
-        .as_ref()
-        .map(|p| run_file.resolve("checkpoint", p));
-    if let Some(path) = &checkpoint_path {
-        checkpoint::save(path, &trainer.graph().params, trainer.params())
-            .map_err(checkpoint_failure)?;
-    }
-    let history_path = config
-        .history
-        .as_ref()
-        .map(|p| run_file.resolve("history", p));
-    if let Some(path) = &history_path {
-        history.save(path).map_err(|err| {
-            Failure::invalid(format!("cannot write history `{}`: {err}", path.display()))
-        })?;
-    }
-    if let Some(path) = &checkpoint_path {
-        out.line(format!("Saved checkpoint to {}", path.display()))?;
-    }
-    if let Some(path) = &history_path {
-        out.line(format!("Saved history to {}", path.display()))?;
-    }
-
-    let test_metrics = match &test {
-        Some(test) => {
-            let evaluation = trainer
-                .evaluate(test, config.batch_size)
-                .map_err(train_failure)?;
-            out.line(format!(
-                "Test on {} images: {}",
-                grouped(test.len()),
-                metrics_line("test_", &evaluation, show_accuracy)
-            ))?;
-            Some(evaluation)
-        }
-        None => None,
-    };
-
-    let wall_seconds = started.elapsed().as_secs_f64();
-    out.line(format!("Done in {wall_seconds:.1}s"))?;
-    out.json(train_json(
-        &history,
-        test_metrics.as_ref(),
-        checkpoint_path.as_deref(),
-        history_path.as_deref(),
-        wall_seconds,
-        [
-            train_set.len(),
-            validation.len(),
-            test.as_ref().map_or(0, Dataset::len),
-        ],
-    ))
-}
-
 fn metrics_line(prefix: &str, evaluation: &Evaluation, show_accuracy: bool) -> String {
     let mut line = format!("{prefix}loss: {:.4}", evaluation.loss);
     if show_accuracy {
         line += &format!(" - {prefix}accuracy: {:.4}", evaluation.accuracy);
     }
     line
-}
-
-fn train_json(
-    history: &History,
-    test: Option<&Evaluation>,
-    checkpoint: Option<&Path>,
-    history_file: Option<&Path>,
-    wall_seconds: f64,
-    [train, validation, test_examples]: [usize; 3],
-) -> serde_json::Value {
-    let last = history.epochs.last();
-    json!({
-        "mode": "train",
-        "loss": last.map(|e| e.loss),
-        "accuracy": last.map(|e| e.accuracy),
-        "val_loss": last.and_then(|e| e.val_loss),
-        "val_accuracy": last.and_then(|e| e.val_accuracy),
-        "test_loss": test.map(|e| e.loss),
-        "test_accuracy": test.map(|e| e.accuracy),
-        "history": history.to_json(),
-        "checkpoint": checkpoint.map(|p| p.display().to_string()),
-        "history_file": history_file.map(|p| p.display().to_string()),
-        "examples": { "train": train, "validation": validation, "test": test_examples },
-        "wall_seconds": wall_seconds,
-    })
 }
 
 /// Loads the model's parameters for evaluate / predict from `key` (a path
@@ -747,9 +611,41 @@ fn load_checkpoint(
     Ok((path, params))
 }
 
+/// The test part of a `format: folder` data set (the same per-class split
+/// as training, from the run's seed), optionally cut to `data.test_limit`.
+fn folder_test_split(
+    run_file: &LoadedRunFile,
+    compiled: &mut Compiled,
+) -> Result<FolderSource, Failure> {
+    let pipeline = folder::pipeline(run_file, &compiled.input_shape)?;
+    let parts = folder::load(
+        run_file,
+        pipeline,
+        compiled.classes,
+        rayon::current_num_threads(),
+    )?;
+    let data = &run_file.config.data;
+    if data.class_names.is_none() && data.class_names_file.is_none() {
+        compiled.class_names = parts.class_names;
+    }
+    let mut test = parts.test;
+    if let Some(limit) = run_file.config.data.test_limit {
+        let keep: Vec<usize> = (0..test.len().min(limit)).collect();
+        test = FolderSource::new(test.list().subset(&keep), pipeline, test.threads())
+            .map_err(|e| folder::folder_failure(run_file, e))?;
+    }
+    if test.is_empty() {
+        return Err(run_file.invalid_at(
+            "data.test_split",
+            "the test split is empty: set data.test_split above 0 (the seed uses 0.1)",
+        ));
+    }
+    Ok(test)
+}
+
 fn evaluate(
     run_file: &LoadedRunFile,
-    compiled: Compiled,
+    mut compiled: Compiled,
     out: &Out,
     started: Instant,
 ) -> Result<(), Failure> {
@@ -760,20 +656,26 @@ fn evaluate(
         config.checkpoint.as_ref(),
         &compiled,
     )?;
-    let Some(test) = load_pair(run_file, &compiled, "test", config.data.test_limit)? else {
-        return Err(
-            run_file.invalid("mode `evaluate` needs `data.test_images` and `data.test_labels`")
-        );
-    };
-    check_not_empty(run_file, "test", config.data.test_limit, &test)?;
-    let mut classifier = Classifier::new(compiled.inference).map_err(train_failure)?;
-    let evaluation = classifier
-        .evaluate(&params, &test, config.batch_size)
-        .map_err(train_failure)?;
+    let mut classifier = Classifier::new(compiled.inference.clone()).map_err(train_failure)?;
+    let evaluation = match config.data.format {
+        config::DataFormat::Idx => {
+            let Some(test) = load_pair(run_file, &compiled, "test", config.data.test_limit)? else {
+                return Err(run_file
+                    .invalid("mode `evaluate` needs `data.test_images` and `data.test_labels`"));
+            };
+            check_not_empty(run_file, "test", config.data.test_limit, &test)?;
+            classifier.evaluate(&params, &test, config.batch_size)
+        }
+        config::DataFormat::Folder => {
+            let test = folder_test_split(run_file, &mut compiled)?;
+            classifier.evaluate_source(&params, &test, config.batch_size)
+        }
+    }
+    .map_err(train_failure)?;
     let show_accuracy = config.metrics.contains(&MetricName::Accuracy);
     out.line(format!(
         "Test on {} images: {}",
-        grouped(test.len()),
+        grouped(evaluation.examples),
         metrics_line("test_", &evaluation, show_accuracy)
     ))?;
     out.json(json!({
@@ -802,9 +704,33 @@ fn is_png(path: &Path) -> bool {
         .is_ok_and(|()| head == data::image::PNG_SIGNATURE)
 }
 
+/// Whether `path` is to be read as a JPEG: named `.jpg` / `.jpeg`, or
+/// starting with the JPEG start-of-image marker.
+fn is_jpeg(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+    {
+        return true;
+    }
+    let mut head = [0u8; 3];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head == [0xFF, 0xD8, 0xFF])
+}
+
+/// The `top` most probable classes of `row`, most probable first (ties:
+/// lower class index first).
+fn top_classes(row: &[f32], top: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order.truncate(top);
+    order
+}
+
 fn predict(
     run_file: &LoadedRunFile,
-    compiled: Compiled,
+    mut compiled: Compiled,
     out: &Out,
     started: Instant,
 ) -> Result<(), Failure> {
@@ -827,7 +753,24 @@ fn predict(
     let mut names = Vec::new();
     let mut images: Vec<Tensor> = Vec::new();
     let mut labels: Vec<Option<usize>> = Vec::new();
-    if config.predict.inputs.is_empty() {
+    if config.predict.top == 0 {
+        return Err(run_file.invalid_at(
+            "predict.top",
+            "predict.top is 0; set how many of the most probable classes to show (1 or more)",
+        ));
+    }
+    if config.predict.inputs.is_empty() && config.data.format == config::DataFormat::Folder {
+        let test = folder_test_split(run_file, &mut compiled)?;
+        let first: Vec<usize> = (0..test.len().min(count)).collect();
+        let batch = test
+            .batch(&first, 0)
+            .map_err(|e| folder::folder_failure(run_file, e))?;
+        for (k, image) in batch.images.outer_iter().enumerate() {
+            names.push(test.list().paths[k].display().to_string());
+            images.push(image.to_owned());
+            labels.push(Some(batch.labels[k]));
+        }
+    } else if config.predict.inputs.is_empty() {
         let Some(test) = load_pair(run_file, &compiled, "test", Some(count))? else {
             return Err(run_file.invalid(
                 "mode `predict` needs `predict.inputs` (PNG or IDX files) or `data.test_images`",
@@ -856,10 +799,39 @@ fn predict(
                 compiled.input_shape
             )));
         };
+        // Colour models, JPEG files and image-folder run files go through the
+        // image pipeline of `data:` (resize, crop, preprocess); grey PNGs of
+        // an IDX run file keep the Fashion-MNIST reading.
+        let mut pipeline = None;
         for (i, input) in config.predict.inputs.iter().enumerate() {
             let key = format!("predict.inputs[{i}]");
             let path = run_file.resolve("predict.inputs", input);
-            if is_png(&path) {
+            let png = is_png(&path);
+            if is_jpeg(&path)
+                || (png && (channels != 1 || config.data.format == config::DataFormat::Folder))
+            {
+                if pipeline.is_none() {
+                    pipeline = Some(folder::pipeline(run_file, &compiled.input_shape)?);
+                }
+                let pipeline = pipeline.as_ref().expect("set above");
+                let image = pipeline.load(&path).map_err(|err| {
+                    let message = format!("{err} (`{key}` in {})", run_file.path.display());
+                    match err {
+                        cnnc_runtime::data::folder::FolderError::Io { .. } => {
+                            Failure::usage(message)
+                        }
+                        _ => Failure::invalid(message),
+                    }
+                })?;
+                let tensor = Tensor::from_shape_vec(
+                    vec![image.height, image.width, image.channels],
+                    image.data,
+                )
+                .map_err(|err| Failure::invalid(format!("`{}`: {err}", path.display())))?;
+                names.push(path.display().to_string());
+                images.push(tensor);
+                labels.push(None);
+            } else if png {
                 if channels != 1 {
                     return Err(run_file.invalid(format!(
                         "`{}`: PNG inputs are read as grey images, but the model expects {channels} channels",
@@ -901,22 +873,46 @@ fn predict(
         .predict(&params, &batch, config.batch_size)
         .map_err(train_failure)?;
     let mut predictions = Vec::new();
+    let top = config.predict.top.min(compiled.classes);
     for (i, row) in probabilities.outer_iter().enumerate() {
-        let class = cnnc_runtime::metrics::argmax(row.iter().copied()).unwrap_or(0);
+        let row: Vec<f32> = row.iter().copied().collect();
+        let best = top_classes(&row, top);
+        let class = best[0];
         let probability = row[class];
         let class_name = &compiled.class_names[class];
-        let mut line = format!("{}: {class_name} ({:.1}%)", names[i], probability * 100.0);
+        // One line per input, or with `top` > 1 the input then one line per
+        // class: `  1. minibus (45.5%)`.
+        let mut line = if top == 1 {
+            format!("{}: {class_name} ({:.1}%)", names[i], probability * 100.0)
+        } else {
+            format!("{}:", names[i])
+        };
         if let Some(label) = labels[i] {
             let mark = if label == class { "correct" } else { "wrong" };
             line += &format!("  [label: {}, {mark}]", compiled.class_names[label]);
         }
+        for (rank, &c) in best.iter().enumerate().skip(usize::from(top == 1)) {
+            line += &format!(
+                "\n  {}. {} ({:.1}%)",
+                rank + 1,
+                compiled.class_names[c],
+                row[c] * 100.0
+            );
+        }
         out.line(line)?;
+        let top_json: Vec<serde_json::Value> = best
+            .iter()
+            .map(|&c| {
+                json!({"class": c, "class_name": compiled.class_names[c], "probability": row[c]})
+            })
+            .collect();
         predictions.push(json!({
+            "top": top_json,
             "input": names[i],
             "class": class,
             "class_name": class_name,
             "probability": probability,
-            "probabilities": row.iter().copied().collect::<Vec<f32>>(),
+            "probabilities": row,
             "label": labels[i],
         }));
     }
@@ -937,6 +933,14 @@ fn graph_sizes(dims: &[cnnc_compiler::model::Dim]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_classes_are_sorted_by_probability_then_index() {
+        let row = [0.1, 0.4, 0.05, 0.4, 0.05];
+        assert_eq!(top_classes(&row, 3), [1, 3, 0]);
+        assert_eq!(top_classes(&row, 1), [1]);
+        assert_eq!(top_classes(&row, 9), [1, 3, 0, 2, 4]);
+    }
 
     #[test]
     fn numbers_are_grouped_by_thousands() {

@@ -598,7 +598,12 @@ fn bare_optimizer_names_are_accepted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("adam"));
+    // The bare name means Keras's defaults: Adam(learning_rate=0.001).
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Adam(learning_rate=0.001)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

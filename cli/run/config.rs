@@ -43,6 +43,55 @@ pub enum DataFormat {
     /// MNIST-style IDX files, raw or gzip.
     #[default]
     Idx,
+    /// A class-per-folder image directory (JPEG / PNG), as Keras's
+    /// `image_dataset_from_directory`: split by `test_split` and
+    /// `validation_split` fractions, decoded and preprocessed while training.
+    Folder,
+}
+
+/// `data.preprocess`: Keras's `preprocess_input` modes
+/// (`cnnc_runtime::data::transform::Preprocess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessName {
+    /// Scale to [-1, 1] (Keras `xception` / `mobilenet_v2`).
+    Tf,
+    /// [0, 1] then ImageNet mean / std (torchvision models).
+    Torch,
+    /// BGR minus the ImageNet mean (Keras `resnet50`, `vgg16`; Caffe).
+    Caffe,
+    /// Scale to [0, 1].
+    Unit,
+    /// Keep 0-255.
+    #[default]
+    Raw,
+}
+
+impl PreprocessName {
+    pub fn mode(self) -> cnnc_runtime::data::transform::Preprocess {
+        use cnnc_runtime::data::transform::Preprocess;
+        match self {
+            PreprocessName::Tf => Preprocess::Tf,
+            PreprocessName::Torch => Preprocess::Torch,
+            PreprocessName::Caffe => Preprocess::Caffe,
+            PreprocessName::Unit => Preprocess::Unit,
+            PreprocessName::Raw => Preprocess::Raw,
+        }
+    }
+}
+
+/// `data.augment`: random changes to training images, drawn per image and
+/// epoch from the run's seed (validation, test and predict never get them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Mirror left-right with probability 1/2 (Keras `RandomFlip("horizontal")`).
+    #[serde(default)]
+    pub horizontal_flip: bool,
+    /// Cut the `resize_shorter` crop at a random place instead of the centre
+    /// (torchvision `RandomCrop`); needs `resize_shorter`.
+    #[serde(default)]
+    pub random_crop: bool,
 }
 
 /// The loss (only the one the book uses for class indices).
@@ -113,11 +162,43 @@ pub struct DataConfig {
     pub test_images: Option<PathBuf>,
     pub test_labels: Option<PathBuf>,
     /// The last N training examples (or a fraction) held out for validation;
-    /// default 5,000 as in the book. 0 disables validation.
+    /// default 5,000 as in the book. 0 disables validation. With `format:
+    /// folder`, a fraction of each class (default 0.15, as the seed).
+    pub validation_split: Option<SplitSetting>,
+    /// `format: folder`: the fraction of each class held out for the final
+    /// test (default 0.10, as the seed).
+    pub test_split: Option<f64>,
+    /// `format: folder`: the class-per-folder directory (class index =
+    /// sorted folder name).
+    pub directory: Option<PathBuf>,
+    /// Image files: `[height, width]` the images are brought to (default:
+    /// the model's input size).
+    pub image_size: Option<[usize; 2]>,
+    /// Image files: resize the shorter side to this, then cut the centre
+    /// `image_size` crop (torchvision's `Resize(256)` + `CenterCrop(224)`);
+    /// without it the image is resized to `image_size` (`tf.image.resize`,
+    /// Keras's `image_dataset_from_directory`).
+    pub resize_shorter: Option<usize>,
+    /// Image files: antialiased bilinear resize (Pillow / torchvision) instead
+    /// of TensorFlow's plain bilinear (default: true with `resize_shorter`,
+    /// false without).
+    pub antialias: Option<bool>,
+    /// Image files: Keras's `preprocess_input` mode (default raw 0-255).
     #[serde(default)]
-    pub validation_split: SplitSetting,
-    /// One name per class, in label order.
+    pub preprocess: PreprocessName,
+    /// `format: folder`: keep the decoded 8-bit images in memory after the
+    /// first epoch (default true; flowers5 takes about 210 MB).
+    pub cache: Option<bool>,
+    /// `format: folder`: training augmentation.
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    /// One name per class, in label order (default with `format: folder`:
+    /// the folder names).
     pub class_names: Option<Vec<String>>,
+    /// A file of class names instead of `class_names`: a JSON list of
+    /// strings (e.g. `../shared/models/imagenet_classes.json`) or one name
+    /// per line.
+    pub class_names_file: Option<PathBuf>,
     /// Use only the first N training examples (before the validation split).
     pub train_limit: Option<usize>,
     /// Use only the first N test examples.
@@ -136,6 +217,61 @@ pub struct PredictConfig {
     /// How many images of each IDX file to classify (the first ones).
     #[serde(default = "default_predict_count")]
     pub count: usize,
+    /// How many of the most probable classes to print for each input
+    /// (Keras's `decode_predictions(top=5)`); default 1.
+    #[serde(default = "default_top")]
+    pub top: usize,
+}
+
+fn default_top() -> usize {
+    1
+}
+
+/// Which layers a training phase unfreezes: `all`, or a list of layer names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum LayerSelection {
+    /// `all` (the only word accepted).
+    Word(String),
+    /// Layer names, as the summary of `cnnc build` lists them.
+    Names(Vec<String>),
+}
+
+/// One `phases:` entry: a `fit` call of its own, like the seed's two-step
+/// transfer learning (train the new head on a frozen base, then unfreeze
+/// and fine-tune with a lower learning rate). Each phase starts from the
+/// parameters the previous one ended with, with a fresh optimizer (Keras
+/// recompiles), and changes trainability relative to the previous phase.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseConfig {
+    /// Shown in the progress output (default `phase N`).
+    pub name: Option<String>,
+    pub epochs: usize,
+    /// Default: the top-level `optimizer`.
+    #[serde(default, deserialize_with = "optional_optimizer_setting")]
+    pub optimizer: Option<OptimizerConfig>,
+    /// Layers to make trainable (`layer.trainable = True`): `all` or names.
+    pub unfreeze: Option<LayerSelection>,
+    /// Make this layer and every layer after it (in the model's order)
+    /// trainable (Keras's `for layer in base.layers[k:]`).
+    pub unfreeze_from: Option<String>,
+    /// Layers to freeze (`layer.trainable = False`).
+    pub freeze: Option<Vec<String>>,
+}
+
+/// An optional count that, when the key is there, must hold a number
+/// (`epochs:` with nothing after it is an error, not "unset").
+fn present_usize<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    usize::deserialize(deserializer).map(Some)
+}
+
+fn optional_optimizer_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<OptimizerConfig>, D::Error> {
+    optimizer_setting(deserializer).map(Some)
 }
 
 impl Default for PredictConfig {
@@ -144,6 +280,7 @@ impl Default for PredictConfig {
             inputs: Vec::new(),
             checkpoint: None,
             count: default_predict_count(),
+            top: default_top(),
         }
     }
 }
@@ -225,9 +362,6 @@ fn default_metrics() -> Vec<MetricName> {
 fn default_batch_size() -> usize {
     32
 }
-fn default_epochs() -> usize {
-    1
-}
 fn default_seed() -> u64 {
     42
 }
@@ -252,8 +386,9 @@ pub struct RunFile {
     pub metrics: Vec<MetricName>,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
+    /// Default 1; with `phases`, each phase gives its own.
+    #[serde(default, deserialize_with = "present_usize")]
+    pub epochs: Option<usize>,
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Where training saves the parameters (safetensors) and where evaluate
@@ -261,6 +396,14 @@ pub struct RunFile {
     pub checkpoint: Option<PathBuf>,
     /// Where training writes the per-epoch history (`.json` or `.csv`).
     pub history: Option<PathBuf>,
+    /// Pretrained weights to start training from (a cnnc checkpoint, e.g.
+    /// written by `cnnc import`), matched by parameter name like Keras's
+    /// `load_weights(by_name=True)`: layers the file lacks (a new head) keep
+    /// their initial values, tensors the model lacks (the old head) are
+    /// ignored, a name with another shape is an error.
+    pub weights: Option<PathBuf>,
+    /// Training in phases (transfer learning); replaces `epochs`.
+    pub phases: Option<Vec<PhaseConfig>>,
     #[serde(default)]
     pub predict: PredictConfig,
 }
