@@ -46,7 +46,13 @@ pub fn execute(args: ImportArgs) -> ExitCode {
         model_name: args.name.clone(),
         source_name: None,
     };
-    let keras = is_hdf5_file(&args.model);
+    // By content; a file named .h5 that is not HDF5 gets the Keras error
+    // ("not an HDF5 file") rather than the ONNX one.
+    let keras = is_hdf5_file(&args.model)
+        || args
+            .model
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"));
     let result = if keras {
         import_keras(&args, &options)
     } else {
@@ -118,13 +124,14 @@ pub fn execute(args: ImportArgs) -> ExitCode {
 /// Imports an ONNX model; on failure prints the error and returns the exit code.
 fn import_onnx(args: &ImportArgs, options: &ImportOptions) -> Result<Imported, u8> {
     import_onnx_file(&args.model, options).map_err(|err| {
+        let mut stderr = std::io::stderr().lock();
         let code = if matches!(err, ImportError::Read { .. }) {
+            let _ = writeln!(stderr, "error: {err}");
             2
         } else {
+            let _ = writeln!(stderr, "error: {}: {err}", args.model.display());
             1
         };
-        let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "error: {err}");
         if let ImportError::Unsupported { op_type, .. } = &err {
             let _ = writeln!(
                 stderr,
@@ -140,13 +147,14 @@ fn import_onnx(args: &ImportArgs, options: &ImportOptions) -> Result<Imported, u
 /// returns the exit code.
 fn import_keras(args: &ImportArgs, options: &ImportOptions) -> Result<Imported, u8> {
     import_keras_file(&args.model, options).map_err(|err| {
+        let mut stderr = std::io::stderr().lock();
         let code = if matches!(err, KerasError::Read { .. }) {
+            let _ = writeln!(stderr, "error: {err}");
             2
         } else {
+            let _ = writeln!(stderr, "error: {}: {err}", args.model.display());
             1
         };
-        let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "error: {err}");
         if let KerasError::Unsupported { class_name, .. } = &err {
             let _ = writeln!(
                 stderr,

@@ -34,7 +34,7 @@ enum Command {
     Run(run::RunArgs),
     /// Measure training or inference throughput of a spec.
     Bench(bench::BenchArgs),
-    /// Convert an ONNX model into a .cnn spec and a cnnc checkpoint.
+    /// Convert an ONNX model or a Keras .h5 model into a .cnn spec and a cnnc checkpoint.
     Import(import::ImportArgs),
 }
 

@@ -82,7 +82,7 @@ pub struct Network {
 
 impl Network {
     /// How many layer inputs and model outputs read each name.
-    pub(crate) fn readers(&self) -> HashMap<String, usize> {
+    fn readers(&self) -> HashMap<String, usize> {
         let mut count: HashMap<String, usize> = HashMap::new();
         for l in &self.layers {
             for i in &l.inputs {

@@ -252,6 +252,36 @@ fn header(
 /// Checks the spec with cnnc's checker and compares the checked layers
 /// with the network: same names, kinds and arguments, inputs and shapes.
 fn verify_spec(text: &str, net: &layers::Network) -> Result<Model, ImportError> {
+    let (model, mut problems) = check_layers(text, &net.layers, &net.outputs)?;
+    for layer in &net.layers {
+        let Some(checked) = model.layers.iter().find(|l| l.name == layer.name) else {
+            continue;
+        };
+        let shape: Vec<Dim> = layer.shape.iter().map(|&d| Dim::from(d)).collect();
+        if checked.output_shape != shape {
+            problems.push(format!(
+                "layer `{}` has shape {:?}, meant {:?}",
+                layer.name, checked.output_shape, layer.shape
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(ImportError::SpecRejected(problems.join("\n")))
+    }
+}
+
+/// Runs cnnc's checker on an imported spec (a rejection is
+/// [`ImportError::SpecRejected`] with the rendered diagnostics) and lists
+/// how the checked model differs from the layers meant: layer count,
+/// missing layers, kinds with their arguments, inputs, outputs. Shared by
+/// the ONNX and Keras imports, which add their own checks.
+pub(crate) fn check_layers(
+    text: &str,
+    layers: &[layers::Layer],
+    outputs: &[String],
+) -> Result<(Model, Vec<String>), ImportError> {
     let model = cnnc_compiler::check_source(text).map_err(|diags| {
         ImportError::SpecRejected(cnnc_compiler::render_diagnostics(
             &diags,
@@ -261,14 +291,14 @@ fn verify_spec(text: &str, net: &layers::Network) -> Result<Model, ImportError> 
         ))
     })?;
     let mut problems = Vec::new();
-    if model.layers.len() != net.layers.len() {
+    if model.layers.len() != layers.len() {
         problems.push(format!(
             "{} layers checked, {} built",
             model.layers.len(),
-            net.layers.len()
+            layers.len()
         ));
     }
-    for layer in &net.layers {
+    for layer in layers {
         let Some(checked) = model.layers.iter().find(|l| l.name == layer.name) else {
             problems.push(format!("layer `{}` is missing", layer.name));
             continue;
@@ -287,25 +317,11 @@ fn verify_spec(text: &str, net: &layers::Network) -> Result<Model, ImportError> 
                 layer.name, checked.inputs, layer.inputs
             ));
         }
-        let shape: Vec<Dim> = layer.shape.iter().map(|&d| Dim::from(d)).collect();
-        if checked.output_shape != shape {
-            problems.push(format!(
-                "layer `{}` has shape {:?}, meant {:?}",
-                layer.name, checked.output_shape, layer.shape
-            ));
-        }
     }
-    if model.outputs != net.outputs {
-        problems.push(format!(
-            "outputs {:?}, meant {:?}",
-            model.outputs, net.outputs
-        ));
+    if model.outputs != outputs {
+        problems.push(format!("outputs {:?}, meant {:?}", model.outputs, outputs));
     }
-    if problems.is_empty() {
-        Ok(model)
-    } else {
-        Err(ImportError::SpecRejected(problems.join("\n")))
-    }
+    Ok((model, problems))
 }
 
 /// Compares the lowered graph's parameters with the checkpoint tensors.

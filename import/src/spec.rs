@@ -107,24 +107,38 @@ pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String 
 /// not the output, and every top layer reads only the layer before it,
 /// which nothing else reads.
 pub fn top_start(net: &Network) -> Option<usize> {
-    if net.inputs.len() != 1 || net.outputs.len() != 1 {
+    if net.inputs.len() != 1 {
         return None;
     }
-    let last = net.layers.last()?;
-    if net.outputs[0] != last.name {
+    top_of_layers(&net.layers, &net.outputs)
+}
+
+/// [`top_start`] for any layer list (the Keras import's too) given its
+/// outputs; `Layer::shape` must be filled in (at least its rank).
+pub fn top_of_layers(layers: &[Layer], outputs: &[String]) -> Option<usize> {
+    if outputs.len() != 1 {
         return None;
     }
-    let start = net.layers.iter().rposition(|l| l.shape.len() == 3)? + 1;
-    if start >= net.layers.len() {
+    let last = layers.last()?;
+    if outputs[0] != last.name {
         return None;
     }
-    let readers = net.readers();
-    for i in start..net.layers.len() {
-        let layer = &net.layers[i];
+    let start = layers.iter().rposition(|l| l.shape.len() == 3)? + 1;
+    if start >= layers.len() {
+        return None;
+    }
+    for i in start..layers.len() {
+        let layer = &layers[i];
+        let previous = &layers[i - 1].name;
+        let readers = layers
+            .iter()
+            .flat_map(|l| &l.inputs)
+            .filter(|n| *n == previous)
+            .count();
         if !is_chain_step(layer)
             || layer.inputs.len() != 1
-            || layer.inputs[0] != net.layers[i - 1].name
-            || readers.get(&net.layers[i - 1].name) != Some(&1)
+            || &layer.inputs[0] != previous
+            || readers != 1
         {
             return None;
         }

@@ -123,8 +123,9 @@ impl KerasFile {
     pub fn model(&self) -> Result<KerasModel, KerasError> {
         let json = self.root_string("model_config").ok_or_else(|| {
             KerasError::NotKeras(
-                "no `model_config` attribute: a weights-only file has no architecture \
-                 (load it into a spec with `load_keras_weights`)"
+                "no `model_config` attribute, so no architecture to import: a \
+                 weights-only file (`save_weights`, `keras.applications`) or not a Keras \
+                 model; give weights-only files to a spec as `weights:` in a run file"
                     .into(),
             )
         })?;
@@ -237,8 +238,30 @@ pub fn import_keras(file: &KerasFile, options: &ImportOptions) -> Result<Importe
             dims_text(&input.shape)
         ));
     }
-    let text = net.write_spec(&model_name, &header)?;
-    let checked = verify(&text, &net)?;
+    let mut text = net.write_spec(&model_name, &header, None)?;
+    let mut checked = verify(&text, &net)?;
+    // A classifier top after the last [H, W, C] layer goes behind Keras's
+    // `include_top` (the checker gave the shapes the config does not).
+    let mut net = net;
+    for layer in &mut net.layers {
+        if let Some(c) = checked.layers.iter().find(|c| c.name == layer.name) {
+            layer.shape = c.output_shape.iter().map(|d| d.0.unwrap_or(0)).collect();
+        }
+    }
+    if let Some(start) = spec::top_of_layers(&net.layers, &net.outputs) {
+        let top: Vec<String> = net.layers[start..]
+            .iter()
+            .map(|l| format!("`{}`", l.name))
+            .collect();
+        header.push(format!(
+            "Without its top ({}): call `{model_name}(include_top=false)`, output `{}` {:?}.",
+            top.join(", "),
+            net.layers[start - 1].name,
+            net.layers[start - 1].shape
+        ));
+        text = net.write_spec(&model_name, &header, Some(start))?;
+        checked = verify(&text, &net)?;
+    }
 
     let graph = cnnc_compiler::graph::lower::try_lower(&checked)
         .map_err(|e| ImportError::WeightsMismatch(e.to_string()))?;
@@ -399,13 +422,24 @@ impl Net {
     /// before it, tensor names elsewhere (spec identifiers derived from
     /// the layer names, never a reserved word); every layer keeps its Keras
     /// name with `name = "..."`.
-    fn write_spec(&self, model_name: &str, header: &[String]) -> Result<String, KerasError> {
+    /// The spec text; with `top`, the layers from that index on are wrapped
+    /// in `if include_top { ... }` and the model takes `include_top=true`.
+    fn write_spec(
+        &self,
+        model_name: &str,
+        header: &[String],
+        top: Option<usize>,
+    ) -> Result<String, KerasError> {
         use std::fmt::Write;
         let mut out = String::new();
         for line in header {
             let _ = writeln!(out, "# {line}");
         }
-        let _ = writeln!(out, "model {model_name} {{");
+        if top.is_some() {
+            let _ = writeln!(out, "model {model_name}(include_top=true) {{");
+        } else {
+            let _ = writeln!(out, "model {model_name} {{");
+        }
         let single = self.input_names.len() == 1;
         for (name, shape) in self.input_names.iter().zip(&self.input_shapes) {
             let dims = dims_text(shape);
@@ -461,7 +495,15 @@ impl Net {
         let id_of = |n: &str| ident.get(n).cloned().unwrap_or_else(|| n.to_string());
 
         let mut current: Option<&str> = if single { Some("input") } else { None };
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if top == Some(i) {
+                out.push_str("  if include_top {\n");
+            }
+            let indent = if top.is_some_and(|t| i >= t) {
+                "    "
+            } else {
+                "  "
+            };
             let call = layer_call(layer, &id_of)?;
             let assign = if named.contains(layer.name.as_str()) {
                 format!("{} = ", id_of(&layer.name))
@@ -473,8 +515,11 @@ impl Net {
             } else {
                 format!("{assign}{} -> {call}", id_of(&layer.inputs[0]))
             };
-            let _ = writeln!(out, "  {statement}");
+            let _ = writeln!(out, "{indent}{statement}");
             current = Some(layer.name.as_str());
+        }
+        if top.is_some() {
+            out.push_str("  }\n");
         }
         if output_statement {
             let outs: Vec<String> = self.outputs.iter().map(|o| id_of(o)).collect();
@@ -612,42 +657,7 @@ fn layer_call(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> Result<String, K
 /// with the network: same names, kinds (with every argument), inputs and
 /// outputs. Shapes are the checker's (Keras's configs do not carry them).
 fn verify(text: &str, net: &Net) -> Result<Model, KerasError> {
-    let model = cnnc_compiler::check_source(text).map_err(|diags| {
-        ImportError::SpecRejected(cnnc_compiler::render_diagnostics(
-            &diags,
-            "<imported spec>",
-            text,
-            false,
-        ))
-    })?;
-    let mut problems = Vec::new();
-    if model.layers.len() != net.layers.len() {
-        problems.push(format!(
-            "{} layers checked, {} built",
-            model.layers.len(),
-            net.layers.len()
-        ));
-    }
-    for layer in &net.layers {
-        let Some(checked) = model.layers.iter().find(|l| l.name == layer.name) else {
-            problems.push(format!("layer `{}` is missing", layer.name));
-            continue;
-        };
-        if let Op::Layer(kind) = &layer.op {
-            if *kind != checked.kind {
-                problems.push(format!(
-                    "layer `{}` is {:?}, meant {:?}",
-                    layer.name, checked.kind, kind
-                ));
-            }
-        }
-        if checked.inputs != layer.inputs {
-            problems.push(format!(
-                "layer `{}` reads {:?}, meant {:?}",
-                layer.name, checked.inputs, layer.inputs
-            ));
-        }
-    }
+    let (model, mut problems) = crate::check_layers(text, &net.layers, &net.outputs)?;
     for (input, shape) in model.inputs.iter().zip(&net.input_shapes) {
         let want: Vec<Dim> = shape.iter().map(|d| Dim(*d)).collect();
         if input.shape != want {
@@ -656,12 +666,6 @@ fn verify(text: &str, net: &Net) -> Result<Model, KerasError> {
                 input.name, input.shape, want
             ));
         }
-    }
-    if model.outputs != net.outputs {
-        problems.push(format!(
-            "outputs {:?}, meant {:?}",
-            model.outputs, net.outputs
-        ));
     }
     if problems.is_empty() {
         Ok(model)
