@@ -276,8 +276,16 @@ fn compile(run_file: &LoadedRunFile) -> Result<Compiled, Failure> {
         (Some(names), None) => ("data.class_names", Some(names.clone())),
         (None, Some(file)) => {
             let path = run_file.resolve("data.class_names_file", file);
-            let names = folder::read_class_names(&path)
-                .map_err(|err| run_file.invalid_at("data.class_names_file", err))?;
+            let names = folder::read_class_names(&path).map_err(|err| {
+                if path.is_file() {
+                    run_file.invalid_at("data.class_names_file", err)
+                } else {
+                    Failure::usage(format!(
+                        "{err} (`data.class_names_file` in {})",
+                        run_file.path.display()
+                    ))
+                }
+            })?;
             ("data.class_names_file", Some(names))
         }
         (None, None) => ("data.class_names", None),
@@ -868,6 +876,23 @@ fn predict(
     let batch = Tensor::from_shape_vec(shape, flat)
         .map_err(|err| Failure::invalid(format!("inputs do not form a batch: {err}")))?;
 
+    // Named files with a folder data set: the class names are its folder
+    // names, as in training (unless the run file gives names).
+    let data = &config.data;
+    if data.format == config::DataFormat::Folder
+        && data.class_names.is_none()
+        && data.class_names_file.is_none()
+        && !config.predict.inputs.is_empty()
+    {
+        if let Some(directory) = &data.directory {
+            let directory = run_file.resolve("data.directory", directory);
+            let list = cnnc_runtime::data::folder::ImageList::from_directory(&directory)
+                .map_err(|e| folder::folder_failure(run_file, e))?;
+            if list.class_names.len() == compiled.classes {
+                compiled.class_names = list.class_names;
+            }
+        }
+    }
     let mut classifier = Classifier::new(compiled.inference).map_err(train_failure)?;
     let probabilities = classifier
         .predict(&params, &batch, config.batch_size)

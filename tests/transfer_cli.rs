@@ -353,6 +353,15 @@ fn phase_and_folder_mistakes_are_located_errors() {
     fails(&["phases=[{epochs: 1, unfreeze: most}]"], "write `all`");
     fails(&["phases=[{epochs: 0}]"], "phases[0].epochs is 0");
     fails(
+        &["phases=[{epochs: 1, unfreeze: all, unfreeze_from: base_conv}]"],
+        "sets both `unfreeze` and `unfreeze_from`",
+    );
+    fails(&["phases=[{epochs: 1, freeze: none}]"], "freeze is `none`");
+    fails(
+        &["data.resize_shorter=4"],
+        "data.resize_shorter is 4, smaller than the 8 x 8 crop",
+    );
+    fails(
         &["phases=[{epochs: 1}]", "epochs=3"],
         "`epochs` and `phases`",
     );
@@ -365,6 +374,30 @@ fn phase_and_folder_mistakes_are_located_errors() {
         &["data.augment={random_crop: true}"],
         "set data.resize_shorter",
     );
+    // A checkpoint of another model: a short summary naming `weights`.
+    let other = dir.join("other.cnn");
+    std::fs::write(
+        &other,
+        "model other {\n  input [8, 8, 3]\n  flatten\n  dense(3, name=\"fc\")\n}\n",
+    )
+    .unwrap();
+    let other_yaml = dir.join("other.yaml");
+    std::fs::write(
+        &other_yaml,
+        std::fs::read_to_string(dir.join("run.yaml"))
+            .unwrap()
+            .replace("spec: tiny.cnn", "spec: other.cnn")
+            .replace("out.safetensors", "other.safetensors"),
+    )
+    .unwrap();
+    ok(&[
+        "run",
+        &other_yaml.display().to_string(),
+        "--set",
+        "epochs=1",
+    ]);
+    let foreign = format!("weights={}", dir.join("other.safetensors").display());
+    fails(&[foreign.as_str()], "weights: none of the 2 tensors of");
     // Not a checkpoint (the run file itself): exit 1, naming it.
     let not_weights = format!("weights={}", dir.join("run.yaml").display());
     fails(&[not_weights.as_str()], "cannot read checkpoint");

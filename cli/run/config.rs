@@ -256,8 +256,8 @@ pub struct PhaseConfig {
     /// Make this layer and every layer after it (in the model's order)
     /// trainable (Keras's `for layer in base.layers[k:]`).
     pub unfreeze_from: Option<String>,
-    /// Layers to freeze (`layer.trainable = False`).
-    pub freeze: Option<Vec<String>>,
+    /// Layers to freeze (`layer.trainable = False`): `all` or names.
+    pub freeze: Option<LayerSelection>,
 }
 
 /// An optional count that, when the key is there, must hold a number

@@ -45,6 +45,18 @@ pub fn pipeline(run_file: &LoadedRunFile, input_shape: &[usize]) -> Result<Image
             ),
         ));
     }
+    if let Some(shorter) = data.resize_shorter {
+        if shorter < height.max(width) {
+            return Err(run_file.invalid_at(
+                "data.resize_shorter",
+                format!(
+                    "data.resize_shorter is {shorter}, smaller than the {height} x {width} crop \
+                     cut from the resized image; use at least {} (torchvision: 256 for 224)",
+                    height.max(width)
+                ),
+            ));
+        }
+    }
     let sizing = match data.resize_shorter {
         Some(shorter) => Sizing::ShorterSideThenCrop {
             shorter,
@@ -195,7 +207,10 @@ pub fn load(
 pub fn read_class_names(path: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    if text.trim_start().starts_with('[') {
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if json || text.trim_start().starts_with('[') {
         return serde_json::from_str::<Vec<String>>(&text).map_err(|err| {
             format!(
                 "`{}` is not a JSON list of class names: {err}",
@@ -230,6 +245,11 @@ mod tests {
         assert_eq!(read_class_names(&lines).unwrap(), ["daisy", "rose"]);
         let bad = dir.join("bad.json");
         std::fs::write(&bad, "[1, 2]").unwrap();
+        assert!(read_class_names(&bad)
+            .unwrap_err()
+            .contains("not a JSON list of class names"));
+        // A .json file is JSON, even when it does not start with `[`.
+        std::fs::write(&bad, "{bad").unwrap();
         assert!(read_class_names(&bad)
             .unwrap_err()
             .contains("not a JSON list of class names"));

@@ -106,6 +106,12 @@ pub fn plan(run_file: &LoadedRunFile, model: &Model) -> Result<Vec<Phase>, Failu
                     )
                 })
         };
+        if entry.unfreeze.is_some() && entry.unfreeze_from.is_some() {
+            return Err(run_file.invalid_at(
+                "phases",
+                format!("{key} sets both `unfreeze` and `unfreeze_from`; keep one"),
+            ));
+        }
         match &entry.unfreeze {
             None => {}
             Some(LayerSelection::Word(word)) if word == "all" => trainable.fill(true),
@@ -114,7 +120,15 @@ pub fn plan(run_file: &LoadedRunFile, model: &Model) -> Result<Vec<Phase>, Failu
                     "phases",
                     format!(
                         "{key}.unfreeze is `{word}`; write `all` or a list of layer names, \
-                         e.g. [conv_200, conv_197]"
+                         e.g. [{}]",
+                        model
+                            .layers
+                            .iter()
+                            .rev()
+                            .take(2)
+                            .map(|l| l.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ))
             }
@@ -128,8 +142,20 @@ pub fn plan(run_file: &LoadedRunFile, model: &Model) -> Result<Vec<Phase>, Failu
             let start = index(name, "unfreeze_from")?;
             trainable[start..].fill(true);
         }
-        for name in entry.freeze.iter().flatten() {
-            trainable[index(name, "freeze")?] = false;
+        match &entry.freeze {
+            None => {}
+            Some(LayerSelection::Word(word)) if word == "all" => trainable.fill(false),
+            Some(LayerSelection::Word(word)) => {
+                return Err(run_file.invalid_at(
+                    "phases",
+                    format!("{key}.freeze is `{word}`; write `all` or a list of layer names"),
+                ))
+            }
+            Some(LayerSelection::Names(names)) => {
+                for name in names {
+                    trainable[index(name, "freeze")?] = false;
+                }
+            }
         }
         let optimizer = entry.optimizer.unwrap_or(config.optimizer);
         optimizer

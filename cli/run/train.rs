@@ -29,6 +29,17 @@ pub(super) fn train(
     let config = &run_file.config;
     let phases = phases::plan(run_file, &compiled.model)?;
     check_outputs(run_file)?;
+    // Initial parameters and pretrained weights before any data is read,
+    // so that a wrong weights file is reported at once.
+    let (training, inference) = phases::graphs(&compiled.model, &phases[0].trainable)?;
+    let mut params = ParamStore::init(&training, config.seed);
+    let loaded = load_weights(run_file, &training, &mut params)?;
+    let start = Start {
+        training,
+        inference,
+        params,
+        loaded,
+    };
     match config.data.format {
         DataFormat::Idx => {
             let Some(full) = load_pair(run_file, &compiled, "train", config.data.train_limit)?
@@ -53,7 +64,9 @@ pub(super) fn train(
                 validation: &validation,
                 test: test.as_ref(),
             };
-            train_on(run_file, &compiled, &phases, data, out, format, started)
+            train_on(
+                run_file, &compiled, &phases, start, data, out, format, started,
+            )
         }
         DataFormat::Folder => {
             let pipeline = folder::pipeline(run_file, &compiled.input_shape)?;
@@ -105,9 +118,20 @@ pub(super) fn train(
                 validation: &parts.validation,
                 test: (!parts.test.is_empty()).then_some(&parts.test),
             };
-            train_on(run_file, &compiled, &phases, data, out, format, started)
+            train_on(
+                run_file, &compiled, &phases, start, data, out, format, started,
+            )
         }
     }
+}
+
+/// The first phase's graphs and the parameters training starts from, with
+/// the line saying what `weights` loaded (if it is set).
+struct Start {
+    training: cnnc_compiler::graph::Graph,
+    inference: cnnc_compiler::graph::Graph,
+    params: ParamStore,
+    loaded: Option<String>,
 }
 
 /// The three parts of the data, whatever their kind.
@@ -125,17 +149,20 @@ fn load_weights(
     run_file: &LoadedRunFile,
     graph: &cnnc_compiler::graph::Graph,
     params: &mut ParamStore,
-    out: &Out,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     let Some(weights) = &run_file.config.weights else {
-        return Ok(());
+        return Ok(None);
     };
     let path = run_file.resolve("weights", weights);
-    let report = if cnnc_import::keras::is_hdf5_file(&path) {
+    let h5_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"));
+    let report = if cnnc_import::keras::is_hdf5_file(&path) || (h5_name && path.is_file()) {
         load_keras_by_name(&path, graph, params)
             .map_err(|err| run_file.invalid_at("weights", format!("weights: {err}")))?
     } else {
-        checkpoint::load_by_name(&path, &graph.params, params).map_err(checkpoint_failure)?
+        checkpoint::load_by_name(&path, &graph.params, params)
+            .map_err(|err| weights_failure(run_file, &path, err))?
     };
     let mut line = format!(
         "Loaded {} of the model's {} parameter tensors from {}",
@@ -152,7 +179,46 @@ fn load_weights(
     if !report.unused.is_empty() {
         line += &format!("; unused from the file: {}", report.unused.join(", "));
     }
-    out.line(line)
+    Ok(Some(line))
+}
+
+/// A `weights:` file that cannot be used, named as `weights` (not as the
+/// checkpoint); a file with no tensor of the model gets a short summary.
+fn weights_failure(
+    run_file: &LoadedRunFile,
+    path: &Path,
+    err: checkpoint::CheckpointError,
+) -> Failure {
+    use checkpoint::CheckpointError;
+    let shown = path.display();
+    match err {
+        CheckpointError::Io { .. } => checkpoint_failure(err),
+        CheckpointError::Mismatch {
+            missing,
+            unexpected,
+            mismatched,
+            ..
+        } if mismatched.is_empty() => {
+            let some = |names: &[String]| {
+                let mut s = names.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                if names.len() > 4 {
+                    s += &format!(", ... ({} in all)", names.len());
+                }
+                s
+            };
+            run_file.invalid_at(
+                "weights",
+                format!(
+                    "weights: none of the {} tensors of `{shown}` ({}) is a parameter of the \
+                     model ({}); was it written for another model?",
+                    unexpected.len(),
+                    some(&unexpected),
+                    some(&missing)
+                ),
+            )
+        }
+        other => run_file.invalid_at("weights", format!("weights: {other}")),
+    }
 }
 
 /// Keras's `load_weights(by_name=True)` from an HDF5 file: the layers the
@@ -203,19 +269,27 @@ fn load_keras_by_name(
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn train_on<T: BatchSource, V: BatchSource, E: BatchSource>(
     run_file: &LoadedRunFile,
     compiled: &Compiled,
     phases: &[phases::Phase],
+    start: Start,
     data: Data<'_, T, V, E>,
     out: &Out,
     format: Format,
     started: Instant,
 ) -> Result<(), Failure> {
     let config = &run_file.config;
-    let (first_training, first_inference) = phases::graphs(&compiled.model, &phases[0].trainable)?;
-    let mut params = ParamStore::init(&first_training, config.seed);
-    load_weights(run_file, &first_training, &mut params, out)?;
+    let Start {
+        training: first_training,
+        inference: first_inference,
+        mut params,
+        loaded,
+    } = start;
+    if let Some(line) = loaded {
+        out.line(line)?;
+    }
     let parameter_count = first_training.param_count();
     let validation = (!data.validation.is_empty()).then_some(data.validation);
     let phased = config.phases.is_some();
@@ -306,6 +380,13 @@ fn train_on<T: BatchSource, V: BatchSource, E: BatchSource>(
         if let Some(path) = &checkpoint_path {
             checkpoint::save(path, &current.graph().params, current.params())
                 .map_err(checkpoint_failure)?;
+            if phased && k + 1 < phases.len() {
+                out.line(format!(
+                    "Saved checkpoint after phase {} to {}",
+                    k + 1,
+                    path.display()
+                ))?;
+            }
         }
         phase_reports.push(json!({
             "name": phase.name,

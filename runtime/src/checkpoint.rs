@@ -198,6 +198,46 @@ pub fn describe_safetensors(err: &safetensors::SafeTensorError) -> String {
     }
 }
 
+/// The bytes of the checkpoint file at `path`.
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The tensors of a safetensors file's bytes, by name.
+fn tensors<'a>(
+    path: &Path,
+    buffer: &'a [u8],
+) -> Result<BTreeMap<String, TensorView<'a>>, CheckpointError> {
+    let file = SafeTensors::deserialize(buffer).map_err(|err| CheckpointError::Format {
+        path: path.to_path_buf(),
+        message: describe_safetensors(&err),
+    })?;
+    Ok(file.tensors().into_iter().collect())
+}
+
+/// How the file's tensor differs from `param` (dtype F32 and its shape
+/// expected), if it does.
+fn mismatch(param: &Param, view: &TensorView<'_>) -> Option<TensorMismatch> {
+    (view.dtype() != Dtype::F32 || view.shape() != param.shape.as_slice()).then(|| TensorMismatch {
+        name: param.name.clone(),
+        expected: param.shape.clone(),
+        found: view.shape().to_vec(),
+        dtype: format!("{:?}", view.dtype()),
+    })
+}
+
+/// An F32 tensor's values (little-endian in the file).
+fn f32_values(view: &TensorView<'_>) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// What [`load_by_name`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ByName {
@@ -231,16 +271,8 @@ pub fn load_by_name(
             values: values.values.len(),
         });
     }
-    let buffer = std::fs::read(path).map_err(|source| CheckpointError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file = SafeTensors::deserialize(&buffer).map_err(|err| CheckpointError::Format {
-        path: path.to_path_buf(),
-        message: describe_safetensors(&err),
-    })?;
-    let tensors: BTreeMap<String, TensorView<'_>> = file.tensors().into_iter().collect();
+    let buffer = read(path)?;
+    let tensors = tensors(path, &buffer)?;
     let mut report = ByName::default();
     let mut mismatched = Vec::new();
     let mut found = Vec::new();
@@ -249,13 +281,8 @@ pub fn load_by_name(
             report.not_in_file.push(param.name.clone());
             continue;
         };
-        if view.dtype() != Dtype::F32 || view.shape() != param.shape.as_slice() {
-            mismatched.push(TensorMismatch {
-                name: param.name.clone(),
-                expected: param.shape.clone(),
-                found: view.shape().to_vec(),
-                dtype: format!("{:?}", view.dtype()),
-            });
+        if let Some(mismatch) = mismatch(param, view) {
+            mismatched.push(mismatch);
             continue;
         }
         found.push((i, view));
@@ -285,9 +312,7 @@ pub fn load_by_name(
         let target = values.values[i]
             .as_slice_mut()
             .expect("parameter values are contiguous");
-        for (v, b) in target.iter_mut().zip(view.data().chunks_exact(4)) {
-            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        target.copy_from_slice(&f32_values(view));
         report.loaded.push(params[i].name.clone());
     }
     Ok(report)
@@ -297,16 +322,8 @@ pub fn load_by_name(
 /// model's tensors with the model's shapes (F32); every difference is listed
 /// in [`CheckpointError::Mismatch`].
 pub fn load(path: &Path, params: &[Param]) -> Result<ParamStore, CheckpointError> {
-    let buffer = std::fs::read(path).map_err(|source| CheckpointError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file = SafeTensors::deserialize(&buffer).map_err(|err| CheckpointError::Format {
-        path: path.to_path_buf(),
-        message: describe_safetensors(&err),
-    })?;
-    let tensors: BTreeMap<String, TensorView<'_>> = file.tensors().into_iter().collect();
+    let buffer = read(path)?;
+    let tensors = tensors(path, &buffer)?;
 
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
@@ -316,20 +333,11 @@ pub fn load(path: &Path, params: &[Param]) -> Result<ParamStore, CheckpointError
             missing.push(param.name.clone());
             continue;
         };
-        if view.dtype() != Dtype::F32 || view.shape() != param.shape.as_slice() {
-            mismatched.push(TensorMismatch {
-                name: param.name.clone(),
-                expected: param.shape.clone(),
-                found: view.shape().to_vec(),
-                dtype: format!("{:?}", view.dtype()),
-            });
+        if let Some(mismatch) = mismatch(param, view) {
+            mismatched.push(mismatch);
             continue;
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = f32_values(view);
         values.push(
             Tensor::from_shape_vec(ndarray::IxDyn(&param.shape), data)
                 .expect("safetensors checked data length against the shape"),

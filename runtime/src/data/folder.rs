@@ -282,6 +282,16 @@ pub fn decode_image(
             format: format!("{format:?}").to_uppercase(),
         });
     }
+    // zune-jpeg decodes a cut-off JPEG without complaint (grey rows where
+    // the data stops); TensorFlow's decoder and Pillow's `load()` refuse it.
+    if format == ImageFormat::Jpeg && !ends_with_jpeg_eoi(bytes) {
+        return Err(FolderError::Decode {
+            path: path.to_path_buf(),
+            message: "the JPEG is truncated: it does not end with the end-of-image marker \
+                      (FF D9); re-copy or re-encode the file, or remove it"
+                .to_string(),
+        });
+    }
     let decoded = image::ImageReader::with_format(Cursor::new(bytes), format)
         .decode()
         .map_err(|err| FolderError::Decode {
@@ -315,6 +325,14 @@ pub fn decode_image(
         });
     }
     Ok(out)
+}
+
+/// Whether a JPEG's bytes end with the end-of-image marker `FF D9` (zero
+/// padding after it allowed): every JPEG of ../shared/data does; a file cut
+/// off in transfer does not.
+fn ends_with_jpeg_eoi(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 /// Reads and decodes an image file (see [`decode_image`]).
