@@ -48,8 +48,11 @@ use std::time::{Duration, Instant};
 // Settings
 
 /// A public call (check, a render, summary, lowering, optimization, ...)
-/// taking more CPU time than this is a failure.
-const SLOW: Duration = Duration::from_secs(2);
+/// taking more CPU time than this is a failure. The blow-ups this catches
+/// are 10x and more (F10 took 12 s); 2 s proved too tight: the F9 corpus
+/// case, about 0.8 s of CPU in a release build, measured 2.12 s in the
+/// test profile (debug assertions) on a busy CI machine.
+const SLOW: Duration = Duration::from_secs(5);
 /// A case still running after this long (wall time, all its calls
 /// together, on a possibly loaded machine) is a hang: the worker is killed.
 const HANG: Duration = Duration::from_secs(30);
