@@ -216,6 +216,25 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         }
         _ => run_file.invalid_at("optimizer", format!("optimizer: {err}")),
     })?;
+    if config.data.format == config::DataFormat::Idx {
+        let data = &config.data;
+        for (key, set) in [
+            ("data.directory", data.directory.is_some()),
+            ("data.test_split", data.test_split.is_some()),
+            ("data.cache", data.cache.is_some()),
+            ("data.augment", data.augment != Default::default()),
+        ] {
+            if set {
+                return Err(run_file.invalid_at(
+                    key,
+                    format!(
+                        "`{key}` is for image folders, but data.format is idx (the default); \
+                         add `format: folder` under `data:`"
+                    ),
+                ));
+            }
+        }
+    }
     let compiled = compile(&run_file)?;
     match config.mode {
         RunMode::Train => train::train(&run_file, compiled, &out, args.format, started),

@@ -367,6 +367,10 @@ fn phase_and_folder_mistakes_are_located_errors() {
     );
     fails(&["data.validation_split=100"], "not a count");
     fails(
+        &["data.format=idx"],
+        "`data.directory` is for image folders, but data.format is idx",
+    );
+    fails(
         &["data.image_size=[16, 16]"],
         "the model takes [8, 8] images",
     );
@@ -414,15 +418,24 @@ fn folder_evaluate_and_predict_use_the_same_split() {
     let dir = temp("transfer-eval");
     let run = run_file(&dir).display().to_string();
     // Hold out floor(0.4 * n) images per class for the test: ant 3 -> 1,
-    // bee 2 -> 0, Zebra 3 -> 1.
-    ok(&[
+    // bee 2 -> 0, Zebra 3 -> 1. A validation fraction of 0.1 rounds down to
+    // nothing for 2-3 images per class: a warning.
+    let trained = ok(&[
         "run",
         &run,
         "--set",
         "data.test_split=0.4",
         "--set",
+        "data.validation_split=0.1",
+        "--set",
         "epochs=1",
     ]);
+    let text = String::from_utf8_lossy(&trained.stdout);
+    assert!(
+        text.contains("warning: the validation part is empty"),
+        "{text}"
+    );
+    assert!(!text.contains("warning: the test part"), "{text}");
     let out = ok(&[
         "run",
         &run,

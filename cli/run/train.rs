@@ -100,6 +100,31 @@ pub(super) fn train(
                     String::new()
                 }
             ))?;
+            // Per-class counts round down: a small folder can leave a
+            // requested part empty.
+            let data_config = &config.data;
+            let validation_fraction = match data_config.validation_split {
+                Some(super::config::SplitSetting(
+                    cnnc_runtime::data::ValidationSplit::Fraction(f),
+                )) => f,
+                Some(_) => 0.0,
+                None => folder::DEFAULT_VALIDATION,
+            };
+            for (part, fraction, len) in [
+                ("validation", validation_fraction, parts.validation.len()),
+                (
+                    "test",
+                    data_config.test_split.unwrap_or(folder::DEFAULT_TEST),
+                    parts.test.len(),
+                ),
+            ] {
+                if fraction > 0.0 && len == 0 {
+                    out.line(format!(
+                        "warning: the {part} part is empty: {fraction} of each class rounds \
+                         down to 0 images; add images or raise the fraction"
+                    ))?;
+                }
+            }
             if parts.train.is_empty() {
                 return Err(run_file.invalid_at(
                     "data.directory",
