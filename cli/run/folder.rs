@@ -10,9 +10,9 @@ use cnnc_runtime::data::folder::{
 use std::path::Path;
 
 /// The seed's split: 15% of each class for validation.
-pub const DEFAULT_VALIDATION: f64 = 0.15;
+const DEFAULT_VALIDATION: f64 = 0.15;
 /// The seed's split: 10% of each class for the final test.
-pub const DEFAULT_TEST: f64 = 0.10;
+const DEFAULT_TEST: f64 = 0.10;
 
 /// The pipeline that turns an image file into a model input of
 /// `input_shape` (`[height, width, channels]`): decode (grey for 1 channel,
@@ -89,6 +89,8 @@ pub struct FolderData {
     pub test: FolderSource,
     /// The folder names, in label order.
     pub class_names: Vec<String>,
+    /// The fractions the folder was split by.
+    pub split: SplitConfig,
 }
 
 /// A failure about the data folder: unreadable files are usage errors
@@ -102,9 +104,9 @@ pub fn folder_failure(run_file: &LoadedRunFile, err: FolderError) -> Failure {
 }
 
 /// Lists `data.directory`, splits it per class (seeded by the run's seed)
-/// into training, validation and test sources, and caches the decoded
-/// images unless `data.cache` is false. `classes` is the model's output
-/// width, which must equal the number of class folders.
+/// into training, validation and test sources (nothing decoded yet: the
+/// caller caches what it reads more than once). `classes` is the model's
+/// output width, which must equal the number of class folders.
 pub fn load(
     run_file: &LoadedRunFile,
     pipeline: ImagePipeline,
@@ -180,25 +182,20 @@ pub fn load(
     let source = |list: ImageList| {
         FolderSource::new(list, pipeline, threads).map_err(|e| folder_failure(run_file, e))
     };
-    let mut train = source(splits.train)?.with_augment(augment).map_err(|err| {
+    let train = source(splits.train)?.with_augment(augment).map_err(|err| {
         run_file.invalid_at(
             "data.augment.random_crop",
             format!("data.augment.random_crop: {err}; set data.resize_shorter"),
         )
     })?;
-    let mut validation = source(splits.validation)?;
-    let mut test = source(splits.test)?;
-    if data.cache.unwrap_or(true) {
-        for part in [&mut train, &mut validation, &mut test] {
-            part.cache_decoded()
-                .map_err(|e| folder_failure(run_file, e))?;
-        }
-    }
+    let validation = source(splits.validation)?;
+    let test = source(splits.test)?;
     Ok(FolderData {
         train,
         validation,
         test,
         class_names,
+        split,
     })
 }
 

@@ -102,21 +102,9 @@ pub(super) fn train(
             ))?;
             // Per-class counts round down: a small folder can leave a
             // requested part empty.
-            let data_config = &config.data;
-            let validation_fraction = match data_config.validation_split {
-                Some(super::config::SplitSetting(
-                    cnnc_runtime::data::ValidationSplit::Fraction(f),
-                )) => f,
-                Some(_) => 0.0,
-                None => folder::DEFAULT_VALIDATION,
-            };
             for (part, fraction, len) in [
-                ("validation", validation_fraction, parts.validation.len()),
-                (
-                    "test",
-                    data_config.test_split.unwrap_or(folder::DEFAULT_TEST),
-                    parts.test.len(),
-                ),
+                ("validation", parts.split.validation, parts.validation.len()),
+                ("test", parts.split.test, parts.test.len()),
             ] {
                 if fraction > 0.0 && len == 0 {
                     out.line(format!(

@@ -195,6 +195,12 @@ fn activation_arg(a: Activation, args: &mut Vec<String>) {
 /// The layer as a call: keyword, positional arguments, non-default named
 /// arguments, `name = "..."`.
 pub fn layer_call(layer: &Layer) -> String {
+    layer_call_with(layer, &|name| name.to_string())
+}
+
+/// [`layer_call`] with the tensor identifier of each input of a join given
+/// by `id_of` (the Keras writer renames tensors that clash with keywords).
+pub fn layer_call_with(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> String {
     let Op::Layer(kind) = &layer.op else {
         // Affine maps are materialized before writing (layers::tidy).
         return format!("# unmaterialized affine map {}", layer.name);
@@ -251,6 +257,62 @@ pub fn layer_call(layer: &Layer) -> String {
             }
             "depthwise_conv2d".into()
         }
+        LayerKind::SeparableConv2d {
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            depth_multiplier,
+            dilation_rate,
+            activation,
+            use_bias,
+        } => {
+            args.push(filters.to_string());
+            args.push(size(*kernel_size));
+            if *strides != [1, 1] {
+                args.push(format!("strides={}", size(*strides)));
+            }
+            padding_arg(*padding, &mut args);
+            if *dilation_rate != [1, 1] {
+                args.push(format!("dilation_rate={}", size(*dilation_rate)));
+            }
+            if *depth_multiplier != 1 {
+                args.push(format!("depth_multiplier={depth_multiplier}"));
+            }
+            activation_arg(*activation, &mut args);
+            if !use_bias {
+                args.push("use_bias=false".into());
+            }
+            "separable_conv2d".into()
+        }
+        LayerKind::Conv2dTranspose {
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            output_padding,
+            dilation_rate,
+            activation,
+            use_bias,
+        } => {
+            args.push(filters.to_string());
+            args.push(size(*kernel_size));
+            if *strides != [1, 1] {
+                args.push(format!("strides={}", size(*strides)));
+            }
+            padding_arg(*padding, &mut args);
+            if *dilation_rate != [1, 1] {
+                args.push(format!("dilation_rate={}", size(*dilation_rate)));
+            }
+            if let Some(p) = output_padding {
+                args.push(format!("output_padding=({}, {})", p[0], p[1]));
+            }
+            activation_arg(*activation, &mut args);
+            if !use_bias {
+                args.push("use_bias=false".into());
+            }
+            "conv2d_transpose".into()
+        }
         LayerKind::Dense {
             units,
             activation,
@@ -299,11 +361,11 @@ pub fn layer_call(layer: &Layer) -> String {
             "reshape".into()
         }
         LayerKind::Add | LayerKind::Multiply => {
-            args.extend(layer.inputs.iter().cloned());
+            args.extend(layer.inputs.iter().map(|i| id_of(i)));
             kind.keyword().into()
         }
         LayerKind::Concatenate { axis } => {
-            args.extend(layer.inputs.iter().cloned());
+            args.extend(layer.inputs.iter().map(|i| id_of(i)));
             // `axis` counts with the batch as axis 0 (Keras); -1 is the default.
             let rank = layer.shape.len();
             if *axis + 1 != rank {

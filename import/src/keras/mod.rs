@@ -23,7 +23,7 @@ use crate::layers::{Layer, Op};
 use crate::ops::{IoInfo, IoLayout};
 use crate::{names, spec, ImportError, ImportOptions, Imported};
 use cnnc_compiler::graph::Param;
-use cnnc_compiler::model::{Dim, LayerKind, Model, Padding};
+use cnnc_compiler::model::{Dim, LayerKind, Model};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -537,120 +537,40 @@ fn is_chain_step(layer: &Layer) -> bool {
     )
 }
 
-fn size(v: [usize; 2]) -> String {
-    if v[0] == v[1] {
-        v[0].to_string()
-    } else {
-        format!("({}, {})", v[0], v[1])
-    }
-}
-
-/// The layer as a spec call; the kinds the ONNX writer covers go through
-/// [`spec::layer_call`], the others are written here.
+/// The layer as a spec call: [`spec::layer_call_with`], except batch norm,
+/// written with Keras's defaults left out.
 fn layer_call(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> Result<String, KerasError> {
     let Op::Layer(kind) = &layer.op else {
         return Err(
             ImportError::SpecRejected(format!("layer `{}` is not a layer", layer.name)).into(),
         );
     };
-    let name = format!("name=\"{}\"", layer.name);
-    let mut args: Vec<String> = Vec::new();
-    let common =
-        |args: &mut Vec<String>, strides: [usize; 2], padding: Padding, dilation: [usize; 2]| {
-            if strides != [1, 1] {
-                args.push(format!("strides={}", size(strides)));
-            }
-            if padding == Padding::Same {
-                args.push("padding=same".into());
-            }
-            if dilation != [1, 1] {
-                args.push(format!("dilation_rate={}", size(dilation)));
-            }
-        };
-    let tail =
-        |args: &mut Vec<String>, activation: cnnc_compiler::model::Activation, use_bias: bool| {
-            if activation != cnnc_compiler::model::Activation::Linear {
-                args.push(format!("activation={}", activation.name()));
-            }
-            if !use_bias {
-                args.push("use_bias=false".into());
-            }
-        };
-    let keyword = match kind {
-        LayerKind::SeparableConv2d {
-            filters,
-            kernel_size,
-            strides,
-            padding,
-            depth_multiplier,
-            dilation_rate,
-            activation,
-            use_bias,
-        } => {
-            args.push(filters.to_string());
-            args.push(size(*kernel_size));
-            common(&mut args, *strides, *padding, *dilation_rate);
-            if *depth_multiplier != 1 {
-                args.push(format!("depth_multiplier={depth_multiplier}"));
-            }
-            tail(&mut args, *activation, *use_bias);
-            "separable_conv2d"
+    // Batch norm with every Keras setting that differs from the default
+    // (the shared writer always writes `epsilon`, for ONNX's 1e-5).
+    if let LayerKind::BatchNormalization {
+        momentum,
+        epsilon,
+        center,
+        scale,
+    } = kind
+    {
+        let mut args: Vec<String> = Vec::new();
+        if *momentum != 0.99 {
+            args.push(format!("momentum={}", spec::float(*momentum)));
         }
-        LayerKind::Conv2dTranspose {
-            filters,
-            kernel_size,
-            strides,
-            padding,
-            output_padding,
-            dilation_rate,
-            activation,
-            use_bias,
-        } => {
-            args.push(filters.to_string());
-            args.push(size(*kernel_size));
-            common(&mut args, *strides, *padding, *dilation_rate);
-            if let Some(p) = output_padding {
-                args.push(format!("output_padding=({}, {})", p[0], p[1]));
-            }
-            tail(&mut args, *activation, *use_bias);
-            "conv2d_transpose"
+        if *epsilon != 1e-3 {
+            args.push(format!("epsilon={}", spec::float(*epsilon)));
         }
-        LayerKind::BatchNormalization {
-            momentum,
-            epsilon,
-            center,
-            scale,
-        } => {
-            if *momentum != 0.99 {
-                args.push(format!("momentum={}", spec::float(*momentum)));
-            }
-            if *epsilon != 1e-3 {
-                args.push(format!("epsilon={}", spec::float(*epsilon)));
-            }
-            if !center {
-                args.push("center=false".into());
-            }
-            if !scale {
-                args.push("scale=false".into());
-            }
-            "batch_normalization"
+        if !center {
+            args.push("center=false".into());
         }
-        LayerKind::Concatenate { axis } => {
-            args.extend(layer.inputs.iter().map(|i| id_of(i)));
-            // Keras counts the batch as axis 0; the last axis is the default.
-            if *axis + 1 != layer.shape.len() {
-                args.push(format!("axis={}", axis + 1));
-            }
-            "concatenate"
+        if !scale {
+            args.push("scale=false".into());
         }
-        LayerKind::Add | LayerKind::Multiply => {
-            args.extend(layer.inputs.iter().map(|i| id_of(i)));
-            kind.keyword()
-        }
-        _ => return Ok(spec::layer_call(layer)),
-    };
-    args.push(name);
-    Ok(format!("{keyword}({})", args.join(", ")))
+        args.push(format!("name=\"{}\"", layer.name));
+        return Ok(format!("batch_normalization({})", args.join(", ")));
+    }
+    Ok(spec::layer_call_with(layer, id_of))
 }
 
 /// Checks the spec with cnnc's checker and compares the checked layers
