@@ -31,6 +31,8 @@ use cnnc_runtime::tensor::Tensor;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod profile;
 use std::time::Instant;
 
 /// The book's optimizer: `SGD(learning_rate=0.01, momentum=0.9)`.
@@ -136,6 +138,12 @@ pub struct BenchArgs {
     /// (`bench/export_onnx.py --verify`).
     #[arg(long, value_name = "FILE")]
     pub dump_io: Option<PathBuf>,
+
+    /// After timing, run `--steps` more steps with per-node timing and
+    /// print where a step's time goes: each node's mean forward (and, for
+    /// training, backward) milliseconds and its share.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// One measurement, as printed by `--format json`.
@@ -181,6 +189,9 @@ struct BenchResult {
     last_loss: Option<f32>,
     /// Rewrites made by the optimization passes.
     rewrites: usize,
+    /// `--profile`: mean per-step time of each node that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Vec<profile::NodeProfile>>,
 }
 
 /// The parameters a step runs with.
@@ -315,7 +326,10 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     // loop does (`forward_into`, `backward_into`).
     let mut output = Tensor::zeros(vec![0]);
     let mut grads: Vec<Tensor> = Vec::new();
-    let mut step = |i: usize, state: &mut StepParams| -> Result<Option<f32>, String> {
+    let mut step = |executor: &mut Executor,
+                    i: usize,
+                    state: &mut StepParams|
+     -> Result<Option<f32>, String> {
         let (x, labels) = &batches[i % batches.len()];
         match state {
             StepParams::Infer(prepared) => {
@@ -342,7 +356,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     };
 
     for i in 0..args.warmup {
-        if let Err(err) = step(i, &mut state) {
+        if let Err(err) = step(&mut executor, i, &mut state) {
             eprintln!("error: {err}");
             return ExitCode::from(1);
         }
@@ -351,7 +365,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     let start = Instant::now();
     let mut last_loss = None;
     for i in args.warmup..total {
-        match step(i, &mut state) {
+        match step(&mut executor, i, &mut state) {
             Ok(loss) => last_loss = loss,
             Err(err) => {
                 eprintln!("error: {err}");
@@ -363,6 +377,24 @@ pub fn execute(args: BenchArgs) -> ExitCode {
     let cpu_s = match (cpu_before, process_cpu_s()) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
+    };
+
+    let node_profile = if args.profile {
+        let mut acc = profile::Profile::new(executor.graph());
+        executor.set_profiling(true);
+        for i in args.warmup..total {
+            if let Err(err) = step(&mut executor, i, &mut state) {
+                eprintln!("error: {err}");
+                return ExitCode::from(1);
+            }
+            if let Some(times) = executor.profile() {
+                acc.add_step(times);
+            }
+        }
+        executor.set_profiling(false);
+        Some(acc.rows())
+    } else {
+        None
     };
 
     if let (Some(file), StepParams::Infer(prepared)) = (&args.dump_io, &state) {
@@ -400,6 +432,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         data: data_source,
         last_loss,
         rewrites: rewrites.len(),
+        profile: node_profile,
     };
     let text = match args.format {
         BenchFormat::Json => match serde_json::to_string(&result) {
@@ -453,6 +486,9 @@ fn text_report(r: &BenchResult, path: &str) -> String {
     }
     if let Some(loss) = r.last_loss {
         out += &format!("  last loss    {loss:.4}\n");
+    }
+    if let Some(rows) = &r.profile {
+        out += &profile::render(rows, r.steps);
     }
     out
 }
