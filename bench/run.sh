@@ -34,8 +34,8 @@ while [ $# -gt 0 ]; do
 done
 
 venv=bench/.venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tensorflow, onnxruntime, onnx, psutil' >/dev/null 2>&1; then
-    echo "== setting up $venv (bench/requirements.txt: tensorflow-cpu, onnxruntime, onnx, psutil)"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tensorflow, onnxruntime, onnx, psutil, PIL' >/dev/null 2>&1; then
+    echo "== setting up $venv (bench/requirements.txt: tensorflow-cpu, onnxruntime, onnx, psutil, pillow)"
     [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
     "$venv/bin/pip" install --quiet -r bench/requirements.txt
