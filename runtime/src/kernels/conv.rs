@@ -679,6 +679,8 @@ pub fn conv2d_backward(
         let dk_len = if want_dk { k * f } else { 0 };
         let db_len = if want_db { f } else { 0 };
         let stride = (dk_len + db_len).max(1);
+        // Fewer groups than threads: each group's product is split instead.
+        let split = groups < rayon::current_num_threads();
         with_partials(groups * stride, |partials| {
             partials
                 .par_chunks_mut(stride)
@@ -704,7 +706,7 @@ pub fn conv2d_backward(
                         }
                     }
                     if want_dk {
-                        kernel_grad_rows(s, x, dz, gi * group, dk);
+                        kernel_grad_rows(s, x, dz, gi * group, dk, split);
                     }
                 });
             let parts = || partials.chunks_exact(stride).take(groups);
@@ -797,10 +799,26 @@ pub fn prepared_winograd_applies(s: &Conv2dShape) -> bool {
 
 /// Partial kernel gradient of the output rows `g0 .. g0 + dz.len() / filters`:
 /// `dk = im2col(x)[rows]ᵀ × dz` (overwritten), in fixed sub-blocks added in
-/// order (single-threaded).
-fn kernel_grad_rows(s: &Conv2dShape, x: &[f32], dz: &[f32], g0: usize, dk: &mut [f32]) {
+/// order. With `split`, each sub-block's im2col and product are spread over
+/// the rayon pool (for when there are fewer row groups than threads, e.g.
+/// a 7x7 map at batch 32 is one group); the bits are the same either way,
+/// since the GEMM computes every element of `dk` by the same sequence of
+/// operations whatever its thread split.
+fn kernel_grad_rows(
+    s: &Conv2dShape,
+    x: &[f32],
+    dz: &[f32],
+    g0: usize,
+    dk: &mut [f32],
+    split: bool,
+) {
     let (k, f) = (s.patch_len(), s.filters);
     let block = s.dw_block_rows();
+    let par = if split {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     // The first block overwrites the partial, later ones add.
     for (bi, dzb) in dz.chunks(block * f).enumerate() {
         let r0 = g0 + bi * block;
@@ -808,12 +826,19 @@ fn kernel_grad_rows(s: &Conv2dShape, x: &[f32], dz: &[f32], g0: usize, dk: &mut 
         let d = MatRef::row_major(dzb, rows, f);
         if s.is_pointwise() {
             let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
-            matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
+            matmul(a.t(), d, dk, f, bi > 0, par);
         } else {
             with_scratch(rows * k, |col| {
-                im2col(s, x, r0, rows, col);
+                if split {
+                    let sub = rows.div_ceil(rayon::current_num_threads()).max(1);
+                    col.par_chunks_mut(sub * k)
+                        .enumerate()
+                        .for_each(|(j, c)| im2col(s, x, r0 + j * sub, c.len() / k, c));
+                } else {
+                    im2col(s, x, r0, rows, col);
+                }
                 let a = MatRef::row_major(col, rows, k);
-                matmul(a.t(), d, dk, f, bi > 0, Parallelism::None);
+                matmul(a.t(), d, dk, f, bi > 0, par);
             });
         }
     }
@@ -828,12 +853,13 @@ pub(crate) fn kernel_grad(s: &Conv2dShape, x: &[f32], dz: &[f32], dk: &mut [f32]
     let klen = s.kernel_len();
     let group = s.group_rows();
     let groups = s.rows().div_ceil(group);
+    let split = groups < rayon::current_num_threads();
     with_partials(groups * klen, |partials| {
         partials
             .par_chunks_mut(klen)
             .zip(dz.par_chunks(group * f))
             .enumerate()
-            .for_each(|(gi, (part, dzg))| kernel_grad_rows(s, x, dzg, gi * group, part));
+            .for_each(|(gi, (part, dzg))| kernel_grad_rows(s, x, dzg, gi * group, part, split));
         sum_partials(partials.chunks_exact(klen).take(groups), dk);
     });
 }
