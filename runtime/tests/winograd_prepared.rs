@@ -515,3 +515,50 @@ fn prepared_winograd_timing() {
         }
     }
 }
+
+/// Batch 1 on a small map is one block of rows: its im2col copy, product
+/// and epilogue are each split over the pool. Same values as the direct
+/// convolution and the same bits on 1, 2 and 3 threads.
+#[test]
+fn prepared_gemm_at_batch_1_has_the_same_bits_on_1_2_3_threads() {
+    for (hw, c, k) in [(7, 256, 96), (14, 64, 128), (9, 8, 16)] {
+        let s = shape3x3(1, hw, hw, c, k, SAME);
+        let x = lcg(11, s.input_len(), 1.0);
+        let kernel = lcg(12, s.kernel_len(), 1.0);
+        let bias = lcg(13, k, 2.0);
+        let residual = lcg(14, s.output_len(), 3.0);
+        let gemm = gemm_kernel(&s, &kernel);
+        let run = |threads: usize| {
+            let mut y = vec![f32::NAN; s.output_len()];
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    fused_conv2d_forward(
+                        &s,
+                        &x,
+                        ConvKernel::Prepared(&gemm),
+                        Some(&bias),
+                        Some(&residual),
+                        Activation::Relu6,
+                        &mut y,
+                    )
+                    .unwrap()
+                });
+            y
+        };
+        let one = run(1);
+        let (want, mag) = direct(
+            &s,
+            &x,
+            &kernel,
+            Some(&bias),
+            Some(&residual),
+            Activation::Relu6,
+        );
+        assert_within(&format!("gemm b1 {hw}x{hw} {c}->{k}"), &one, &want, &mag);
+        assert_eq!(one, run(2), "{hw}x{hw} {c}->{k}");
+        assert_eq!(one, run(3), "{hw}x{hw} {c}->{k}");
+    }
+}

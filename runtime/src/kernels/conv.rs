@@ -45,6 +45,9 @@ const COL_BLOCK_FLOATS: usize = 96 * 1024;
 /// blocks, since each block re-reads and re-writes the whole `[patch, filters]`
 /// partial gradient.
 const DW_BLOCK_FLOATS: usize = 384 * 1024;
+/// Fewest floats (im2col rows x patch, or output rows x filters) for which a
+/// block's im2col copy or epilogue is split over the threads at batch 1.
+const SPLIT_MIN_FLOATS: usize = 16 * 1024;
 /// Bounds on the number of output pixels in one block.
 const MIN_BLOCK_ROWS: usize = 56;
 const MAX_BLOCK_ROWS: usize = 504;
@@ -557,22 +560,35 @@ fn forward_blocks_rhs(
     // would leave cores idle: then run the blocks one after the other, each
     // product split over the pool by rows and column panels (same bits).
     let blocks = y.len().div_ceil(block * f);
-    if blocks < 2 * rayon::current_num_threads() && rayon::current_num_threads() > 1 {
+    let threads = rayon::current_num_threads();
+    if blocks < 2 * threads && threads > 1 {
         for (bi, yblk) in y.chunks_mut(block * f).enumerate() {
             let r0 = bi * block;
             let rows = yblk.len() / f;
             let none = Epilogue::default();
+            // The im2col copy and the epilogue are split over the pool too
+            // (by rows; element-wise, so the same bits), unless too small to
+            // pay for the hand-off.
+            let sub = if rows * f.max(k) >= SPLIT_MIN_FLOATS {
+                rows.div_ceil(threads).max(1)
+            } else {
+                rows.max(1)
+            };
             if s.is_pointwise() {
                 let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
                 matmul_rhs_par(a, w, yblk, f, false, &none);
             } else {
                 with_scratch(rows * k, |col| {
-                    im2col(s, x, r0, rows, col);
+                    col.par_chunks_mut(sub * k)
+                        .enumerate()
+                        .for_each(|(j, c)| im2col(s, x, r0 + j * sub, c.len() / k, c));
                     let a = MatRef::row_major(col, rows, k);
                     matmul_rhs_par(a, w, yblk, f, false, &none);
                 });
             }
-            epilogue(r0, yblk);
+            yblk.par_chunks_mut(sub * f)
+                .enumerate()
+                .for_each(|(j, c)| epilogue(r0 + j * sub, c));
         }
         return;
     }

@@ -568,8 +568,13 @@ pub(crate) unsafe fn run(job: Job<'_>, parallel: bool) {
     let (rows_per, cols_per) = if row_blocks >= target {
         (m.div_ceil(target).div_ceil(MR) * MR, np)
     } else {
+        // Row parts of equal size (at most `MC`): 196 rows are 2 x 98, not
+        // 168 + 28, which left one thread idle for most of the product.
         let cparts = np.min(target.div_ceil(row_blocks));
-        (MC, np.div_ceil(cparts))
+        (
+            m.div_ceil(row_blocks).div_ceil(MR) * MR,
+            np.div_ceil(cparts),
+        )
     };
     let rparts = m.div_ceil(rows_per);
     let cparts = np.div_ceil(cols_per);
