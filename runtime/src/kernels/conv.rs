@@ -29,7 +29,10 @@
 use super::activation::{
     activation_backward_rows, add_rows_into, bias_activation_rows, bias_residual_activation_rows,
 };
-use super::gemm::{matmul, matmul_rhs, matmul_rhs_par, Epilogue, MatRef, Parallelism, Rhs};
+use super::gemm::{
+    matmul, matmul_rhs, matmul_rhs_epilogue, matmul_rhs_par, Epilogue, EpilogueActivation, MatRef,
+    Parallelism, Rhs,
+};
 use super::scratch::{with_partials, with_scratch};
 use super::winograd::{
     self, winograd_forward_prepared, winograd_forward_transformed, PreparedWinograd,
@@ -522,7 +525,12 @@ pub fn fused_conv2d_forward(
             return Ok(());
         }
     };
-    forward_blocks_rhs(s, x, w, y, epilogue);
+    let tile = EpilogueActivation::from_activation(act).map(|activation| TileEpilogue {
+        bias,
+        residual,
+        activation,
+    });
+    forward_blocks_rhs(s, x, w, y, tile, epilogue);
     Ok(())
 }
 
@@ -539,16 +547,42 @@ pub(crate) fn forward_blocks(
     let (k, f) = (s.patch_len(), s.filters);
     // The kernel is packed once and shared by every block.
     let w = Rhs::new(MatRef::row_major(kernel, k, f));
-    forward_blocks_rhs(s, x, &w, y, |_, yblk| epilogue(yblk));
+    forward_blocks_rhs(s, x, &w, y, None, |_, yblk| epilogue(yblk));
+}
+
+/// Bias, residual and activation applied by the GEMM itself as it stores
+/// each tile (`gemm::Epilogue`), for the activations it has: the same bits
+/// as the row epilogue (`(v + bias) + residual`, then `max(0)` /
+/// `clamp(0, 6)`), without a second pass over the output.
+#[derive(Clone, Copy)]
+struct TileEpilogue<'a> {
+    bias: Option<&'a [f32]>,
+    /// The whole output's residual, `[rows, filters]`.
+    residual: Option<&'a [f32]>,
+    activation: EpilogueActivation,
+}
+
+impl<'a> TileEpilogue<'a> {
+    /// The GEMM epilogue of the output rows from `r0` on.
+    fn at(&self, r0: usize, f: usize) -> Epilogue<'a> {
+        Epilogue {
+            bias: self.bias,
+            residual: self.residual.map(|r| &r[r0 * f..]),
+            activation: self.activation,
+        }
+    }
 }
 
 /// [`forward_blocks`] with a prepared kernel `w` (`[patch_len, filters]`);
-/// `epilogue` gets each block's first output row and the block.
+/// `epilogue` gets each block's first output row and the block, unless
+/// `tile` is given: then the GEMM applies that epilogue and `epilogue` is
+/// not called.
 fn forward_blocks_rhs(
     s: &Conv2dShape,
     x: &[f32],
     w: &Rhs<'_>,
     y: &mut [f32],
+    tile: Option<TileEpilogue<'_>>,
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) {
     let (k, f) = (s.patch_len(), s.filters);
@@ -556,6 +590,7 @@ fn forward_blocks_rhs(
     if f == 0 || y.is_empty() {
         return;
     }
+    let epi_at = |r0: usize| tile.map(|t| t.at(r0, f)).unwrap_or_default();
     // Few blocks (batch 1, late stages: ResNet-50's 7x7 maps are one block)
     // would leave cores idle: then run the blocks one after the other, each
     // product split over the pool by rows and column panels (same bits).
@@ -565,8 +600,8 @@ fn forward_blocks_rhs(
         for (bi, yblk) in y.chunks_mut(block * f).enumerate() {
             let r0 = bi * block;
             let rows = yblk.len() / f;
-            let none = Epilogue::default();
-            // The im2col copy and the epilogue are split over the pool too
+            let epi = epi_at(r0);
+            // The im2col copy and a row epilogue are split over the pool too
             // (by rows; element-wise, so the same bits), unless too small to
             // pay for the hand-off.
             let sub = if rows * f.max(k) >= SPLIT_MIN_FLOATS {
@@ -576,19 +611,21 @@ fn forward_blocks_rhs(
             };
             if s.is_pointwise() {
                 let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
-                matmul_rhs_par(a, w, yblk, f, false, &none);
+                matmul_rhs_par(a, w, yblk, f, false, &epi);
             } else {
                 with_scratch(rows * k, |col| {
                     col.par_chunks_mut(sub * k)
                         .enumerate()
                         .for_each(|(j, c)| im2col(s, x, r0 + j * sub, c.len() / k, c));
                     let a = MatRef::row_major(col, rows, k);
-                    matmul_rhs_par(a, w, yblk, f, false, &none);
+                    matmul_rhs_par(a, w, yblk, f, false, &epi);
                 });
             }
-            yblk.par_chunks_mut(sub * f)
-                .enumerate()
-                .for_each(|(j, c)| epilogue(r0 + j * sub, c));
+            if tile.is_none() {
+                yblk.par_chunks_mut(sub * f)
+                    .enumerate()
+                    .for_each(|(j, c)| epilogue(r0 + j * sub, c));
+            }
         }
         return;
     }
@@ -597,16 +634,20 @@ fn forward_blocks_rhs(
         .for_each(|(bi, yblk)| {
             let r0 = bi * block;
             let rows = yblk.len() / f;
+            let epi = epi_at(r0);
             if s.is_pointwise() {
                 let a = MatRef::row_major(&x[r0 * k..(r0 + rows) * k], rows, k);
-                matmul_rhs(a, w, yblk, f, false);
+                matmul_rhs_epilogue(a, w, yblk, f, false, &epi);
             } else {
                 with_scratch(rows * k, |col| {
                     im2col(s, x, r0, rows, col);
-                    matmul_rhs(MatRef::row_major(col, rows, k), w, yblk, f, false);
+                    let a = MatRef::row_major(col, rows, k);
+                    matmul_rhs_epilogue(a, w, yblk, f, false, &epi);
                 });
             }
-            epilogue(r0, yblk);
+            if tile.is_none() {
+                epilogue(r0, yblk);
+            }
         });
 }
 
