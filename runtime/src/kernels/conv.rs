@@ -550,6 +550,25 @@ pub(crate) fn forward_blocks(
     forward_blocks_rhs(s, x, &w, y, None, |_, yblk| epilogue(yblk));
 }
 
+/// Rows per forward block on `threads` threads: [`Conv2dShape::block_rows`],
+/// made smaller when that leaves fewer than two blocks per thread but
+/// smaller blocks of at least `MIN_BLOCK_ROWS` would not (a batch-1 28x28
+/// map: 784 rows are 4 blocks of 196, one hand-off per layer, instead of 2
+/// blocks whose products are each split over the threads). Each output row
+/// is computed the same way whatever the blocking, so the bits do not
+/// depend on it.
+fn forward_block_rows(s: &Conv2dShape, threads: usize) -> usize {
+    let block = s.block_rows();
+    let want = 2 * threads;
+    if threads > 1 && s.rows().div_ceil(block) < want {
+        let smaller = s.rows() / want / ROW_QUANTUM * ROW_QUANTUM;
+        if smaller >= MIN_BLOCK_ROWS {
+            return smaller;
+        }
+    }
+    block
+}
+
 /// Bias, residual and activation applied by the GEMM itself as it stores
 /// each tile (`gemm::Epilogue`), for the activations it has: the same bits
 /// as the row epilogue (`(v + bias) + residual`, then `max(0)` /
@@ -586,7 +605,8 @@ fn forward_blocks_rhs(
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) {
     let (k, f) = (s.patch_len(), s.filters);
-    let block = s.block_rows();
+    let threads = rayon::current_num_threads();
+    let block = forward_block_rows(s, threads);
     if f == 0 || y.is_empty() {
         return;
     }
@@ -595,7 +615,6 @@ fn forward_blocks_rhs(
     // would leave cores idle: then run the blocks one after the other, each
     // product split over the pool by rows and column panels (same bits).
     let blocks = y.len().div_ceil(block * f);
-    let threads = rayon::current_num_threads();
     if blocks < 2 * threads && threads > 1 {
         for (bi, yblk) in y.chunks_mut(block * f).enumerate() {
             let r0 = bi * block;
