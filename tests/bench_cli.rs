@@ -2,43 +2,43 @@
 
 mod common;
 
-use common::{cnnc, root};
+use common::{cnnc_ok, root};
 use serde_json::Value;
 
-fn bench_json(mode: &str) -> Value {
+/// `cnnc bench specs/fashion_mnist.cnn --profile` on the shipped sample.
+fn bench_profile(mode: &str, batch: &str, steps: &str, warmup: &str, extra: &[&str]) -> String {
     let data = root()
         .join("data/fashion-mnist-sample")
         .display()
         .to_string();
-    let out = cnnc(&[
+    let mut args = vec![
         "bench",
         "specs/fashion_mnist.cnn",
         "--mode",
         mode,
         "--batch-size",
-        "2",
+        batch,
         "--steps",
-        "2",
+        steps,
         "--warmup",
-        "1",
+        warmup,
         "--profile",
-        "--format",
-        "json",
         "--data-dir",
         &data,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    ];
+    args.extend_from_slice(extra);
+    String::from_utf8_lossy(&cnnc_ok(&args).stdout).into_owned()
+}
+
+fn bench_json(mode: &str) -> Value {
+    let out = bench_profile(mode, "2", "2", "1", &["--format", "json"]);
+    serde_json::from_str(&out).expect("one JSON object")
 }
 
 /// The graph `cnnc build --emit graph` prints for the same target, as
 /// (op, layer) per node.
 fn graph_nodes(target: &str) -> Vec<(String, String)> {
-    let out = cnnc(&[
+    let out = cnnc_ok(&[
         "build",
         "specs/fashion_mnist.cnn",
         "--emit",
@@ -48,11 +48,6 @@ fn graph_nodes(target: &str) -> Vec<(String, String)> {
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("graph JSON");
     v["ops"]
         .as_array()
@@ -103,31 +98,7 @@ fn inference_profile_has_no_backward_and_no_dropout() {
 
 #[test]
 fn text_profile_is_a_table_after_the_summary() {
-    let data = root()
-        .join("data/fashion-mnist-sample")
-        .display()
-        .to_string();
-    let out = cnnc(&[
-        "bench",
-        "specs/fashion_mnist.cnn",
-        "--mode",
-        "infer",
-        "--batch-size",
-        "1",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--profile",
-        "--data-dir",
-        &data,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = bench_profile("infer", "1", "1", "0", &[]);
     assert!(
         text.contains("profile      mean per step over 1 profiled steps"),
         "{text}"

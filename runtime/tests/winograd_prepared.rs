@@ -219,6 +219,37 @@ fn prepared_winograd_matches_direct_convolution_with_fused_epilogues() {
     }
 }
 
+/// `relu6(conv(x, kernel) + bias + residual)` with a prepared kernel, in a
+/// pool of `threads` threads; `x` and `residual` may be longer than `s`
+/// needs (their first images are used).
+fn fused_on_pool(
+    threads: usize,
+    s: &Conv2dShape,
+    kernel: &PreparedKernel,
+    x: &[f32],
+    bias: &[f32],
+    residual: &[f32],
+) -> Vec<f32> {
+    let mut y = vec![f32::NAN; s.output_len()];
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| {
+            fused_conv2d_forward(
+                s,
+                &x[..s.input_len()],
+                ConvKernel::Prepared(kernel),
+                Some(bias),
+                Some(&residual[..s.output_len()]),
+                Activation::Relu6,
+                &mut y,
+            )
+            .unwrap()
+        });
+    y
+}
+
 #[test]
 fn prepared_winograd_runs_on_multi_thread_pools_with_the_same_bits() {
     let s = shape3x3(3, 14, 13, 16, 32, SAME);
@@ -229,24 +260,7 @@ fn prepared_winograd_runs_on_multi_thread_pools_with_the_same_bits() {
     let wino = PreparedKernel::Winograd(PreparedWinograd::new(&kernel, s.in_channels, s.filters));
     let run = |threads: usize, batch: usize| {
         let s = Conv2dShape { batch, ..s };
-        let mut y = vec![f32::NAN; s.output_len()];
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                fused_conv2d_forward(
-                    &s,
-                    &x[..s.input_len()],
-                    ConvKernel::Prepared(&wino),
-                    Some(&bias),
-                    Some(&residual[..s.output_len()]),
-                    Activation::Relu6,
-                    &mut y,
-                )
-                .unwrap()
-            });
-        y
+        fused_on_pool(threads, &s, &wino, &x, &bias, &residual)
     };
     for batch in [1, 3] {
         let one = run(1, batch);
@@ -529,26 +543,7 @@ fn prepared_gemm_at_batch_1_has_the_same_bits_on_1_2_3_threads() {
         let bias = lcg(13, k, 2.0);
         let residual = lcg(14, s.output_len(), 3.0);
         let gemm = gemm_kernel(&s, &kernel);
-        let run = |threads: usize| {
-            let mut y = vec![f32::NAN; s.output_len()];
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    fused_conv2d_forward(
-                        &s,
-                        &x,
-                        ConvKernel::Prepared(&gemm),
-                        Some(&bias),
-                        Some(&residual),
-                        Activation::Relu6,
-                        &mut y,
-                    )
-                    .unwrap()
-                });
-            y
-        };
+        let run = |threads: usize| fused_on_pool(threads, &s, &gemm, &x, &bias, &residual);
         let one = run(1);
         let (want, mag) = direct(
             &s,

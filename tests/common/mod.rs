@@ -26,3 +26,15 @@ pub fn cnnc(args: &[&str]) -> Output {
         .output()
         .expect("cnnc runs")
 }
+
+/// [`cnnc`], asserting that it exits with success (its stderr otherwise).
+pub fn cnnc_ok(args: &[&str]) -> Output {
+    let out = cnnc(args);
+    assert!(
+        out.status.success(),
+        "cnnc {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
