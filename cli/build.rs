@@ -205,8 +205,14 @@ struct MemoryReport {
     /// The same without reuse (one buffer per op).
     inference_unplanned_bytes_per_image: Option<usize>,
     /// Bytes per image kept in training: every op's output (for backward)
-    /// and one gradient buffer per op.
+    /// and the activation gradients' buffers, shared by lifetime
+    /// (`cnnc_compiler::graph::memory::plan_training_gradients`).
     training_bytes_per_image: Option<usize>,
+    /// How many gradient buffers the training plan shares out.
+    training_gradient_buffers: Option<usize>,
+    /// The same as `training_bytes_per_image` with one gradient buffer per
+    /// op that receives a gradient (no reuse).
+    training_unplanned_bytes_per_image: Option<usize>,
     /// `inference_bytes_per_image * batch_size`.
     inference_bytes: Option<usize>,
     /// `training_bytes_per_image * batch_size`.
@@ -219,6 +225,8 @@ fn memory_report(model: &cnnc_compiler::model::Model, batch_size: usize) -> Memo
         inference_bytes_per_image: None,
         inference_unplanned_bytes_per_image: None,
         training_bytes_per_image: None,
+        training_gradient_buffers: None,
+        training_unplanned_bytes_per_image: None,
         inference_bytes: None,
         training_bytes: None,
     };
@@ -229,13 +237,17 @@ fn memory_report(model: &cnnc_compiler::model::Model, batch_size: usize) -> Memo
     let plan = cnnc_compiler::graph::memory::plan_inference(&inference);
     let (training, _) = passes::optimize(graph, passes::Target::Training);
     let kept = cnnc_compiler::graph::memory::plan_inference(&training).unplanned_len;
+    let grads = cnnc_compiler::graph::memory::plan_training_gradients(&training);
+    let train = (kept + grads.planned_len) * 4;
     MemoryReport {
         batch_size,
         inference_bytes_per_image: Some(plan.planned_bytes(1)),
         inference_unplanned_bytes_per_image: Some(plan.unplanned_len * 4),
-        training_bytes_per_image: Some(kept * 2 * 4),
+        training_bytes_per_image: Some(train),
+        training_gradient_buffers: Some(grads.slot_len.len()),
+        training_unplanned_bytes_per_image: Some((kept + grads.unplanned_len) * 4),
         inference_bytes: Some(plan.planned_bytes(batch_size)),
-        training_bytes: Some(kept * 2 * 4 * batch_size),
+        training_bytes: Some(train * batch_size),
     }
 }
 
@@ -252,10 +264,12 @@ fn bytes_text(bytes: usize) -> String {
 }
 
 fn memory_text(r: &MemoryReport) -> String {
-    let (Some(inf), Some(unplanned), Some(train)) = (
+    let (Some(inf), Some(unplanned), Some(train), Some(buffers), Some(train_unplanned)) = (
         r.inference_bytes_per_image,
         r.inference_unplanned_bytes_per_image,
         r.training_bytes_per_image,
+        r.training_gradient_buffers,
+        r.training_unplanned_bytes_per_image,
     ) else {
         return "Activation memory: depends on the input size (declare a fixed input size)\n"
             .into();
@@ -263,12 +277,13 @@ fn memory_text(r: &MemoryReport) -> String {
     let n = r.batch_size;
     format!(
         "Activation memory, inference: {} per image, {} at batch {n} (memory plan; {} per image without buffer reuse)\n\
-         Activation memory, training: {} per image, {} at batch {n} (outputs kept for backward and their gradients)\n",
+         Activation memory, training: {} per image, {} at batch {n} (outputs kept for backward, gradients in {buffers} shared buffers; {} per image without reuse)\n",
         bytes_text(inf),
         bytes_text(inf * n),
         bytes_text(unplanned),
         bytes_text(train),
         bytes_text(train * n),
+        bytes_text(train_unplanned),
     )
 }
 

@@ -1,12 +1,14 @@
 //! A memory estimate made before anything is allocated, so that a model or a
 //! batch too large for the machine is an error, not an allocation abort.
 
+use cnnc_compiler::graph::memory::plan_training_gradients;
 use cnnc_compiler::graph::Graph;
 
 /// Bytes a run of `graph` at `batch_size` needs, roughly: parameters (f32),
 /// plus for training their gradients and two optimizer slots (Adam's `m`, `v`),
-/// plus every node's activation for the batch (kept for backward in training,
-/// and once more for its gradient).
+/// plus every node's activation for the batch (kept for backward in training)
+/// and, in training, the activation gradients' shared buffers
+/// (`plan_training_gradients`, as the runtime allocates them).
 pub fn estimate_bytes(graph: &Graph, batch_size: usize, training: bool) -> f64 {
     let params: f64 = graph
         .params
@@ -18,8 +20,12 @@ pub fn estimate_bytes(graph: &Graph, batch_size: usize, training: bool) -> f64 {
         .iter()
         .map(|n| n.shape.iter().map(|&d| d as f64).product::<f64>())
         .sum();
-    let (param_copies, activation_copies) = if training { (4.0, 2.0) } else { (1.0, 1.0) };
-    4.0 * (params * param_copies + activations * batch_size as f64 * activation_copies)
+    let (param_copies, gradients) = if training {
+        (4.0, plan_training_gradients(graph).planned_len as f64)
+    } else {
+        (1.0, 0.0)
+    };
+    4.0 * (params * param_copies + (activations + gradients) * batch_size as f64)
 }
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes (None where there is no such file).

@@ -326,17 +326,33 @@ fn summary_reports_activation_memory_of_the_memory_plan() {
     // The plan ping-pongs between two buffers: the largest values that ever
     // share one are the 28x28x64 conv output and the 14x14x128 ones.
     assert_eq!(memory["inference_bytes_per_image"], (50_176 + 25_088) * 4);
-    // Training keeps every output (plus the two dropouts' [128] and [64])
-    // and a gradient of each.
+    // Training keeps every output (plus the two dropouts' [128] and [64]).
+    let kept = unplanned + 128 + 64;
+    // Gradients: every output but the input's gets one (the flatten shares
+    // the pool's).
+    let gradients = kept - 784;
+    // Shared by lifetime (backward runs last node first): a step reads its
+    // output's gradient while writing its input's, so they alternate between
+    // two buffers (dropout and the stand-alone softmax turn one into the
+    // other in place). The input gradients written from the last dense
+    // backwards are 64, 128, 2,304 (flatten), 12,544, 12,544, 6,272,
+    // 25,088, 25,088, 12,544 and 50,176 values: one buffer ends up holding
+    // the 28x28x64 one, the other the 14x14x128 ones.
+    let planned_gradients = 50_176 + 25_088;
+    assert_eq!(memory["training_gradient_buffers"], 2);
     assert_eq!(
         memory["training_bytes_per_image"],
-        (unplanned + 128 + 64) * 2 * 4
+        (kept + planned_gradients) * 4
+    );
+    assert_eq!(
+        memory["training_unplanned_bytes_per_image"],
+        (kept + gradients) * 4
     );
     // And for the batch.
     assert_eq!(memory["inference_bytes"], (50_176 + 25_088) * 4 * 10);
     assert_eq!(
         memory["training_bytes"],
-        (unplanned + 128 + 64) * 2 * 4 * 10
+        (kept + planned_gradients) * 4 * 10
     );
 
     // --batch-size sizes the summary only.
@@ -354,6 +370,15 @@ fn summary_reports_activation_memory_of_the_memory_plan() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Activation memory, inference: 301.1 KB per image, 3.01 MB at batch 10"),
+        "{text}"
+    );
+    // (147,748 + 75,264) values * 4 bytes = 892,048 bytes per image; without
+    // reuse (147,748 + 146,964) * 4 = 1,178,848.
+    assert!(
+        text.contains(
+            "Activation memory, training: 892.0 KB per image, 8.92 MB at batch 10 (outputs kept \
+             for backward, gradients in 2 shared buffers; 1.18 MB per image without reuse)"
+        ),
         "{text}"
     );
 }

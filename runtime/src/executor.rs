@@ -8,11 +8,19 @@
 //!
 //! An executor made by [`Executor::new`] keeps one activation buffer per node
 //! (reused from step to step; `Flatten` and `Reshape` alias their input's
-//! buffer), the max-pool argmax indices, dropout masks and batch-norm
-//! statistics of the last forward pass, and one gradient buffer per node for
-//! the backward pass, so it can differentiate the last forward in either
-//! mode. Buffers are resized only when the batch size changes; in the steady
-//! state a training step allocates no activation or gradient buffers.
+//! buffer) and the max-pool argmax indices, dropout masks and batch-norm
+//! statistics of the last forward pass, so it can differentiate the last
+//! forward in either mode. The gradients of the nodes' values share buffers
+//! by lifetime, following `cnnc_compiler::graph::memory::plan_gradients`
+//! (seeded at the outputs of both modes): a gradient lives from the first
+//! backward step that writes it (its latest reader, or the seeding of an
+//! output) to its own node's step, and element-wise steps (activation, bias
+//! add, dropout) turn d output into d input in the same buffer. Whether a
+//! step overwrites or adds into a gradient is tracked per node, so sharing
+//! changes no result: [`Executor::without_gradient_reuse`] (one gradient
+//! buffer per node) gives the same bits. Buffers grow only when the batch
+//! size does; in the steady state a training step allocates no activation
+//! or gradient buffers.
 //!
 //! An executor made by [`Executor::for_inference`] runs [`Mode::Inference`]
 //! only, on the memory plan of `cnnc_compiler::graph::memory::plan_inference`:
@@ -94,7 +102,9 @@ use crate::tensor::Tensor;
 use cnnc_compiler::graph::ir::{
     Conv2dAttrs, Conv2dTransposeAttrs, DepthwiseConv2dAttrs, Pool2dAttrs,
 };
-use cnnc_compiler::graph::memory::{plan_inference, MemoryPlan, Placement};
+use cnnc_compiler::graph::memory::{
+    plan_gradients, plan_gradients_without_reuse, plan_inference, MemoryPlan, Placement,
+};
 use cnnc_compiler::graph::{Graph, NodeId, Op, ParamId};
 use cnnc_compiler::model::{Activation, Interpolation, Pads2d};
 use ndarray::IxDyn;
@@ -293,6 +303,12 @@ struct Plan {
     /// Whether a gradient must flow into each node's output (a trainable
     /// parameter is at or before the node).
     needs_grad: Vec<bool>,
+    /// The gradient buffer (slot) of each node's value, from
+    /// `cnnc_compiler::graph::memory::plan_gradients` (`usize::MAX` where no
+    /// gradient is ever written; aliases have their input's slot).
+    grad_slot: Vec<usize>,
+    /// Per gradient slot: values per example.
+    grad_slot_len: Vec<usize>,
     /// The output nodes in inference.
     outputs: Vec<usize>,
     /// The output nodes in training (a softmax's input where an output
@@ -423,7 +439,9 @@ fn live_nodes(inputs_of: &[Vec<usize>], outputs: &[usize]) -> Vec<bool> {
 }
 
 impl Plan {
-    fn build(graph: &Graph) -> Result<Plan, ExecError> {
+    /// Validates `graph` and plans its gradient buffers: shared by
+    /// lifetime when `reuse_gradients`, else one per node.
+    fn build(graph: &Graph, reuse_gradients: bool) -> Result<Plan, ExecError> {
         let n = graph.nodes.len();
         let err = |i: usize, reason: String| ExecError::Graph {
             node: i,
@@ -937,6 +955,24 @@ impl Plan {
         }
         let live = live_nodes(&inputs_of, &outputs);
         let train_live = live_nodes(&inputs_of, &train_outputs);
+        // Gradient buffers: a backward pass may follow a forward in either
+        // mode, so the seeds are the outputs of both (the lifetimes of the
+        // plan then cover those of either pass).
+        let mut seeds: Vec<NodeId> = outputs.iter().map(|&o| NodeId(o)).collect();
+        for &o in &train_outputs {
+            if !outputs.contains(&o) {
+                seeds.push(NodeId(o));
+            }
+        }
+        let grads = if reuse_gradients {
+            plan_gradients(graph, &seeds, &needs_grad)
+        } else {
+            plan_gradients_without_reuse(graph, &seeds, &needs_grad)
+        };
+        grads
+            .validate(graph, &seeds, &needs_grad)
+            .map_err(|reason| err(0, format!("gradient memory plan: {reason}")))?;
+        let grad_slot = grads.slot.iter().map(|s| s.unwrap_or(usize::MAX)).collect();
         Ok(Plan {
             steps,
             inputs_of,
@@ -944,6 +980,8 @@ impl Plan {
             last_dim,
             storage,
             needs_grad,
+            grad_slot,
+            grad_slot_len: grads.slot_len,
             outputs,
             train_outputs,
             train_linear,
@@ -1051,7 +1089,10 @@ struct State {
     /// Activation buffers: one per node ([`Executor::new`]), or one per
     /// memory-plan slot ([`Executor::for_inference`]).
     values: Vec<Vec<f32>>,
+    /// Activation-gradient buffers, one per gradient slot (`Plan::grad_slot`).
     grads: Vec<Vec<f32>>,
+    /// Per node (not per slot): whether the node's gradient was written in
+    /// this backward pass (the first write copies, later ones add).
     grad_ready: Vec<bool>,
     argmax: Vec<Vec<u32>>,
     masks: Vec<Vec<f32>>,
@@ -1080,18 +1121,17 @@ pub struct NodeTime {
     pub backward_s: f64,
 }
 
-/// Copies `data` into the gradient buffer `ps` if nothing was delivered there
-/// yet in this backward pass, else adds it.
-fn deliver(grads: &mut [Vec<f32>], ready: &mut [bool], ps: usize, data: &[f32]) {
-    if ready[ps] {
-        for (t, v) in grads[ps].iter_mut().zip(data) {
+/// Copies `data` into node `node`'s gradient (in its slot `slot[node]`) if
+/// nothing was delivered there yet in this backward pass, else adds it.
+fn deliver(grads: &mut [Vec<f32>], slot: &[usize], ready: &mut [bool], node: usize, data: &[f32]) {
+    let buf = &mut grads[slot[node]][..data.len()];
+    if ready[node] {
+        for (t, v) in buf.iter_mut().zip(data) {
             *t += v;
         }
     } else {
-        let buf = &mut grads[ps];
-        buf.clear();
-        buf.extend_from_slice(data);
-        ready[ps] = true;
+        buf.copy_from_slice(data);
+        ready[node] = true;
     }
 }
 
@@ -1108,13 +1148,28 @@ impl Executor {
     /// Validates `graph` (errors are reported by the first forward or by
     /// [`Executor::validate`]) and prepares empty buffers. The executor keeps
     /// every activation of the last forward, so it can run backward after a
-    /// forward in either mode.
+    /// forward in either mode. The gradients of the backward pass share
+    /// buffers by lifetime (`cnnc_compiler::graph::memory::plan_gradients`;
+    /// see the module docs).
     pub fn new(graph: Graph) -> Executor {
-        let plan = Plan::build(&graph);
+        Executor::with_gradient_reuse(graph, true)
+    }
+
+    /// [`Executor::new`] with one gradient buffer per node that receives a
+    /// gradient instead of buffers shared by lifetime: the reference the
+    /// gradient memory plan is tested against (results are bit-identical;
+    /// only the memory differs).
+    pub fn without_gradient_reuse(graph: Graph) -> Executor {
+        Executor::with_gradient_reuse(graph, false)
+    }
+
+    fn with_gradient_reuse(graph: Graph, reuse: bool) -> Executor {
+        let plan = Plan::build(&graph, reuse);
         let n = graph.nodes.len();
+        let grad_slots = plan.as_ref().map_or(0, |p| p.grad_slot_len.len());
         let state = State {
             values: vec![Vec::new(); n],
-            grads: vec![Vec::new(); n],
+            grads: vec![Vec::new(); grad_slots],
             grad_ready: vec![false; n],
             argmax: vec![Vec::new(); n],
             masks: vec![Vec::new(); n],
@@ -1158,10 +1213,23 @@ impl Executor {
         self.memory.is_some()
     }
 
-    /// Bytes of activation buffers currently allocated (f32 values; per node,
-    /// or per memory-plan slot for [`Executor::for_inference`]).
+    /// Bytes of activation buffers currently allocated: values (per node, or
+    /// per memory-plan slot for [`Executor::for_inference`]) and activation
+    /// gradients ([`Executor::gradient_bytes`]); f32 values.
     pub fn activation_bytes(&self) -> usize {
-        self.state.values.iter().map(|v| v.capacity() * 4).sum()
+        self.state
+            .values
+            .iter()
+            .map(|v| v.capacity() * 4)
+            .sum::<usize>()
+            + self.gradient_bytes()
+    }
+
+    /// Bytes of activation-gradient buffers currently allocated (allocated
+    /// by the first backward pass: one per gradient slot, `slot_len * batch`
+    /// f32 values each).
+    pub fn gradient_bytes(&self) -> usize {
+        self.state.grads.iter().map(|v| v.capacity() * 4).sum()
     }
 
     pub fn graph(&self) -> &Graph {
@@ -1635,15 +1703,25 @@ impl Executor {
         if let Some(prof) = st.profile.as_mut() {
             prof.iter_mut().for_each(|t| t.backward_s = 0.0);
         }
+        // Gradient slots for this batch (allocated once per batch size; a
+        // slot only grows).
+        for (buf, &len) in st.grads.iter_mut().zip(&plan.grad_slot_len) {
+            let need = len * batch;
+            if buf.len() < need {
+                buf.reserve_exact(need - buf.len());
+                buf.resize(need, 0.0);
+            }
+        }
+        let gs: &[usize] = &plan.grad_slot;
 
         // Seed the output gradients (summed where outputs share a buffer).
         for &(k, g) in seeds {
             let so = plan.storage[outputs[k]];
             match g.as_slice() {
-                Some(s) => deliver(&mut st.grads, &mut st.grad_ready, so, s),
+                Some(s) => deliver(&mut st.grads, gs, &mut st.grad_ready, so, s),
                 None => {
                     let v: Vec<f32> = g.iter().copied().collect();
-                    deliver(&mut st.grads, &mut st.grad_ready, so, &v);
+                    deliver(&mut st.grads, gs, &mut st.grad_ready, so, &v);
                 }
             }
         }
@@ -1664,7 +1742,11 @@ impl Executor {
                 op: self.graph.nodes[i].op.name(),
                 source,
             };
-            let mut dy = std::mem::take(&mut st.grads[i]);
+            // d output, taken out of its slot while the step runs (no other
+            // gradient alive now shares the slot; see plan_gradients).
+            let own = gs[i];
+            let mut dy_buf = std::mem::take(&mut st.grads[own]);
+            let dy = &mut dy_buf[..batch * plan.example_len[i]];
             if let Step::Add | Step::Multiply | Step::Concat { .. } = step {
                 let xs: Vec<&[f32]> = plan.inputs_of[i]
                     .iter()
@@ -1678,9 +1760,9 @@ impl Executor {
                     let ps = plan.storage[src];
                     scratch.resize(batch * plan.example_len[src], 0.0);
                     let contribution: &[f32] = match step {
-                        Step::Add => &dy,
+                        Step::Add => &*dy,
                         Step::Multiply => {
-                            multiply_backward(&xs, k, &dy, &mut scratch).map_err(kerr)?;
+                            multiply_backward(&xs, k, dy, &mut scratch).map_err(kerr)?;
                             &scratch
                         }
                         Step::Concat { outer, inner } => {
@@ -1688,15 +1770,15 @@ impl Executor {
                                 outer: batch * outer,
                                 inner: inner.clone(),
                             };
-                            concat_backward(&s, k, &dy, &mut scratch).map_err(kerr)?;
+                            concat_backward(&s, k, dy, &mut scratch).map_err(kerr)?;
                             &scratch
                         }
                         _ => unreachable!("join steps only"),
                     };
-                    deliver(&mut st.grads, &mut st.grad_ready, ps, contribution);
+                    deliver(&mut st.grads, gs, &mut st.grad_ready, ps, contribution);
                 }
                 st.scratch = scratch;
-                st.grads[i] = dy;
+                st.grads[own] = dy_buf;
                 if let (Some(t0), Some(prof)) = (started, st.profile.as_mut()) {
                     prof[i].backward_s = t0.elapsed().as_secs_f64();
                 }
@@ -1707,24 +1789,43 @@ impl Executor {
             let ps = plan.storage[src];
             let need_dx = plan.needs_grad[src];
             let in_len = batch * plan.example_len[src];
-            // The buffer receiving d input: the real one (overwritten) if no
-            // other consumer wrote it yet, else a temporary added afterwards.
             let accumulate = st.grad_ready[ps];
-            let mut dx = if need_dx {
-                let mut b = if accumulate {
-                    std::mem::take(&mut st.dx_scratch)
-                } else {
-                    std::mem::take(&mut st.grads[ps])
-                };
-                b.resize(in_len, 0.0);
+            // Shape-preserving element-wise steps turn dy into d input in
+            // dy's buffer.
+            let dx_is_dy = matches!(
+                step,
+                Step::BiasAdd { .. } | Step::Act { .. } | Step::Dropout { .. }
+            );
+            // d input computed in place over dy: the plan gave d input this
+            // step's slot, which it does only where this step writes it first.
+            let in_place = need_dx && gs[ps] == own;
+            if in_place && (!dx_is_dy || accumulate) {
+                return Err(ExecError::Graph {
+                    node: i,
+                    op: self.graph.nodes[i].op.name(),
+                    reason: "gradient memory plan: an input gradient shares the output \
+                             gradient's buffer"
+                        .into(),
+                });
+            }
+            // The buffer receiving d input when a kernel writes it: its slot
+            // (overwritten) if no other reader wrote it yet, else a temporary
+            // added afterwards.
+            let separate_dx = need_dx && !dx_is_dy;
+            let mut dx_buf = if !separate_dx {
+                Vec::new()
+            } else if accumulate {
+                let mut b = std::mem::take(&mut st.dx_scratch);
+                if b.len() < in_len {
+                    b.resize(in_len, 0.0);
+                }
                 b
             } else {
-                Vec::new()
+                std::mem::take(&mut st.grads[gs[ps]])
             };
+            let dx = &mut dx_buf[..if separate_dx { in_len } else { 0 }];
             let x: &[f32] = &st.values[ps];
             let y: &[f32] = &st.values[i];
-            // Whether `dy` itself became d input (moved, no copy).
-            let mut dx_is_dy = false;
             match step {
                 Step::Input { .. }
                 | Step::Alias
@@ -1752,8 +1853,8 @@ impl Executor {
                         p(*kernel),
                         y,
                         act,
-                        &mut dy,
-                        need_dx.then_some(dx.as_mut_slice()),
+                        &mut *dy,
+                        need_dx.then_some(&mut *dx),
                         dk.slice(),
                         db.slice(),
                     )
@@ -1779,8 +1880,8 @@ impl Executor {
                         p(*kernel),
                         y,
                         act,
-                        &mut dy,
-                        need_dx.then_some(dx.as_mut_slice()),
+                        &mut *dy,
+                        need_dx.then_some(&mut *dx),
                         dk.slice(),
                         db.slice(),
                     )
@@ -1805,8 +1906,8 @@ impl Executor {
                         p(*kernel),
                         y,
                         Activation::Linear,
-                        &mut dy,
-                        need_dx.then_some(dx.as_mut_slice()),
+                        &mut *dy,
+                        need_dx.then_some(&mut *dx),
                         dk.slice(),
                         None,
                     )
@@ -1834,8 +1935,8 @@ impl Executor {
                         p(*kernel),
                         y,
                         act,
-                        &mut dy,
-                        need_dx.then_some(dx.as_mut_slice()),
+                        &mut *dy,
+                        need_dx.then_some(&mut *dx),
                         dk.slice(),
                         db.slice(),
                     )
@@ -1846,17 +1947,14 @@ impl Executor {
                 Step::BiasAdd { bias } => {
                     let mut db = GradBuf::take(grads, &mut written, trainable, Some(*bias));
                     if let Some(buf) = db.slice() {
-                        column_sums(&dy, plan.last_dim[i], buf).map_err(kerr)?;
+                        column_sums(dy, plan.last_dim[i], buf).map_err(kerr)?;
                     }
                     db.finish(grads, Some(*bias));
-                    dx_is_dy = true;
                 }
                 Step::Act { act } => {
                     if need_dx {
-                        activation_backward_inplace(*act, y, &mut dy, plan.last_dim[i])
-                            .map_err(kerr)?;
+                        activation_backward_inplace(*act, y, dy, plan.last_dim[i]).map_err(kerr)?;
                     }
-                    dx_is_dy = true;
                 }
                 Step::Dropout { .. } => {
                     if need_dx {
@@ -1867,38 +1965,36 @@ impl Executor {
                             }
                         }
                     }
-                    dx_is_dy = true;
                 }
                 Step::MaxPool { attrs, in_shape } => {
                     if need_dx {
                         let [h, w, c] = *in_shape;
                         let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
-                        max_pool2d_backward(&s, &st.argmax[i], &dy, &mut dx).map_err(kerr)?;
+                        max_pool2d_backward(&s, &st.argmax[i], dy, dx).map_err(kerr)?;
                     }
                 }
                 Step::AvgPool { attrs, in_shape } => {
                     if need_dx {
                         let [h, w, c] = *in_shape;
                         let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;
-                        avg_pool2d_backward(&s, &dy, &mut dx).map_err(kerr)?;
+                        avg_pool2d_backward(&s, dy, dx).map_err(kerr)?;
                     }
                 }
                 Step::GlobalAvgPool { in_shape } => {
                     if need_dx {
-                        global_avg_pool2d_backward(&image(batch, *in_shape), &dy, &mut dx)
+                        global_avg_pool2d_backward(&image(batch, *in_shape), dy, dx)
                             .map_err(kerr)?;
                     }
                 }
                 Step::GlobalMaxPool { in_shape } => {
                     if need_dx {
                         let s = image(batch, *in_shape);
-                        global_max_pool2d_backward(&s, &st.argmax[i], &dy, &mut dx)
-                            .map_err(kerr)?;
+                        global_max_pool2d_backward(&s, &st.argmax[i], dy, dx).map_err(kerr)?;
                     }
                 }
                 Step::ZeroPad { pads, in_shape } => {
                     if need_dx {
-                        zero_padding2d_backward(&image(batch, *in_shape), pads, &dy, &mut dx)
+                        zero_padding2d_backward(&image(batch, *in_shape), pads, dy, dx)
                             .map_err(kerr)?;
                     }
                 }
@@ -1919,8 +2015,8 @@ impl Executor {
                         &saved.inv_std,
                         gamma.map(p),
                         saved.batch_stats,
-                        &dy,
-                        need_dx.then_some(dx.as_mut_slice()),
+                        dy,
+                        need_dx.then_some(&mut *dx),
                         dg.slice(),
                         db.slice(),
                     )
@@ -1938,42 +2034,46 @@ impl Executor {
                             &image(batch, *in_shape),
                             *size,
                             *interpolation,
-                            &dy,
-                            &mut dx,
+                            dy,
+                            dx,
                         )
                         .map_err(kerr)?;
                     }
                 }
             }
             if need_dx {
-                if dx_is_dy {
-                    // d input = dy (shape-preserving op): move instead of copying.
-                    std::mem::swap(&mut dx, &mut dy);
-                }
-                if accumulate {
-                    for (t, v) in st.grads[ps].iter_mut().zip(&dx) {
+                // d input is in dy (element-wise steps) or in dx.
+                let d_input: &[f32] = if dx_is_dy { dy } else { dx };
+                if in_place {
+                    // Already in its slot (this step's own).
+                    st.grad_ready[ps] = true;
+                } else if accumulate {
+                    let target = &mut st.grads[gs[ps]][..in_len];
+                    for (t, v) in target.iter_mut().zip(d_input) {
                         *t += v;
                     }
-                    if dx_is_dy {
-                        // dx holds dy's buffer, dy the scratch.
-                        std::mem::swap(&mut dx, &mut dy);
-                    }
-                    st.dx_scratch = dx;
-                } else {
-                    st.grads[ps] = dx;
+                } else if dx_is_dy {
+                    st.grads[gs[ps]][..in_len].copy_from_slice(d_input);
                     st.grad_ready[ps] = true;
+                } else {
+                    st.grad_ready[ps] = true;
+                }
+                if separate_dx {
+                    if accumulate {
+                        st.dx_scratch = dx_buf;
+                    } else {
+                        st.grads[gs[ps]] = dx_buf;
+                    }
                 }
             }
             if let Step::Conv { residual: true, .. } = step {
                 // d residual = dz, left in dy by the conv's backward.
                 let r = plan.inputs_of[i][1];
                 if plan.needs_grad[r] {
-                    deliver(&mut st.grads, &mut st.grad_ready, plan.storage[r], &dy);
+                    deliver(&mut st.grads, gs, &mut st.grad_ready, plan.storage[r], dy);
                 }
             }
-            if st.grads[i].capacity() < dy.capacity() {
-                st.grads[i] = dy;
-            }
+            st.grads[own] = dy_buf;
             if let (Some(t0), Some(prof)) = (started, st.profile.as_mut()) {
                 prof[i].backward_s = t0.elapsed().as_secs_f64();
             }

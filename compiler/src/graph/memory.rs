@@ -20,6 +20,12 @@
 
 use super::ir::{Graph, Op};
 
+pub mod training;
+pub use training::{
+    needs_gradient, plan_gradients, plan_gradients_without_reuse, plan_training_gradients,
+    GradientPlan,
+};
+
 /// Where one node's output is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
