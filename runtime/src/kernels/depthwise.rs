@@ -460,6 +460,47 @@ fn dx_line_dm1(
     }
 }
 
+/// Most taps of a kernel whose taps [`forward_line_dm1_small`] holds in
+/// registers (3x3).
+const SMALL_TAPS: usize = 9;
+
+/// [`forward_line_dm1`] for kernels of at most [`SMALL_TAPS`] taps, with the
+/// loops turned around: per channel block, the block's kernel taps are read
+/// once for the whole line (kept in registers) instead of once per output
+/// pixel, halving the loads of the inner loop. Each output still adds its
+/// taps in `(ky, kx)` order onto a zeroed accumulator: the same bits.
+#[inline(always)]
+fn forward_line_dm1_small(
+    s: &DepthwiseConv2dShape,
+    img: &[f32],
+    kernel: &[f32],
+    oy: usize,
+    yl: &mut [f32],
+) {
+    let (c, kw, il) = (s.channels, s.kernel_w, s.in_line());
+    channel_blocks!(c, |cb, B| {
+        let mut taps = [[0.0f32; B]; SMALL_TAPS];
+        for (t, tap) in taps.iter_mut().enumerate().take(s.kernel_h * kw) {
+            tap.copy_from_slice(&kernel[t * c + cb..t * c + cb + B]);
+        }
+        for (ox, yo) in yl.chunks_exact_mut(c).enumerate() {
+            let (k0, k1) = valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw);
+            let mut acc = [0.0f32; B];
+            for ky in 0..s.kernel_h {
+                let Some(iy) = s.input_row(oy, ky) else {
+                    continue;
+                };
+                let xl = &img[iy * il..(iy + 1) * il];
+                for kx in k0..k1 {
+                    let ix = ox * s.stride_w + kx * s.dilation_w - s.pad_left;
+                    fma_block::<B>(&mut acc, &xl[ix * c + cb..], &taps[ky * kw + kx]);
+                }
+            }
+            yo[cb..cb + B].copy_from_slice(&acc);
+        }
+    });
+}
+
 #[inline(always)]
 fn forward_line_generic(
     s: &DepthwiseConv2dShape,
@@ -468,7 +509,9 @@ fn forward_line_generic(
     oy: usize,
     yl: &mut [f32],
 ) {
-    if s.depth_multiplier == 1 {
+    if s.depth_multiplier == 1 && s.kernel_h * s.kernel_w <= SMALL_TAPS {
+        forward_line_dm1_small(s, img, kernel, oy, yl)
+    } else if s.depth_multiplier == 1 {
         forward_line_dm1(s, img, kernel, oy, yl)
     } else {
         forward_line_any(s, img, kernel, oy, yl)
