@@ -4,7 +4,7 @@
 #
 # Usage, from the repository root:
 #   bash bench/run.sh [--quick] [--threads 1,2] [--only cnnc,tf,ort|all] [--models fashion,resnet50,xception]
-#                     [--scale X] [--timeout S] [--write-results bench/RESULTS.md]
+#                     [--scale X] [--timeout S] [--rounds N] [--write-results bench/RESULTS.md]
 #
 # 1. creates bench/.venv (python3 -m venv) with bench/requirements.txt if it is
 #    missing or lacks a package (tensorflow, onnxruntime, onnx, psutil);
@@ -13,7 +13,8 @@
 #    exports the ONNX models (bench/export_onnx.py, cached in bench/out/onnx/),
 #    then runs every row for cnnc and its peers, one process per measurement,
 #    and prints Markdown tables; raw results go to bench/out/.
-# --quick multiplies the timed steps by 0.3 (a smoke test).
+# --quick multiplies the timed steps by 0.3 (a smoke test). --rounds N measures
+# every row N times, implementations taking turns, and keeps each one's best.
 # Environment: CNNC_SPEC (default specs/fashion_mnist.cnn), FASHION_MNIST_DIR
 # (default ../shared/data/fashion-mnist, random data if absent), PYTHON (python3).
 set -euo pipefail
@@ -25,7 +26,7 @@ passthrough=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=(--scale 0.3); shift ;;
-        --threads|--only|--models|--scale|--timeout|--write-results)
+        --threads|--only|--models|--scale|--timeout|--rounds|--write-results)
             [ $# -ge 2 ] || { echo "bench/run.sh: $1 needs a value" >&2; exit 2; }
             passthrough+=("$1" "$2"); shift 2 ;;
         -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
