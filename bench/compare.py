@@ -216,6 +216,8 @@ def gflops(res, mode, flops_per_image):
 
 def main():
     args = parse_args()
+    if args.rounds < 1:
+        sys.exit(f"bench/compare.py: --rounds must be at least 1, found {args.rounds}")
     os.makedirs(args.out, exist_ok=True)
     info = machine_info()
     load_before = os.getloadavg()
@@ -268,7 +270,7 @@ def main():
             row = {"model": model, "mode": mode, "batch_size": batch, "threads": n, "steps": steps,
                    "warmup": warmup, "peers": list(peers), "flops_per_image": flops.get(model), "results": {},
                    "errors": {}, "rounds": {}}
-            for impl in [i for _ in range(max(1, args.rounds)) for i in ("cnnc", *peers)]:
+            for impl in [i for _ in range(args.rounds) for i in ("cnnc", *peers)]:
                 if impl not in args.only:
                     continue
                 if impl == "cnnc":
@@ -296,7 +298,7 @@ def main():
                     row["results"][impl] = res
                     if err:
                         row["errors"][impl] = err
-                raw.append({"impl": impl, "cmd": cmd, "result": res, "error": err})
+                raw.append({"impl": impl, "cmd": cmd, "result": res, "error": err, "row": row})
             rows.append(row)
             parts = []
             for impl in ("cnnc", *peers):
@@ -308,8 +310,11 @@ def main():
     load_after = os.getloadavg()
 
     table, memory = render_tables(rows, per_core)
+    # A failed round counts only when no round of that row and implementation succeeded.
     errors = [f"- {e['impl']} `{' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(e['cmd']))}`: "
-              f"{e['error']}" for e in raw if e["error"]] + setup_errors
+              f"{e['error']}" for e in raw if e["error"] and not e["row"]["results"].get(e["impl"])] + setup_errors
+    for e in raw:
+        del e["row"]
     print()
     print(table)
     if memory:

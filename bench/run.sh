@@ -7,7 +7,7 @@
 #                     [--scale X] [--timeout S] [--rounds N] [--write-results bench/RESULTS.md]
 #
 # 1. creates bench/.venv (python3 -m venv) with bench/requirements.txt if it is
-#    missing or lacks a package (tensorflow, onnxruntime, onnx, psutil);
+#    missing or lacks a package (tensorflow, onnxruntime, onnx, psutil, pillow);
 # 2. builds cnnc with `cargo build --release` (honours CARGO_TARGET_DIR);
 # 3. bench/compare.py: measures the FP32 FMA peak (`cnnc bench --fma-peak`),
 #    exports the ONNX models (bench/export_onnx.py, cached in bench/out/onnx/),

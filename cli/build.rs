@@ -277,12 +277,13 @@ fn memory_text(r: &MemoryReport) -> String {
     let n = r.batch_size;
     format!(
         "Activation memory, inference: {} per image, {} at batch {n} (memory plan; {} per image without buffer reuse)\n\
-         Activation memory, training: {} per image, {} at batch {n} (outputs kept for backward, gradients in {buffers} shared buffers; {} per image without reuse)\n",
+         Activation memory, training: {} per image, {} at batch {n} (outputs kept for backward, gradients in {buffers} shared buffer{}; {} per image without reuse)\n",
         bytes_text(inf),
         bytes_text(inf * n),
         bytes_text(unplanned),
         bytes_text(train),
         bytes_text(train * n),
+        if buffers == 1 { "" } else { "s" },
         bytes_text(train_unplanned),
     )
 }

@@ -100,7 +100,7 @@ fn inference_profile_has_no_backward_and_no_dropout() {
 fn text_profile_is_a_table_after_the_summary() {
     let text = bench_profile("infer", "1", "1", "0", &[]);
     assert!(
-        text.contains("profile      mean per step over 1 profiled steps"),
+        text.contains("profile      mean per step over 1 profiled step\n"),
         "{text}"
     );
     // conv2d_4 runs on the 7x7 maps with 256 filters.

@@ -6,10 +6,11 @@ phases as specs/transfer/flowers_mobilenet_v2.yaml, trained by TensorFlow.
   python3 -m venv bench/.venv && bench/.venv/bin/pip install -r bench/requirements.txt  # once (bench/run.sh does the same)
   bench/.venv/bin/python bench/reference/flowers_transfer_keras.py [--head-epochs 2] [--fine-epochs 6]
 
-Run from the repository root, after nothing else: it reads the ONNX file and
-the photos from ../shared. It prints the largest difference between the
-rebuilt base's pooled features and ONNX Runtime's (about 5e-6), then Keras's
-training log (validation accuracy per epoch) and the test accuracy.
+Run it from the repository root (it reads the ONNX file and the photos from
+../shared; nothing needs to be built or imported first). It prints the
+split sizes, the largest difference between the rebuilt base's pooled
+features and ONNX Runtime's (about 5e-6), Keras's training log (validation
+accuracy per epoch), then `test [loss, accuracy] wall SECONDS s`.
 
 The split is per class with the same fractions as the run file (10% test,
 15% validation, seed 42) but drawn by NumPy, so it holds other photos than
@@ -93,10 +94,17 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def load(files):
-    """Shorter side to 256 (bilinear), [0,1], torchvision mean/std; NHWC float32."""
+    """Shorter side to 256 (bilinear), centre 256x256, [0,1], torchvision
+    mean/std; NHWC float32 (as the run file's `resize_shorter: 256`; the
+    flowers5 photos are all square, so this is a plain resize for them)."""
     out = np.empty((len(files), 256, 256, 3), np.float32)
     for i, f in enumerate(files):
-        im = Image.open(f).convert('RGB').resize((256, 256), Image.BILINEAR)
+        im = Image.open(f).convert('RGB')
+        w, h = im.size
+        scale = 256 / min(w, h)
+        im = im.resize((max(256, round(w * scale)), max(256, round(h * scale))), Image.BILINEAR)
+        left, top = (im.width - 256) // 2, (im.height - 256) // 2
+        im = im.crop((left, top, left + 256, top + 256))
         out[i] = (np.asarray(im, np.float32) / 255 - MEAN) / STD
     return out
 
@@ -145,7 +153,6 @@ base.trainable = False
 model.compile(keras.optimizers.Adam(a.head_lr), loss='sparse_categorical_crossentropy', metrics=['accuracy'])
 model.fit(train_ds(*tr), validation_data=eval_ds(*va), epochs=a.head_epochs, verbose=2)
 base.trainable = True
-steps = int(np.ceil(len(tr[1]) / 32))
 # Keras 2's `decay`: lr / (1 + decay * iterations), as cnnc's `decay`.
 sched = keras.optimizers.schedules.InverseTimeDecay(a.fine_lr, 1, a.fine_decay)
 model.compile(keras.optimizers.Adam(sched), loss='sparse_categorical_crossentropy', metrics=['accuracy'])

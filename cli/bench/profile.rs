@@ -3,9 +3,11 @@
 //! After the timed steps, the same steps run again with the executor's
 //! per-node timing on ([`Executor::set_profiling`]); each node's forward and
 //! backward wall times are summed over those steps and reported as the mean
-//! per step, in milliseconds, with the node's share of the step. Timing
-//! every node adds one clock read per node and step, so the profiled steps
-//! are not the ones whose throughput `cnnc bench` reports.
+//! per step, in milliseconds, with the node's share of the time spent in
+//! nodes (the loss and the optimizer step are outside it). Nodes that did no
+//! work (a `flatten` that aliases its input, a softmax folded into the loss)
+//! are left out. Timing adds two clock reads per node and pass, so the
+//! profiled steps are not the ones whose throughput `cnnc bench` reports.
 
 use cnnc_compiler::graph::Graph;
 use cnnc_runtime::executor::NodeTime;
@@ -83,7 +85,10 @@ impl Profile {
 pub fn render(rows: &[NodeProfile], steps: usize) -> String {
     let total: f64 = rows.iter().map(|r| r.forward_ms + r.backward_ms).sum();
     let backward = rows.iter().any(|r| r.backward_ms > 0.0);
-    let mut out = format!("  profile      mean per step over {steps} profiled steps\n");
+    let mut out = format!(
+        "  profile      mean per step over {steps} profiled step{}\n",
+        if steps == 1 { "" } else { "s" }
+    );
     out += &format!(
         "    {:>4}  {:<22} {:<24} {:<16} {:>10}{}  {:>6}\n",
         "node",
