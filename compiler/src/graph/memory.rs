@@ -332,12 +332,14 @@ pub fn plan_inference(graph: &Graph) -> MemoryPlan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::graph::ir::{Init, Node, NodeId, Param, ParamId};
     use crate::model::Activation;
 
-    fn node(op: Op, inputs: &[usize], shape: &[usize]) -> Node {
+    /// A node of `op` reading `inputs`, with per-example output `shape`
+    /// (also used by the training plan's tests).
+    pub(crate) fn node(op: Op, inputs: &[usize], shape: &[usize]) -> Node {
         Node {
             op,
             inputs: inputs.iter().map(|&i| NodeId(i)).collect(),
@@ -348,7 +350,9 @@ mod tests {
         }
     }
 
-    fn graph(nodes: Vec<Node>, output: usize) -> Graph {
+    /// A graph of `nodes` (input node 0) with one output and one trainable
+    /// 4-value parameter `b`.
+    pub(crate) fn graph(nodes: Vec<Node>, output: usize) -> Graph {
         Graph {
             name: "g".into(),
             nodes,

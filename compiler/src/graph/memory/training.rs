@@ -391,36 +391,9 @@ pub fn plan_training_gradients(graph: &Graph) -> GradientPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::ir::{Init, Node, Param, ParamId};
+    use crate::graph::ir::ParamId;
+    use crate::graph::memory::tests::{graph, node};
     use crate::model::{Activation, Pads2d};
-
-    fn node(op: Op, inputs: &[usize], shape: &[usize]) -> Node {
-        Node {
-            op,
-            inputs: inputs.iter().map(|&i| NodeId(i)).collect(),
-            shape: shape.to_vec(),
-            layer: String::new(),
-            fused: vec![],
-            rule: None,
-        }
-    }
-
-    fn graph(nodes: Vec<Node>, output: usize) -> Graph {
-        Graph {
-            name: "g".into(),
-            nodes,
-            input: NodeId(0),
-            output: NodeId(output),
-            params: vec![Param {
-                name: "b".into(),
-                shape: vec![4],
-                init: Init::Zeros,
-                trainable: true,
-            }],
-            inputs: vec![],
-            outputs: vec![],
-        }
-    }
 
     /// Zero padding by nothing: shape-preserving, but not element-wise, so
     /// its input gradient needs a buffer of its own.
