@@ -49,37 +49,6 @@ pub enum DataFormat {
     Folder,
 }
 
-/// `data.preprocess`: Keras's `preprocess_input` modes
-/// (`cnnc_runtime::data::transform::Preprocess`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PreprocessName {
-    /// Scale to [-1, 1] (Keras `xception` / `mobilenet_v2`).
-    Tf,
-    /// [0, 1] then ImageNet mean / std (torchvision models).
-    Torch,
-    /// BGR minus the ImageNet mean (Keras `resnet50`, `vgg16`; Caffe).
-    Caffe,
-    /// Scale to [0, 1].
-    Unit,
-    /// Keep 0-255.
-    #[default]
-    Raw,
-}
-
-impl PreprocessName {
-    pub fn mode(self) -> cnnc_runtime::data::transform::Preprocess {
-        use cnnc_runtime::data::transform::Preprocess;
-        match self {
-            PreprocessName::Tf => Preprocess::Tf,
-            PreprocessName::Torch => Preprocess::Torch,
-            PreprocessName::Caffe => Preprocess::Caffe,
-            PreprocessName::Unit => Preprocess::Unit,
-            PreprocessName::Raw => Preprocess::Raw,
-        }
-    }
-}
-
 /// `data.augment`: random changes to training images, drawn per image and
 /// epoch from the run's seed (validation, test and predict never get them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -185,7 +154,7 @@ pub struct DataConfig {
     pub antialias: Option<bool>,
     /// Image files: Keras's `preprocess_input` mode (default raw 0-255).
     #[serde(default)]
-    pub preprocess: PreprocessName,
+    pub preprocess: cnnc_runtime::data::transform::Preprocess,
     /// `format: folder`: keep the decoded 8-bit images in memory after the
     /// first epoch (default true; flowers5 takes about 210 MB).
     pub cache: Option<bool>,

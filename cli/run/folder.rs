@@ -69,7 +69,7 @@ pub fn pipeline(run_file: &LoadedRunFile, input_shape: &[usize]) -> Result<Image
         color_mode,
         sizing,
         antialias: data.antialias.unwrap_or(data.resize_shorter.is_some()),
-        preprocess: data.preprocess.mode(),
+        preprocess: data.preprocess,
     };
     pipeline.validate().map_err(|err| {
         let key = if data.resize_shorter == Some(0) {

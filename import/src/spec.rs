@@ -6,7 +6,7 @@
 
 use crate::layers::{Layer, Network, Op};
 use cnnc_compiler::model::{Activation, Interpolation, LayerKind, Padding};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt::Write;
 
 /// Writes the spec: `header` lines become `#` comments above
@@ -18,7 +18,48 @@ use std::fmt::Write;
 /// `<name>(include_top=false)` for the last feature map (as
 /// `keras.applications` models do).
 pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String {
+    let top = top_start(net);
+    let single_input = net.inputs.len() == 1 && net.inputs[0].name == "input";
+    let inputs: Vec<(String, String)> = net
+        .inputs
+        .iter()
+        .map(|i| (i.name.clone(), join(i.shape.iter().map(|d| d.to_string()))))
+        .collect();
     let mut out = String::new();
+    write_head(
+        &mut out,
+        model_name,
+        header,
+        top.is_some(),
+        &inputs,
+        single_input,
+    );
+    let body = Body {
+        layers: &net.layers,
+        outputs: &net.outputs,
+        single_input,
+        top,
+    };
+    let named = body.named_tensors();
+    let id_of = |n: &str| n.to_string();
+    let written =
+        body.write::<std::convert::Infallible>(&mut out, &named, &id_of, &|l| Ok(layer_call(l)));
+    let Ok(()) = written;
+    out
+}
+
+/// The lines before the statements: `header` as `#` comments, the `model`
+/// line (with Keras's `include_top=true` parameter when `with_top`), one
+/// `input` per `(name, dims)` (`input [dims]` for a `single` input called
+/// `input`), then a blank line.
+pub(crate) fn write_head(
+    out: &mut String,
+    model_name: &str,
+    header: &[String],
+    with_top: bool,
+    inputs: &[(String, String)],
+    single: bool,
+) {
     for line in header {
         if line.is_empty() {
             out.push_str("#\n");
@@ -26,77 +67,111 @@ pub fn write_spec(model_name: &str, header: &[String], net: &Network) -> String 
             let _ = writeln!(out, "# {line}");
         }
     }
-    let top = top_start(net);
-    if top.is_some() {
+    if with_top {
         let _ = writeln!(out, "model {model_name}(include_top=true) {{");
     } else {
         let _ = writeln!(out, "model {model_name} {{");
     }
-    let single_input = net.inputs.len() == 1 && net.inputs[0].name == "input";
-    for input in &net.inputs {
-        let dims = join(input.shape.iter().map(|d| d.to_string()));
-        if single_input {
+    for (name, dims) in inputs {
+        if single {
             let _ = writeln!(out, "  input [{dims}]");
         } else {
-            let _ = writeln!(out, "  input {} [{dims}]", input.name);
+            let _ = writeln!(out, "  input {name} [{dims}]");
         }
     }
     out.push('\n');
+}
 
-    let last = net.layers.last().map(|l| l.name.as_str());
-    let output_statement = !(net.outputs.len() == 1 && Some(net.outputs[0].as_str()) == last);
-    // Reads that need a tensor name: every read but a single-input layer
-    // reading the layer written just before it.
-    let mut named_reads: HashMap<&str, usize> = HashMap::new();
-    for (i, layer) in net.layers.iter().enumerate() {
-        let implicit = i > 0 && is_chain_step(layer) && layer.inputs[0] == net.layers[i - 1].name;
-        for input in if implicit {
-            &layer.inputs[1..]
-        } else {
-            &layer.inputs[..]
-        } {
-            *named_reads.entry(input.as_str()).or_default() += 1;
-        }
-    }
-    if output_statement {
-        for o in &net.outputs {
-            *named_reads.entry(o.as_str()).or_default() += 1;
-        }
+/// The statements of a model body, shared by the ONNX and Keras writers:
+/// `layers` in order, reading checker-level names (layer or input names).
+pub(crate) struct Body<'a> {
+    pub layers: &'a [Layer],
+    pub outputs: &'a [String],
+    /// One input, called `input` (the first layer may read it implicitly).
+    pub single_input: bool,
+    /// Index of the first layer of the classifier top, wrapped in
+    /// `if include_top { ... }`.
+    pub top: Option<usize>,
+}
+
+impl<'a> Body<'a> {
+    /// Whether the body needs an `output` statement (the output is not
+    /// just the last layer).
+    fn output_statement(&self) -> bool {
+        let last = self.layers.last().map(|l| l.name.as_str());
+        !(self.outputs.len() == 1 && Some(self.outputs[0].as_str()) == last)
     }
 
-    // The current tensor of the first statement is the (single) input.
-    let mut current: Option<&str> = if single_input { Some("input") } else { None };
-    for (i, layer) in net.layers.iter().enumerate() {
-        if top == Some(i) {
-            out.push_str("  if include_top {\n");
+    /// The tensors read through a name: every read but a chain step's read
+    /// of the layer written just before it (or of the single input, for the
+    /// first layer), plus the outputs when there is an `output` statement.
+    pub fn named_tensors(&self) -> HashSet<&'a str> {
+        let mut named: HashSet<&'a str> = HashSet::new();
+        let layers = self.layers;
+        for (i, layer) in layers.iter().enumerate() {
+            let implicit = i > 0 && is_chain_step(layer) && layer.inputs[0] == layers[i - 1].name;
+            let first_implicit =
+                i == 0 && self.single_input && is_chain_step(layer) && layer.inputs[0] == "input";
+            let skip = usize::from(implicit || first_implicit);
+            named.extend(layer.inputs[skip..].iter().map(String::as_str));
         }
-        let indent = if top.is_some_and(|t| i >= t) {
-            "    "
-        } else {
-            "  "
-        };
-        let call = layer_call(layer);
-        let assign = if named_reads.contains_key(layer.name.as_str()) {
-            format!("{} = ", layer.name)
-        } else {
-            String::new()
-        };
-        let statement = if !is_chain_step(layer) || current == Some(layer.inputs[0].as_str()) {
-            format!("{assign}{call}")
-        } else {
-            format!("{assign}{} -> {call}", layer.inputs[0])
-        };
-        let _ = writeln!(out, "{indent}{statement}");
-        current = Some(layer.name.as_str());
+        if self.output_statement() {
+            named.extend(self.outputs.iter().map(String::as_str));
+        }
+        named
     }
-    if top.is_some() {
-        out.push_str("  }\n");
+
+    /// Writes one statement per layer (`id = ` before the layers in `named`,
+    /// `source -> ` before a chain step that does not read the line before
+    /// it), the `include_top` block and the `output` statement, then the
+    /// closing brace. `id_of` gives a tensor's spec identifier, `call` a
+    /// layer's call text.
+    pub fn write<E>(
+        &self,
+        out: &mut String,
+        named: &HashSet<&str>,
+        id_of: &dyn Fn(&str) -> String,
+        call: &dyn Fn(&Layer) -> Result<String, E>,
+    ) -> Result<(), E> {
+        // The current tensor of the first statement is the (single) input.
+        let mut current: Option<&str> = if self.single_input {
+            Some("input")
+        } else {
+            None
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            if self.top == Some(i) {
+                out.push_str("  if include_top {\n");
+            }
+            let indent = if self.top.is_some_and(|t| i >= t) {
+                "    "
+            } else {
+                "  "
+            };
+            let call = call(layer)?;
+            let assign = if named.contains(layer.name.as_str()) {
+                format!("{} = ", id_of(&layer.name))
+            } else {
+                String::new()
+            };
+            let statement = if !is_chain_step(layer) || current == Some(layer.inputs[0].as_str()) {
+                format!("{assign}{call}")
+            } else {
+                format!("{assign}{} -> {call}", id_of(&layer.inputs[0]))
+            };
+            let _ = writeln!(out, "{indent}{statement}");
+            current = Some(layer.name.as_str());
+        }
+        if self.top.is_some() {
+            out.push_str("  }\n");
+        }
+        if self.output_statement() {
+            let outs: Vec<String> = self.outputs.iter().map(|o| id_of(o)).collect();
+            let _ = writeln!(out, "\n  output {}", outs.join(", "));
+        }
+        out.push_str("}\n");
+        Ok(())
     }
-    if output_statement {
-        let _ = writeln!(out, "\n  output {}", net.outputs.join(", "));
-    }
-    out.push_str("}\n");
-    out
 }
 
 /// Index of the first layer of the network's classifier "top": the chain
@@ -148,7 +223,7 @@ pub fn top_of_layers(layers: &[Layer], outputs: &[String]) -> Option<usize> {
 
 /// Whether the layer reads one tensor (written as a chain step); joins
 /// name all their inputs.
-fn is_chain_step(layer: &Layer) -> bool {
+pub(crate) fn is_chain_step(layer: &Layer) -> bool {
     !matches!(
         layer.op,
         Op::Layer(LayerKind::Add | LayerKind::Multiply | LayerKind::Concatenate { .. })
@@ -185,6 +260,19 @@ fn padding_arg(p: Padding, args: &mut Vec<String>) {
     }
 }
 
+/// `name=v` unless `v` is Keras's default `(1, 1)` (`strides`, `dilation_rate`).
+fn pair_arg(name: &str, v: [usize; 2], args: &mut Vec<String>) {
+    if v != [1, 1] {
+        args.push(format!("{name}={}", size(v)));
+    }
+}
+
+fn use_bias_arg(use_bias: bool, args: &mut Vec<String>) {
+    if !use_bias {
+        args.push("use_bias=false".into());
+    }
+}
+
 fn activation_arg(a: Activation, args: &mut Vec<String>) {
     match a {
         Activation::Linear => {}
@@ -218,17 +306,11 @@ pub fn layer_call_with(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> String 
         } => {
             args.push(filters.to_string());
             args.push(size(*kernel_size));
-            if *strides != [1, 1] {
-                args.push(format!("strides={}", size(*strides)));
-            }
+            pair_arg("strides", *strides, &mut args);
             padding_arg(*padding, &mut args);
-            if *dilation_rate != [1, 1] {
-                args.push(format!("dilation_rate={}", size(*dilation_rate)));
-            }
+            pair_arg("dilation_rate", *dilation_rate, &mut args);
             activation_arg(*activation, &mut args);
-            if !use_bias {
-                args.push("use_bias=false".into());
-            }
+            use_bias_arg(*use_bias, &mut args);
             "conv2d".into()
         }
         LayerKind::DepthwiseConv2d {
@@ -241,20 +323,14 @@ pub fn layer_call_with(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> String 
             use_bias,
         } => {
             args.push(size(*kernel_size));
-            if *strides != [1, 1] {
-                args.push(format!("strides={}", size(*strides)));
-            }
+            pair_arg("strides", *strides, &mut args);
             padding_arg(*padding, &mut args);
             if *depth_multiplier != 1 {
                 args.push(format!("depth_multiplier={depth_multiplier}"));
             }
-            if *dilation_rate != [1, 1] {
-                args.push(format!("dilation_rate={}", size(*dilation_rate)));
-            }
+            pair_arg("dilation_rate", *dilation_rate, &mut args);
             activation_arg(*activation, &mut args);
-            if !use_bias {
-                args.push("use_bias=false".into());
-            }
+            use_bias_arg(*use_bias, &mut args);
             "depthwise_conv2d".into()
         }
         LayerKind::SeparableConv2d {
@@ -269,20 +345,14 @@ pub fn layer_call_with(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> String 
         } => {
             args.push(filters.to_string());
             args.push(size(*kernel_size));
-            if *strides != [1, 1] {
-                args.push(format!("strides={}", size(*strides)));
-            }
+            pair_arg("strides", *strides, &mut args);
             padding_arg(*padding, &mut args);
-            if *dilation_rate != [1, 1] {
-                args.push(format!("dilation_rate={}", size(*dilation_rate)));
-            }
+            pair_arg("dilation_rate", *dilation_rate, &mut args);
             if *depth_multiplier != 1 {
                 args.push(format!("depth_multiplier={depth_multiplier}"));
             }
             activation_arg(*activation, &mut args);
-            if !use_bias {
-                args.push("use_bias=false".into());
-            }
+            use_bias_arg(*use_bias, &mut args);
             "separable_conv2d".into()
         }
         LayerKind::Conv2dTranspose {
@@ -297,20 +367,14 @@ pub fn layer_call_with(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> String 
         } => {
             args.push(filters.to_string());
             args.push(size(*kernel_size));
-            if *strides != [1, 1] {
-                args.push(format!("strides={}", size(*strides)));
-            }
+            pair_arg("strides", *strides, &mut args);
             padding_arg(*padding, &mut args);
-            if *dilation_rate != [1, 1] {
-                args.push(format!("dilation_rate={}", size(*dilation_rate)));
-            }
+            pair_arg("dilation_rate", *dilation_rate, &mut args);
             if let Some(p) = output_padding {
                 args.push(format!("output_padding=({}, {})", p[0], p[1]));
             }
             activation_arg(*activation, &mut args);
-            if !use_bias {
-                args.push("use_bias=false".into());
-            }
+            use_bias_arg(*use_bias, &mut args);
             "conv2d_transpose".into()
         }
         LayerKind::Dense {
@@ -320,9 +384,7 @@ pub fn layer_call_with(layer: &Layer, id_of: &dyn Fn(&str) -> String) -> String 
         } => {
             args.push(units.to_string());
             activation_arg(*activation, &mut args);
-            if !use_bias {
-                args.push("use_bias=false".into());
-            }
+            use_bias_arg(*use_bias, &mut args);
             "dense".into()
         }
         LayerKind::BatchNormalization { epsilon, .. } => {

@@ -421,53 +421,31 @@ impl Net {
     /// The spec text: chain form where a layer reads the one written just
     /// before it, tensor names elsewhere (spec identifiers derived from
     /// the layer names, never a reserved word); every layer keeps its Keras
-    /// name with `name = "..."`.
-    /// The spec text; with `top`, the layers from that index on are wrapped
-    /// in `if include_top { ... }` and the model takes `include_top=true`.
+    /// name with `name = "..."`. With `top`, the layers from that index on
+    /// are wrapped in `if include_top { ... }` and the model takes
+    /// `include_top=true`.
     fn write_spec(
         &self,
         model_name: &str,
         header: &[String],
         top: Option<usize>,
     ) -> Result<String, KerasError> {
-        use std::fmt::Write;
-        let mut out = String::new();
-        for line in header {
-            let _ = writeln!(out, "# {line}");
-        }
-        if top.is_some() {
-            let _ = writeln!(out, "model {model_name}(include_top=true) {{");
-        } else {
-            let _ = writeln!(out, "model {model_name} {{");
-        }
         let single = self.input_names.len() == 1;
-        for (name, shape) in self.input_names.iter().zip(&self.input_shapes) {
-            let dims = dims_text(shape);
-            if single {
-                let _ = writeln!(out, "  input [{dims}]");
-            } else {
-                let _ = writeln!(out, "  input {name} [{dims}]");
-            }
-        }
-        out.push('\n');
-
-        let last = self.layers.last().map(|l| l.name.as_str());
-        let output_statement = !(self.outputs.len() == 1 && Some(self.outputs[0].as_str()) == last);
-        // Which names are read other than by the next statement.
-        let mut named: HashSet<&str> = HashSet::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let implicit =
-                i > 0 && is_chain_step(layer) && layer.inputs[0] == self.layers[i - 1].name;
-            let first_implicit =
-                i == 0 && single && is_chain_step(layer) && layer.inputs[0] == "input";
-            let skip = usize::from(implicit || first_implicit);
-            for input in &layer.inputs[skip..] {
-                named.insert(input.as_str());
-            }
-        }
-        if output_statement {
-            named.extend(self.outputs.iter().map(String::as_str));
-        }
+        let inputs: Vec<(String, String)> = self
+            .input_names
+            .iter()
+            .zip(&self.input_shapes)
+            .map(|(name, shape)| (name.clone(), dims_text(shape)))
+            .collect();
+        let mut out = String::new();
+        spec::write_head(&mut out, model_name, header, top.is_some(), &inputs, single);
+        let body = spec::Body {
+            layers: &self.layers,
+            outputs: &self.outputs,
+            single_input: single,
+            top,
+        };
+        let named = body.named_tensors();
         // Tensor identifiers for the named layers.
         let mut ident: HashMap<&str, String> = HashMap::new();
         let mut taken: HashSet<String> = self.input_names.iter().cloned().collect();
@@ -493,48 +471,9 @@ impl Net {
             ident.insert(layer.name.as_str(), id);
         }
         let id_of = |n: &str| ident.get(n).cloned().unwrap_or_else(|| n.to_string());
-
-        let mut current: Option<&str> = if single { Some("input") } else { None };
-        for (i, layer) in self.layers.iter().enumerate() {
-            if top == Some(i) {
-                out.push_str("  if include_top {\n");
-            }
-            let indent = if top.is_some_and(|t| i >= t) {
-                "    "
-            } else {
-                "  "
-            };
-            let call = layer_call(layer, &id_of)?;
-            let assign = if named.contains(layer.name.as_str()) {
-                format!("{} = ", id_of(&layer.name))
-            } else {
-                String::new()
-            };
-            let statement = if !is_chain_step(layer) || current == Some(layer.inputs[0].as_str()) {
-                format!("{assign}{call}")
-            } else {
-                format!("{assign}{} -> {call}", id_of(&layer.inputs[0]))
-            };
-            let _ = writeln!(out, "{indent}{statement}");
-            current = Some(layer.name.as_str());
-        }
-        if top.is_some() {
-            out.push_str("  }\n");
-        }
-        if output_statement {
-            let outs: Vec<String> = self.outputs.iter().map(|o| id_of(o)).collect();
-            let _ = writeln!(out, "\n  output {}", outs.join(", "));
-        }
-        out.push_str("}\n");
+        body.write(&mut out, &named, &id_of, &|layer| layer_call(layer, &id_of))?;
         Ok(out)
     }
-}
-
-fn is_chain_step(layer: &Layer) -> bool {
-    !matches!(
-        layer.op,
-        Op::Layer(LayerKind::Add | LayerKind::Multiply | LayerKind::Concatenate { .. })
-    )
 }
 
 /// The layer as a spec call: [`spec::layer_call_with`], except batch norm,

@@ -533,7 +533,9 @@ pub fn flip_horizontal(image: &mut HwcImage) {
 /// | `raw` | `x` unchanged (0-255) | models with their own `Rescaling`/normalisation layer, EfficientNet |
 ///
 /// `torch` and `caffe` need 3 channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// In run files it is written in lower case (`preprocess: torch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Preprocess {
     Tf,
     Torch,
