@@ -13,7 +13,6 @@ mod common;
 use cnnc_compiler::graph::Param;
 use cnnc_import::keras::{self, KerasError, WeightsLayout};
 use cnnc_import::{import_keras_file, load_keras_weights, ImportOptions, Imported};
-use cnnc_runtime::checkpoint;
 use cnnc_runtime::executor::{Executor, Mode};
 use cnnc_runtime::params::ParamStore;
 use cnnc_runtime::tensor::Tensor;
@@ -37,14 +36,7 @@ struct Loaded {
 fn load(model: &Path, tag: &str) -> Loaded {
     let imported = import_keras_file(model, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("import of {} failed: {e}", model.display()));
-    let dir = temp_dir(tag);
-    let written = imported.write(&dir).unwrap();
-    let source = std::fs::read_to_string(&written.spec).unwrap();
-    let (_sources, checked) = cnnc_compiler::check_file(&written.spec, &source);
-    let model = checked.unwrap_or_else(|d| panic!("written spec does not check: {d:?}"));
-    let graph = cnnc_compiler::graph::lower::try_lower(&model).unwrap();
-    let store = checkpoint::load(&written.checkpoint, &graph.params).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let (_spec, graph, store) = write_and_load(&imported, tag);
     Loaded {
         imported,
         params: graph.params.clone(),

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use cnnc_compiler::graph::Graph;
 use cnnc_import::{import_onnx_file, ImportOptions, Imported, IoInfo, IoLayout};
 use cnnc_runtime::checkpoint;
 use cnnc_runtime::executor::{Executor, Mode};
@@ -87,6 +88,22 @@ pub fn to_onnx_order(t: &Tensor, layout: IoLayout) -> Vec<f32> {
     }
 }
 
+/// Writes `imported` (spec and checkpoint) to a temporary folder and reads
+/// it back as `cnnc run` does: the spec checked from the file and lowered,
+/// the checkpoint loaded for the graph's parameters. Returns the path the
+/// spec was written to (the folder is removed), the graph and the weights.
+pub fn write_and_load(imported: &Imported, tag: &str) -> (PathBuf, Graph, ParamStore) {
+    let dir = temp_dir(tag);
+    let written = imported.write(&dir).unwrap();
+    let source = std::fs::read_to_string(&written.spec).unwrap();
+    let (_sources, checked) = cnnc_compiler::check_file(&written.spec, &source);
+    let model = checked.unwrap_or_else(|d| panic!("written spec does not check: {d:?}"));
+    let graph = cnnc_compiler::graph::lower::try_lower(&model).unwrap();
+    let params = checkpoint::load(&written.checkpoint, &graph.params).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (written.spec, graph, params)
+}
+
 /// The imported model, written to disk and read back the way `cnnc run`
 /// reads a spec and a checkpoint: checked from the file, lowered, the
 /// checkpoint loaded for the graph's parameters. The lowered graph is run
@@ -103,17 +120,10 @@ impl Runner {
     pub fn new(model: &Path, tag: &str) -> Runner {
         let imported = import_onnx_file(model, &ImportOptions::default())
             .unwrap_or_else(|e| panic!("import of {} failed: {e}", model.display()));
-        let dir = temp_dir(tag);
-        let written = imported.write(&dir).unwrap();
-        let source = std::fs::read_to_string(&written.spec).unwrap();
-        let (_sources, checked) = cnnc_compiler::check_file(&written.spec, &source);
-        let model = checked.unwrap_or_else(|d| panic!("written spec does not check: {d:?}"));
-        let graph = cnnc_compiler::graph::lower::try_lower(&model).unwrap();
-        let params = checkpoint::load(&written.checkpoint, &graph.params).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        let (spec_path, graph, params) = write_and_load(&imported, tag);
         Runner {
             imported,
-            spec_path: written.spec,
+            spec_path,
             executor: Executor::new(graph),
             params,
         }
