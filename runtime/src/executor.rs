@@ -1527,6 +1527,16 @@ impl Executor {
         inputs: &[&Tensor],
         mode: Mode,
     ) -> Result<(), ExecError> {
+        crate::threads::on_worker(|| self.run_forward_on_worker(params, inputs, mode))
+    }
+
+    /// [`Executor::run_forward`], on a worker of the current rayon pool.
+    fn run_forward_on_worker(
+        &mut self,
+        params: ParamsRef<'_>,
+        inputs: &[&Tensor],
+        mode: Mode,
+    ) -> Result<(), ExecError> {
         let plan = self.plan.as_ref().map_err(Clone::clone)?;
         if let Mode::Train { .. } = mode {
             if self.memory.is_some() {
@@ -1642,6 +1652,16 @@ impl Executor {
 
     /// Backward from `seeds`: (output number, d loss / d that output).
     fn run_backward(
+        &mut self,
+        params: &ParamStore,
+        seeds: &[(usize, &Tensor)],
+        grads: &mut Vec<Tensor>,
+    ) -> Result<(), ExecError> {
+        crate::threads::on_worker(|| self.run_backward_on_worker(params, seeds, grads))
+    }
+
+    /// [`Executor::run_backward`], on a worker of the current rayon pool.
+    fn run_backward_on_worker(
         &mut self,
         params: &ParamStore,
         seeds: &[(usize, &Tensor)],

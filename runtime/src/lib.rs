@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod optim;
 pub mod params;
 pub mod tensor;
+mod threads;
 pub mod train;
