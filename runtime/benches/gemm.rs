@@ -119,6 +119,11 @@ const CASES: &[Case] = &[
     c("r50 s4 3x3 512->512", 49, 4608, 512, Kind::Fwd),
     c("r50 s4 1x1 512->2048", 49, 512, 2048, Kind::Fwd),
     c("r50 s4 1x1 2048->512", 49, 2048, 512, Kind::Fwd),
+    // Xception, batch 1: the separable convs' pointwise (1x1) products.
+    c("xc b4 1x1 37x37 728->728", 1369, 728, 728, Kind::Fwd),
+    c("xc mid 1x1 19x19 728->728", 361, 728, 728, Kind::Fwd),
+    c("xc b14 1x1 10x10 1024->1536", 100, 1024, 1536, Kind::Fwd),
+    c("xc b14 1x1 10x10 1536->2048", 100, 1536, 2048, Kind::Fwd),
     c("M=3136 K=2304 N=256", 3136, 2304, 256, Kind::Fwd),
     c("M=3136 K=4608 N=512", 3136, 4608, 512, Kind::Fwd),
     c("M=3136 K=2048 N=2048", 3136, 2048, 2048, Kind::Fwd),
