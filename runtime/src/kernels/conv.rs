@@ -717,6 +717,11 @@ pub fn matmul_forward_prepared(
 /// `dz = dy ⊙ act'(y)` (d loss / d pre-activation). Each requested gradient is
 /// overwritten: `dx` `[batch, in_h, in_w, in_channels]`, `dkernel`
 /// `[kernel_h, kernel_w, in_channels, filters]`, `dbias` `[filters]`.
+///
+/// `dkernel` is `im2col(x)ᵀ × dz`, or for a 3x3 stride-1 conv with outputs of
+/// at least 12x12 the same by Winograd F(2x2, 3x3)
+/// ([`winograd::kernel_gradient`]); `dx` likewise (a Winograd convolution of
+/// `dz` with the rotated kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     s: &Conv2dShape,
@@ -743,6 +748,14 @@ pub fn conv2d_backward(
         check_len("conv2d bias gradient", s.filters, d.len())?;
     }
     let (k, f) = (s.patch_len(), s.filters);
+
+    // A large 3x3 stride-1 conv's kernel gradient is computed by Winograd
+    // after pass 1 (it needs whole images, not row groups).
+    let (dkernel, dkernel_winograd) = if use_winograd(s) {
+        (None, dkernel)
+    } else {
+        (dkernel, None)
+    };
 
     // Pass 1: dz in place, plus partial d kernel / d bias per fixed row group.
     let want_dk = dkernel.is_some();
@@ -793,6 +806,10 @@ pub fn conv2d_backward(
                 sum_partials(parts().map(|p| &p[dk_len..dk_len + db_len]), out);
             }
         });
+    }
+
+    if let Some(dk) = dkernel_winograd {
+        winograd::kernel_gradient(s, x, dy, dk);
     }
 
     // Pass 2: d x = col2im(dz × kernelᵀ), parallel over groups of whole
