@@ -168,6 +168,38 @@ fn zero_padding_matches_naive_and_gradient() {
     check_fd("zero_padding2d", &x, &dx, f, 1e-3, 30, 1e-2, 1e-4);
 }
 
+/// One image whose padded rows are several forward tasks (about 8K floats
+/// of whole rows each: 43 rows of 33x64 are 15 tasks of 3 rows and one of
+/// 1): every value is the input's or zero.
+#[test]
+fn zero_padding_of_many_row_tasks_matches_naive() {
+    let (h, w, c) = (40, 30, 64);
+    let s = shape(1, h, w, c);
+    let pads = Pads2d {
+        top: 1,
+        bottom: 2,
+        left: 3,
+        right: 0,
+    };
+    let o = s.padded(&pads);
+    let x = rand_vec(s.len(), 11);
+    let mut y = vec![f32::NAN; o.len()];
+    zero_padding2d_forward(&s, &pads, &x, &mut y).unwrap();
+    for i in 0..o.height {
+        for j in 0..o.width {
+            for ch in 0..c {
+                let got = y[(i * o.width + j) * c + ch];
+                let want = if (1..1 + h).contains(&i) && j >= 3 {
+                    x[((i - 1) * w + j - 3) * c + ch]
+                } else {
+                    0.0
+                };
+                assert_eq!(got.to_bits(), want.to_bits(), "[{i}, {j}, {ch}]");
+            }
+        }
+    }
+}
+
 #[test]
 fn wrong_lengths_are_errors() {
     let s = shape(1, 2, 2, 1);

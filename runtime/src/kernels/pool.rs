@@ -12,6 +12,10 @@ use rayon::prelude::*;
 /// Marks an output whose window lies entirely in the padding (no argmax).
 pub const NO_ARGMAX: u32 = u32::MAX;
 
+/// Outputs per forward task (whole output rows of one image): a batch-1
+/// ResNet-50 `pool1` (56x56x64) is 19 tasks of 3 rows.
+const TASK_FLOATS: usize = 8 * 1024;
+
 /// Geometry of a batched 2-D pooling.
 ///
 /// Input `[batch, in_h, in_w, channels]`, output `[batch, out_h, out_w, channels]`,
@@ -88,6 +92,12 @@ impl Pool2dShape {
         (y0, y1.max(y0), x0, x1.max(x0))
     }
 
+    /// Output rows per forward task: about [`TASK_FLOATS`] outputs, at
+    /// least one row.
+    fn task_rows(&self) -> usize {
+        (TASK_FLOATS / (self.out_w * self.channels).max(1)).max(1)
+    }
+
     fn check(&self, x_len: usize, y_len: usize) -> Result<(), KernelError> {
         check_len("pool input", self.input_len(), x_len)?;
         check_len("pool output", self.output_len(), y_len)
@@ -118,16 +128,30 @@ pub fn max_pool2d_forward(
     if ol == 0 || il == 0 {
         return Ok(());
     }
+    // Tasks of whole output rows of one image (element-wise: the bits do
+    // not depend on the split), so a batch of one image uses every thread.
+    let part = s.task_rows() * s.out_w * s.channels;
     match argmax {
         Some(a) => y
             .par_chunks_mut(ol)
             .zip(x.par_chunks(il))
             .zip(a.par_chunks_mut(ol))
-            .for_each(|((yi, xi), ai)| max_image_simd(s, xi, yi, Some(ai))),
+            .for_each(|((yi, xi), ai)| {
+                yi.par_chunks_mut(part)
+                    .zip(ai.par_chunks_mut(part))
+                    .enumerate()
+                    .for_each(|(t, (yr, ar))| {
+                        max_image_simd(s, xi, yr, Some(ar), t * s.task_rows())
+                    })
+            }),
         None => y
             .par_chunks_mut(ol)
             .zip(x.par_chunks(il))
-            .for_each(|(yi, xi)| max_image_simd(s, xi, yi, None)),
+            .for_each(|(yi, xi)| {
+                yi.par_chunks_mut(part)
+                    .enumerate()
+                    .for_each(|(t, yr)| max_image_simd(s, xi, yr, None, t * s.task_rows()))
+            }),
     }
     Ok(())
 }
@@ -173,9 +197,14 @@ pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<(
     if ol == 0 || il == 0 {
         return Ok(());
     }
+    let part = s.task_rows() * s.out_w * s.channels;
     y.par_chunks_mut(ol)
         .zip(x.par_chunks(il))
-        .for_each(|(yi, xi)| avg_image_simd(s, xi, yi));
+        .for_each(|(yi, xi)| {
+            yi.par_chunks_mut(part)
+                .enumerate()
+                .for_each(|(t, yr)| avg_image_simd(s, xi, yr, t * s.task_rows()))
+        });
     Ok(())
 }
 
@@ -229,17 +258,19 @@ macro_rules! multiversion {
     };
 }
 
-multiversion!(max_image_simd, max_image, (s: &Pool2dShape, xi: &[f32], yi: &mut [f32], ai: Option<&mut [u32]>));
-multiversion!(avg_image_simd, avg_image, (s: &Pool2dShape, xi: &[f32], yi: &mut [f32]));
+multiversion!(max_image_simd, max_image, (s: &Pool2dShape, xi: &[f32], yi: &mut [f32], ai: Option<&mut [u32]>, oy0: usize));
+multiversion!(avg_image_simd, avg_image, (s: &Pool2dShape, xi: &[f32], yi: &mut [f32], oy0: usize));
 multiversion!(avg_back_image_simd, avg_back_image, (s: &Pool2dShape, dyi: &[f32], dxi: &mut [f32]));
 
-/// Max pooling of one image (see [`max_pool2d_forward`]).
+/// Max pooling of output rows `oy0 ..` of one image (see
+/// [`max_pool2d_forward`]): `yi` and `ai` hold those rows.
 #[inline(always)]
-fn max_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32], mut ai: Option<&mut [u32]>) {
+fn max_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32], mut ai: Option<&mut [u32]>, oy0: usize) {
     let c = s.channels;
-    for oy in 0..s.out_h {
+    let rows = yi.len() / (s.out_w * c).max(1);
+    for oy in oy0..oy0 + rows {
         for ox in 0..s.out_w {
-            let o = (oy * s.out_w + ox) * c;
+            let o = ((oy - oy0) * s.out_w + ox) * c;
             let yo = &mut yi[o..o + c];
             let (y0, y1, x0, x1) = s.window(oy, ox);
             if y0 == y1 || x0 == x1 {
@@ -291,13 +322,15 @@ fn max_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32], mut ai: Option<&mut [u
     }
 }
 
-/// Average pooling of one image (see [`avg_pool2d_forward`]).
+/// Average pooling of output rows `oy0 ..` of one image (see
+/// [`avg_pool2d_forward`]): `yi` holds those rows.
 #[inline(always)]
-fn avg_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32]) {
+fn avg_image(s: &Pool2dShape, xi: &[f32], yi: &mut [f32], oy0: usize) {
     let c = s.channels;
-    for oy in 0..s.out_h {
+    let rows = yi.len() / (s.out_w * c).max(1);
+    for oy in oy0..oy0 + rows {
         for ox in 0..s.out_w {
-            let o = (oy * s.out_w + ox) * c;
+            let o = ((oy - oy0) * s.out_w + ox) * c;
             let yo = &mut yi[o..o + c];
             yo.fill(0.0);
             let (y0, y1, x0, x1) = s.window(oy, ox);

@@ -214,18 +214,31 @@ pub fn zero_padding2d_forward(
     let row = s.width * s.channels;
     let orow = o.width * o.channels;
     let offset = pads.left * s.channels;
+    // Tasks of whole output rows of one image (about 8K floats), so a batch
+    // of one image uses every thread; each output row is written once.
+    let rows_per_task = (8 * 1024 / orow.max(1)).max(1);
     y.par_chunks_mut(o.example_len())
         .enumerate()
         .for_each(|(n, ye)| {
-            ye.fill(0.0);
-            if row == 0 {
-                return;
-            }
             let xe = &x[n * s.example_len()..(n + 1) * s.example_len()];
-            for (i, xr) in xe.chunks_exact(row).enumerate() {
-                let start = (pads.top + i) * orow + offset;
-                ye[start..start + row].copy_from_slice(xr);
-            }
+            ye.par_chunks_mut(rows_per_task * orow)
+                .enumerate()
+                .for_each(|(t, yrows)| {
+                    for (k, yr) in yrows.chunks_exact_mut(orow).enumerate() {
+                        let oy = t * rows_per_task + k;
+                        match oy
+                            .checked_sub(pads.top)
+                            .filter(|&i| i < s.height && row > 0)
+                        {
+                            Some(i) => {
+                                yr[..offset].fill(0.0);
+                                yr[offset..offset + row].copy_from_slice(&xe[i * row..][..row]);
+                                yr[offset + row..].fill(0.0);
+                            }
+                            None => yr.fill(0.0),
+                        }
+                    }
+                });
         });
     Ok(())
 }
