@@ -72,6 +72,56 @@ const TASK_FLOATS: usize = 256 * 1024;
 const WHOLE_MAX_TASK_TILES: usize = 28;
 const WHOLE_FLOATS: usize = 1024 * 1024;
 
+/// Transformed-input floats per input-transform task of [`forward_whole`]
+/// (`16 * tiles * in_channels`, whole tile rows of one image): a 14x14x128
+/// image is 7 tile rows of 14K floats, one task per tile row.
+const TRANSFORM_TASK_FLOATS: usize = 16 * 1024;
+
+/// A `[16, tile_stride, channels]` buffer whose rows (one tile of one
+/// plane) several tasks write at once, each its own tiles.
+pub(crate) struct Planes<'a> {
+    ptr: *mut f32,
+    len: usize,
+    tile_stride: usize,
+    channels: usize,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Planes` only hands out rows through the unsafe `row`, whose
+// callers guarantee that no two threads use the same row at once.
+unsafe impl Sync for Planes<'_> {}
+
+impl<'a> Planes<'a> {
+    /// Borrows `buf` (at least `16 * tile_stride * channels` floats).
+    fn new(buf: &'a mut [f32], tile_stride: usize, channels: usize) -> Planes<'a> {
+        assert!(
+            buf.len() >= 16 * tile_stride * channels,
+            "winograd planes length"
+        );
+        Planes {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            tile_stride,
+            channels,
+            _buf: std::marker::PhantomData,
+        }
+    }
+
+    /// Row `tile` of plane `op` (`channels` floats).
+    ///
+    /// # Safety
+    /// No other reference to this row may be alive while the result is.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn row(&self, op: usize, tile: usize) -> &mut [f32] {
+        let start = (op * self.tile_stride + tile) * self.channels;
+        assert!(op < 16 && tile < self.tile_stride && start + self.channels <= self.len);
+        // SAFETY: in bounds (checked above), the buffer is borrowed mutably
+        // for 'a, and the caller guarantees the row is not aliased.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.channels) }
+    }
+}
+
 /// Whether `s` is a convolution this module computes: a 3x3 kernel, stride 1,
 /// no dilation, and enough channels for the transforms to pay off (at least 8
 /// input channels and 8 filters; a first layer on an RGB image is not worth it).
@@ -485,7 +535,16 @@ fn forward_tiles(
                         let (v, rest) = buf.split_at_mut(16 * tiles * c_n);
                         let (m, rest) = rest.split_at_mut(16 * tiles * k_n);
                         let (tmp, srow) = rest.split_at_mut(17 * c_n);
-                        input_transform(s, x_img, tr0, tile_rows, tiles_w, v, tiles, 0, tmp);
+                        input_transform(
+                            s,
+                            x_img,
+                            tr0,
+                            tile_rows,
+                            tiles_w,
+                            &Planes::new(v, tiles, c_n),
+                            0,
+                            tmp,
+                        );
                         for xi in 0..16 {
                             let a = MatRef::row_major(
                                 &v[xi * tiles * c_n..][..tiles * c_n],
@@ -520,13 +579,31 @@ fn forward_whole(
     let (tiles_h, tiles_w) = (s.out_h.div_ceil(2), s.out_w.div_ceil(2));
     let per_image = tiles_h * tiles_w;
     let all = s.batch * per_image;
-    with_stage(16 * all * (c_n + k_n) + 17 * c_n, |buf| {
-        let (v, rest) = buf.split_at_mut(16 * all * c_n);
-        let (m, tmp) = rest.split_at_mut(16 * all * k_n);
-        for n in 0..s.batch {
+    with_stage(16 * all * (c_n + k_n), |buf| {
+        let (v, m) = buf.split_at_mut(16 * all * c_n);
+        // The input transform in tasks of whole tile rows of one image
+        // (each writes its own tiles of every plane), so one image uses
+        // every thread.
+        let task_rows = (TRANSFORM_TASK_FLOATS / (16 * tiles_w * c_n).max(1)).clamp(1, tiles_h);
+        let tasks = tiles_h.div_ceil(task_rows);
+        let planes = Planes::new(v, all, c_n);
+        (0..s.batch * tasks).into_par_iter().for_each(|t| {
+            let (n, tr0) = (t / tasks, (t % tasks) * task_rows);
             let x_img = &x[n * s.image_len()..][..s.image_len()];
-            input_transform(s, x_img, 0, tiles_h, tiles_w, v, all, n * per_image, tmp);
-        }
+            with_scratch(17 * c_n, |tmp| {
+                let rows = task_rows.min(tiles_h - tr0);
+                input_transform(
+                    s,
+                    x_img,
+                    tr0,
+                    rows,
+                    tiles_w,
+                    &planes,
+                    n * per_image + tr0 * tiles_w,
+                    tmp,
+                );
+            });
+        });
         let v: &[f32] = v;
         m.par_chunks_mut(all * k_n)
             .enumerate()
@@ -556,15 +633,14 @@ fn forward_whole(
 dispatch_simd! {
     /// Fills rows `tile0 ..` of `v` (`[16, tile_stride, in_channels]`) with
     /// `B^T d B` of the input tiles of tile rows `tr0 .. tr0 + tile_rows` of
-    /// one image.
+    /// one image. Calls running at once must write disjoint tiles.
     fn input_transform(
         s: &Conv2dShape,
         x_img: &[f32],
         tr0: usize,
         tile_rows: usize,
         tiles_w: usize,
-        v: &mut [f32],
-        tile_stride: usize,
+        v: &Planes<'_>,
         tile0: usize,
         tmp: &mut [f32]
     ) => input_transform_body
@@ -578,8 +654,7 @@ fn input_transform_body(
     tr0: usize,
     tile_rows: usize,
     tiles_w: usize,
-    v: &mut [f32],
-    tile_stride: usize,
+    v: &Planes<'_>,
     tile0: usize,
     tmp: &mut [f32],
 ) {
@@ -636,7 +711,11 @@ fn input_transform_body(
                     &row[3 * c_n..],
                 );
                 for (j, op) in (0..4).map(|j| (j, 4 * i + j)) {
-                    let dst = &mut v[(op * tile_stride + tile) * c_n..][..c_n];
+                    // SAFETY: this call is the only writer of its tiles
+                    // (see `input_transform`'s callers).
+                    let dst = unsafe { v.row(op, tile) };
+                    // (The length as `c_n`, so the loops below vectorize.)
+                    let dst = &mut dst[..c_n];
                     match j {
                         0 => dst
                             .iter_mut()
@@ -816,7 +895,16 @@ pub fn kernel_gradient(s: &Conv2dShape, x: &[f32], dz: &[f32], dk: &mut [f32]) {
                                 let x_img = &x[n * image_in..][..image_in];
                                 let dz_img = &dz[n * image_out..][..image_out];
                                 let t0 = i * per_image;
-                                input_transform(s, x_img, 0, tiles_h, tiles_w, v, tiles, t0, tmp);
+                                input_transform(
+                                    s,
+                                    x_img,
+                                    0,
+                                    tiles_h,
+                                    tiles_w,
+                                    &Planes::new(v, tiles, c_n),
+                                    t0,
+                                    tmp,
+                                );
                                 output_gradient_transform(s, dz_img, zeros, dm, tiles, t0);
                             }
                         });
