@@ -55,8 +55,13 @@ const B_OUTER_MIN_PANELS: usize = 8;
 /// Products with at most this many rows read a row-major `b` in place
 /// instead of packing it.
 pub const SMALL_M: usize = 16;
-/// Below this many multiply-adds a parallel call runs serially.
+/// Below this many multiply-adds a parallel call runs serially, unless `b`
+/// has at least [`PAR_MIN_B_FLOATS`] elements.
 const PAR_MIN_MACS: usize = 1 << 20;
+/// A product reading a `b` this large (e.g. a batch-1 dense layer's
+/// weights, 2304 x 128) is split even when it has few multiply-adds: it is
+/// bound by reading `b`, and each task reads its own columns.
+const PAR_MIN_B_FLOATS: usize = 128 * 1024;
 
 thread_local! {
     /// Per-thread panel buffers of [`run_rect`].
@@ -555,7 +560,8 @@ pub(crate) unsafe fn run(job: Job<'_>, parallel: bool) {
     let m = job.a.rows;
     let np = n_panels(job.n);
     let threads = rayon::current_num_threads();
-    if !parallel || threads <= 1 || m * job.n * job.k < PAR_MIN_MACS {
+    let small = m * job.n * job.k < PAR_MIN_MACS && job.n * job.k < PAR_MIN_B_FLOATS;
+    if !parallel || threads <= 1 || small {
         with_panels(|ap| run_rect(&job, 0, m, 0, np, ap));
         return;
     }
