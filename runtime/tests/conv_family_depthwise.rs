@@ -40,6 +40,10 @@ mod conv_family_depthwise {
             // Many pixels (several tasks and weight-gradient groups) and wide channels.
             (8, 24, 21, 32, 1, [3, 3], [1, 1], [1, 1], true),
             (3, 14, 13, 37, 2, [3, 3], [2, 2], [1, 1], true),
+            // 3x3 lines whose interior columns run four at a time, in channel
+            // blocks of 32, 8 and 1 (45 = 32 + 8 + 5), stride 2 and dilation 2.
+            (2, 12, 17, 45, 1, [3, 3], [2, 2], [1, 1], true),
+            (1, 13, 19, 45, 1, [3, 3], [1, 1], [2, 2], true),
             // Wider than the register-blocked input-gradient path handles (16 taps).
             (1, 3, 20, 2, 1, [1, 17], [1, 1], [1, 1], true),
         ]

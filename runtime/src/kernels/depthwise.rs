@@ -477,17 +477,48 @@ fn forward_line_dm1_small(
     oy: usize,
     yl: &mut [f32],
 ) {
-    let (c, kw, il) = (s.channels, s.kernel_w, s.in_line());
+    let (c, kh, kw, il) = (s.channels, s.kernel_h, s.kernel_w, s.in_line());
+    // Once per line, not per channel block: the input line of each kernel
+    // row, and the output columns whose taps all lie inside the image (the
+    // others get their tap range from `valid_range`, which divides).
+    let mut rows = [None; SMALL_TAPS];
+    for (ky, r) in rows.iter_mut().enumerate().take(kh) {
+        *r = s.input_row(oy, ky);
+    }
+    let all =
+        |ox: usize| valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw) == (0, kw);
+    let ox_lo = (0..s.out_w).find(|&ox| all(ox)).unwrap_or(s.out_w);
+    let ox_hi = (ox_lo..s.out_w)
+        .rev()
+        .find(|&ox| all(ox))
+        .map_or(ox_lo, |ox| ox + 1);
     channel_blocks!(c, |cb, B| {
         let mut taps = [[0.0f32; B]; SMALL_TAPS];
-        for (t, tap) in taps.iter_mut().enumerate().take(s.kernel_h * kw) {
+        for (t, tap) in taps.iter_mut().enumerate().take(kh * kw) {
             tap.copy_from_slice(&kernel[t * c + cb..t * c + cb + B]);
         }
+        // A 3x3 line with all three input rows: the interior columns four
+        // at a time (see `interior_3x3`); the loop below skips them.
+        let (skip_lo, skip_hi) = match (kh, kw, rows[0], rows[1], rows[2]) {
+            (3, 3, Some(r0), Some(r1), Some(r2)) => {
+                let xls = [r0, r1, r2].map(|iy| &img[iy * il..(iy + 1) * il]);
+                let done = interior_3x3::<B>(s, xls, &taps, cb, ox_lo, ox_hi, yl);
+                (ox_lo, ox_lo + done)
+            }
+            _ => (0, 0),
+        };
         for (ox, yo) in yl.chunks_exact_mut(c).enumerate() {
-            let (k0, k1) = valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw);
+            if (skip_lo..skip_hi).contains(&ox) {
+                continue;
+            }
+            let (k0, k1) = if (ox_lo..ox_hi).contains(&ox) {
+                (0, kw)
+            } else {
+                valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw)
+            };
             let mut acc = [0.0f32; B];
-            for ky in 0..s.kernel_h {
-                let Some(iy) = s.input_row(oy, ky) else {
+            for (ky, iy) in rows.iter().enumerate().take(kh) {
+                let Some(iy) = *iy else {
                     continue;
                 };
                 let xl = &img[iy * il..(iy + 1) * il];
@@ -499,6 +530,51 @@ fn forward_line_dm1_small(
             yo[cb..cb + B].copy_from_slice(&acc);
         }
     });
+}
+
+/// Output columns computed together by [`interior_3x3`].
+const PIXELS: usize = 4;
+
+/// Columns `ox_lo ..` of a 3x3 depthwise line whose taps all lie in the
+/// image (`ox_lo .. ox_hi`, and all three input lines `xls` present), for
+/// channel block `cb .. cb + B`, [`PIXELS`] at a time: their accumulators
+/// are independent, so the adds of one pixel's nine taps no longer wait on
+/// each other (one pixel at a time, the line was bound by the add latency),
+/// and the nine taps stay in registers. Each output adds its taps in `(ky,
+/// kx)` order onto a zeroed accumulator, as the per-pixel loop does: the
+/// same bits. Returns how many columns it wrote (a multiple of
+/// [`PIXELS`]; the rest are left to the caller).
+#[inline(always)]
+fn interior_3x3<const B: usize>(
+    s: &DepthwiseConv2dShape,
+    xls: [&[f32]; 3],
+    taps: &[[f32; B]; SMALL_TAPS],
+    cb: usize,
+    ox_lo: usize,
+    ox_hi: usize,
+    yl: &mut [f32],
+) -> usize {
+    let c = s.channels;
+    let (sw, dw) = (s.stride_w, s.dilation_w);
+    let groups = ox_hi.saturating_sub(ox_lo) / PIXELS;
+    for g in 0..groups {
+        let ox0 = ox_lo + g * PIXELS;
+        let mut acc = [[0.0f32; B]; PIXELS];
+        for (ky, xl) in xls.iter().enumerate() {
+            for kx in 0..3 {
+                let tap = &taps[ky * 3 + kx];
+                for (p, a) in acc.iter_mut().enumerate() {
+                    let ix = (ox0 + p) * sw + kx * dw - s.pad_left;
+                    fma_block::<B>(a, &xl[ix * c + cb..], tap);
+                }
+            }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            let o = (ox0 + p) * c + cb;
+            yl[o..o + B].copy_from_slice(a);
+        }
+    }
+    groups * PIXELS
 }
 
 #[inline(always)]
