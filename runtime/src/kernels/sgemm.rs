@@ -18,6 +18,7 @@
 //!   with few rows, read in place (packing would cost more than the product);
 //! - `a` is read in place when its rows are contiguous (im2col buffers,
 //!   activations) and copied panel by panel otherwise (transposed views);
+//! - the micro-kernel prefetches `b` [`PF_B`] depth steps ahead;
 //! - loops, outermost first: column blocks of [`NC_PANELS`] panels, row blocks
 //!   of [`MC`] rows, depth blocks, then either column panels over row panels
 //!   (one `b` panel stays in L1 while the `a` panels stream from L2: long
@@ -36,6 +37,16 @@
 use super::gemm::{EpilogueActivation, MatRef};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+
+/// Depth steps of `b` the micro-kernel fetches ahead (`prefetcht0`, one
+/// per 64-byte line). A batch-1 layer's weights are read once per pass,
+/// from memory rather than cache, and the hardware prefetcher alone left
+/// the kernel waiting on them: ResNet-50's 7x7 stage at batch 1 ran at
+/// about 85 GFLOP/s (e.g. conv5_block3_2, 2.6 ms), 115 with this (2.1
+/// ms). ResNet-50 batch 1 on 1 thread: 58-59 -> 52-53 ms; Fashion-MNIST
+/// CNN inference at batch 256: +8%; its training: +2-4%. 16 and 32 steps
+/// measured alike.
+const PF_B: usize = 32;
 
 /// Rows of `a` (and `c`) per micro-kernel tile.
 pub const MR: usize = 14;
@@ -298,6 +309,12 @@ unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: 
     let mut acc = [[zero; 2]; MR];
     let (mut a, mut b) = (t.a, t.b);
     for _ in 0..t.kb {
+        // Fetch `b` ahead (packed panels are contiguous, so past a panel's
+        // end this fetches the next panel; a prefetch never faults).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF_B * t.ldb) as *const i8);
+        if NV == 2 {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF_B * t.ldb + 16) as *const i8);
+        }
         let b0 = _mm512_loadu_ps(b);
         let b1 = if NV == 2 {
             _mm512_loadu_ps(b.add(16))
