@@ -940,11 +940,13 @@ pub fn kernel_gradient(s: &Conv2dShape, x: &[f32], dz: &[f32], dk: &mut [f32]) {
     });
 }
 
-/// `dk = G^T dU G` per (channel, filter) pair: `du` `[16, plane]` (`xi = 4
-/// * row + col`), `dk` `[3, 3, plane]` (HWIO with `plane = in_channels *
-/// filters`). With `G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2,
-/// 1/2, 1]]`, a row or column `(e0, e1, e2, e3)` maps to `(e0 + (e1 + e2) /
-/// 2, (e1 - e2) / 2, (e1 + e2) / 2 + e3)`.
+/// `dk = G^T dU G` per (channel, filter) pair: `du` `[16, plane]`
+/// (`xi = 4 row + col`), `dk` `[3, 3, plane]` (HWIO with
+/// `plane = in_channels * filters`).
+///
+/// With `G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]`, a
+/// row or column `(e0, e1, e2, e3)` maps to
+/// `(e0 + (e1 + e2) / 2, (e1 - e2) / 2, (e1 + e2) / 2 + e3)`.
 fn kernel_gradient_back_transform(du: &[f32], plane: usize, dk: &mut [f32]) {
     let gt = |e: [f32; 4]| {
         [
