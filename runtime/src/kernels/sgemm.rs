@@ -82,6 +82,8 @@ thread_local! {
     /// Storage of dropped [`PackedB`]s, reused by the next [`pack_b`] on this
     /// thread (a conv kernel is packed once per layer per pass).
     static PACKED_POOL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The packed matrices of [`with_packed`], reused from call to call.
+    static PACKED_SET: RefCell<Vec<PackedB>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether the AVX-512 path can run on this CPU.
@@ -171,6 +173,47 @@ pub fn pack_b(b: MatRef<'_>) -> PackedB {
         k: b.rows,
         n: b.cols,
     }
+}
+
+/// Runs `f` with the `count` matrices `b(0) .. b(count - 1)` packed as by
+/// [`pack_b`], in this thread's storage reused from call to call (no
+/// allocation once warm; fresh storage if the thread's set is already in
+/// use further up the stack). For products that share right-hand sides
+/// across many tasks (the 16 Winograd matrices of a layer): each is packed
+/// once per call rather than once per task.
+pub fn with_packed<'a, R>(
+    count: usize,
+    b: impl Fn(usize) -> MatRef<'a>,
+    f: impl FnOnce(&[PackedB]) -> R,
+) -> R {
+    let mut set = PACKED_SET
+        .try_with(|cell| {
+            cell.try_borrow_mut()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    while set.len() < count {
+        set.push(PackedB {
+            data: Vec::new(),
+            k: 0,
+            n: 0,
+        });
+    }
+    for (i, pb) in set.iter_mut().take(count).enumerate() {
+        let m = b(i);
+        pack_b_into(m, &mut pb.data);
+        (pb.k, pb.n) = (m.rows, m.cols);
+    }
+    let r = f(&set[..count]);
+    let _ = PACKED_SET.try_with(|cell| {
+        if let Ok(mut v) = cell.try_borrow_mut() {
+            if v.is_empty() {
+                *v = set;
+            }
+        }
+    });
+    r
 }
 
 fn pack_b_into(b: MatRef<'_>, out: &mut Vec<f32>) {
