@@ -206,14 +206,7 @@ fn a_conv_relu_chain_needs_two_gradient_buffers() {
     // writes its input's gradient into the other slot and frees its own;
     // the first conv writes nothing. So 2 slots of 192 values, against 12
     // buffers of 192 without reuse.
-    let mut d = Dag::new();
-    let mut x = d.input(&[8, 8, 3]);
-    for _ in 0..6 {
-        let y = d.conv(x, 3, 3, true, false);
-        x = d.act(y, Activation::Relu);
-    }
-    d.outputs(&[x]);
-    let g = d.build();
+    let g = conv_relu_chain(6);
     let needs = needs_gradient(&g);
     assert_eq!(needs.iter().filter(|&&n| n).count(), 12);
     let plan = plan_training_gradients(&g);

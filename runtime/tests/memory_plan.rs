@@ -10,7 +10,7 @@ use cnnc_compiler::graph::memory::{plan_inference, Placement};
 use cnnc_compiler::graph::{Graph, Op};
 use cnnc_compiler::model::Activation;
 use cnnc_runtime::executor::{ExecError, Executor, Mode};
-use graph_support::{params_for, tensor, Dag};
+use graph_support::{conv_relu_chain, params_for, tensor, Dag};
 
 /// A DAG whose plan uses every in-place kernel: bias add, batch norm,
 /// activations, a three-input add overwriting its second input, a multiply,
@@ -116,14 +116,7 @@ fn only_outputs_are_kept_and_training_is_refused() {
 fn a_chain_reuses_two_buffers() {
     // conv -> relu -> conv -> relu -> ... : the plan needs two slots (plus
     // the input's), however long the chain.
-    let mut d = Dag::new();
-    let mut x = d.input(&[8, 8, 3]);
-    for _ in 0..6 {
-        let y = d.conv(x, 3, 3, true, false);
-        x = d.act(y, Activation::Relu);
-    }
-    d.outputs(&[x]);
-    let g = d.build();
+    let g = conv_relu_chain(6);
     let params = params_for(&g, 8);
     let input = tensor(&[2, 8, 8, 3], 9);
     let mut planned = Executor::for_inference(g.clone());

@@ -155,18 +155,23 @@ fn n_panels(n: usize) -> usize {
     n.div_ceil(NR)
 }
 
+/// Takes this thread's value out of `key` (the default when the thread's
+/// value is in use further up the stack or already destroyed).
+fn take_local<T: Default>(key: &'static std::thread::LocalKey<RefCell<T>>) -> T {
+    key.try_with(|cell| {
+        cell.try_borrow_mut()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
 /// Packs `b` into its depth blocks; within a block starting at `p0` (length
 /// `kb`), panel `jp` starts at `p0 * n_pad + jp * kb * NR` and holds
 /// `b[p0 + p, jp * NR + c]` at `p * NR + c` (zero beyond `n`), where
 /// `n_pad = ceil(n / NR) * NR`.
 pub fn pack_b(b: MatRef<'_>) -> PackedB {
-    let mut data = PACKED_POOL
-        .try_with(|p| {
-            p.try_borrow_mut()
-                .map(|mut v| std::mem::take(&mut *v))
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+    let mut data = take_local(&PACKED_POOL);
     pack_b_into(b, &mut data);
     PackedB {
         data,
@@ -186,13 +191,7 @@ pub fn with_packed<'a, R>(
     b: impl Fn(usize) -> MatRef<'a>,
     f: impl FnOnce(&[PackedB]) -> R,
 ) -> R {
-    let mut set = PACKED_SET
-        .try_with(|cell| {
-            cell.try_borrow_mut()
-                .map(|mut v| std::mem::take(&mut *v))
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+    let mut set = take_local(&PACKED_SET);
     while set.len() < count {
         set.push(PackedB {
             data: Vec::new(),

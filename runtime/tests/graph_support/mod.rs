@@ -241,6 +241,20 @@ impl Dag {
     }
 }
 
+/// `input [8, 8, 3]` -> `layers` x (conv 3x3 `same`, 3 filters, no bias ->
+/// relu), the last relu the output: nodes 1 ..= 2 * layers of 192 values
+/// each.
+pub fn conv_relu_chain(layers: usize) -> Graph {
+    let mut d = Dag::new();
+    let mut x = d.input(&[8, 8, 3]);
+    for _ in 0..layers {
+        let y = d.conv(x, 3, 3, true, false);
+        x = d.act(y, Activation::Relu);
+    }
+    d.outputs(&[x]);
+    d.build()
+}
+
 /// `ParamStore::init` values, then: trainable vectors (biases, gamma, beta)
 /// random in `[-0.5, 0.5)` (gamma around 1), moving means random and moving
 /// variances in `[0.5, 1.5)`, so every code path sees non-trivial values.

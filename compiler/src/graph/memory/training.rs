@@ -413,6 +413,24 @@ mod tests {
     };
 
     /// Every node but the input needs a gradient.
+    /// 0 input [1, 1, 4] -> 1 pad -> 2 pad -> 3 pad -> 4 add(1, 3), the
+    /// output, or with `relu` -> 5 relu, the output.
+    fn residual(relu: bool) -> Graph {
+        let s = [1, 1, 4];
+        let mut nodes = vec![
+            node(Op::Input, &[], &s),
+            node(pad(), &[0], &s),
+            node(pad(), &[1], &s),
+            node(pad(), &[2], &s),
+            node(Op::Add, &[1, 3], &s),
+        ];
+        if relu {
+            nodes.push(node(RELU, &[4], &s));
+        }
+        let output = nodes.len() - 1;
+        graph(nodes, output)
+    }
+
     fn all_but_input(n: usize) -> Vec<bool> {
         (0..n).map(|i| i != 0).collect()
     }
@@ -482,18 +500,7 @@ mod tests {
         // d4 [4, 5] (born in place by the relu), d3 [3, 4], d1 [1, 4] (its
         // latest reader is the add; step 2 adds into it), d2 [2, 3].
         // At step 4, d4, d1 and d3 are alive together: three slots of 4.
-        let s = [1, 1, 4];
-        let g = graph(
-            vec![
-                node(Op::Input, &[], &s),
-                node(pad(), &[0], &s),
-                node(pad(), &[1], &s),
-                node(pad(), &[2], &s),
-                node(Op::Add, &[1, 3], &s),
-                node(RELU, &[4], &s),
-            ],
-            5,
-        );
+        let g = residual(true);
         let needs = all_but_input(6);
         let seeds = [NodeId(5)];
         let plan = plan_gradients(&g, &seeds, &needs);
@@ -540,17 +547,7 @@ mod tests {
 
     #[test]
     fn validate_catches_shared_live_gradients() {
-        let s = [1, 1, 4];
-        let g = graph(
-            vec![
-                node(Op::Input, &[], &s),
-                node(pad(), &[0], &s),
-                node(pad(), &[1], &s),
-                node(pad(), &[2], &s),
-                node(Op::Add, &[1, 3], &s),
-            ],
-            4,
-        );
+        let g = residual(false);
         let needs = all_but_input(5);
         let seeds = [NodeId(4)];
         let mut plan = plan_gradients(&g, &seeds, &needs);
