@@ -44,6 +44,16 @@ mod conv_family_depthwise {
             // blocks of 32, 8 and 1 (45 = 32 + 8 + 5), stride 2 and dilation 2.
             (2, 12, 17, 45, 1, [3, 3], [2, 2], [1, 1], true),
             (1, 13, 19, 45, 1, [3, 3], [1, 1], [2, 2], true),
+            // More than one 128-channel chunk (300 = 2 x 128 + 32 + 8 + 4):
+            // edge columns in 128-wide blocks, interior groups of four and
+            // a leftover interior column (19 wide), 2- and 3-row lines.
+            (1, 7, 19, 300, 1, [3, 3], [1, 1], [1, 1], true),
+            // Kernel widths 1 and 2 (unrolled taps) and 5 (generic taps),
+            // with uneven `same` padding.
+            (2, 6, 13, 40, 1, [3, 1], [1, 1], [1, 1], true),
+            (1, 7, 14, 41, 1, [2, 2], [1, 1], [1, 1], true),
+            (1, 5, 15, 33, 1, [1, 5], [1, 1], [1, 1], true),
+            (1, 6, 16, 9, 1, [1, 3], [1, 2], [1, 1], false),
             // Wider than the register-blocked input-gradient path handles (16 taps).
             (1, 3, 20, 2, 1, [1, 17], [1, 1], [1, 1], true),
         ]

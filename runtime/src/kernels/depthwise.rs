@@ -11,9 +11,12 @@
 //! (taps outside the image read zero). The kernel slice of one tap,
 //! `kernel[ky, kx, ..]`, is laid out exactly like an output pixel
 //! (`c*dm + m`), so every inner loop runs along the channel axis and
-//! vectorizes. The inner loops are compiled three times (baseline, AVX2,
-//! AVX-512) and chosen at run time; none of them reorders a sum (there is no
-//! reduction along the vectorized axis), so all three give identical results.
+//! vectorizes. The inner loops are compiled three times (baseline, AVX2 with
+//! FMA, AVX-512) and chosen at run time. None of them reorders a sum (there
+//! is no reduction along the vectorized axis); the AVX2 and AVX-512 builds
+//! fuse each multiply-add of the `depth_multiplier = 1` paths (`vfmadd`, one
+//! rounding, as the GEMM does) and so agree with each other bit for bit, while
+//! the baseline build rounds the product and the sum separately.
 //!
 //! Forward: parallel over fixed chunks of output lines `(n, oy)`; the bias and
 //! activation epilogue is applied to each line while it is in cache.
@@ -179,10 +182,10 @@ enum Isa {
 fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
             return Isa::Avx512;
         }
-        if is_x86_feature_detected!("avx2") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return Isa::Avx2;
         }
     }
@@ -195,17 +198,17 @@ macro_rules! multiversion {
     ($name:ident => $generic:ident ($($arg:ident: $ty:ty),*)) => {
         fn $name(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = "avx2,fma")]
             fn avx2($($arg: $ty),*) {
-                $generic($($arg),*)
+                $generic::<true>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
+            #[target_feature(enable = "avx512f,fma")]
             fn avx512($($arg: $ty),*) {
-                $generic($($arg),*)
+                $generic::<true>($($arg),*)
             }
             match isa {
-                Isa::Base => $generic($($arg),*),
+                Isa::Base => $generic::<false>($($arg),*),
                 // SAFETY: the features were detected at run time by `isa()`.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2($($arg),*) },
@@ -316,22 +319,30 @@ fn valid_range(
 /// changes the order in which a value's terms are added.
 const CB: usize = 32;
 
-/// `acc += a ⊙ b` on fixed-size blocks (kept in registers by the compiler).
+/// `acc += a ⊙ b` on fixed-size blocks (kept in registers by the compiler),
+/// fused (one rounding: `vfmadd`) when `F`.
 #[inline(always)]
-fn fma_block<const B: usize>(acc: &mut [f32; B], a: &[f32], b: &[f32]) {
+fn mac_block<const B: usize, const F: bool>(acc: &mut [f32; B], a: &[f32], b: &[f32]) {
     let a: &[f32; B] = a[..B].try_into().expect("block length");
     let b: &[f32; B] = b[..B].try_into().expect("block length");
     for i in 0..B {
-        acc[i] += a[i] * b[i];
+        if F {
+            acc[i] = a[i].mul_add(b[i], acc[i]);
+        } else {
+            acc[i] += a[i] * b[i];
+        }
     }
 }
 
-/// Runs `f::<B>(cb)` over the channel blocks of `0..c`: blocks of [`CB`],
-/// then 8, then single channels.
+/// Runs `f::<B>(cb)` over the channel blocks of `0..c` (or `c0..c`): blocks
+/// of [`CB`], then 8, then single channels.
 macro_rules! channel_blocks {
-    ($c:expr, |$cb:ident, $b:ident| $body:expr) => {{
+    ($c:expr, |$cb:ident, $b:ident| $body:expr) => {
+        channel_blocks!(0, $c, |$cb, $b| $body)
+    };
+    ($c0:expr, $c:expr, |$cb:ident, $b:ident| $body:expr) => {{
         let c = $c;
-        let mut $cb = 0;
+        let mut $cb = $c0;
         while $cb + CB <= c {
             const $b: usize = CB;
             $body;
@@ -354,7 +365,7 @@ macro_rules! channel_blocks {
 /// channel block, all taps accumulate in registers (taps in `(ky, kx)`
 /// order, the same order as the general path).
 #[inline(always)]
-fn forward_line_dm1(
+fn forward_line_dm1<const F: bool>(
     s: &DepthwiseConv2dShape,
     img: &[f32],
     kernel: &[f32],
@@ -374,7 +385,7 @@ fn forward_line_dm1(
                 for kx in k0..k1 {
                     let ix = ox * s.stride_w + kx * s.dilation_w - s.pad_left;
                     let k = (ky * kw + kx) * c + cb;
-                    fma_block::<B>(&mut acc, &xl[ix * c + cb..], &kernel[k..]);
+                    mac_block::<B, F>(&mut acc, &xl[ix * c + cb..], &kernel[k..]);
                 }
             }
             yo[cb..cb + B].copy_from_slice(&acc);
@@ -386,7 +397,13 @@ fn forward_line_dm1(
 /// sum over the line's output pixels accumulates in registers (pixels in
 /// order, added onto the partial as in the general path).
 #[inline(always)]
-fn dk_line_dm1(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk: &mut [f32]) {
+fn dk_line_dm1<const F: bool>(
+    s: &DepthwiseConv2dShape,
+    img: &[f32],
+    dzl: &[f32],
+    oy: usize,
+    dk: &mut [f32],
+) {
     let (c, kw, il) = (s.channels, s.kernel_w, s.in_line());
     for ky in 0..s.kernel_h {
         let Some(iy) = s.input_row(oy, ky) else {
@@ -400,7 +417,7 @@ fn dk_line_dm1(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk
                 let mut acc: [f32; B] = dkt[cb..cb + B].try_into().expect("block length");
                 for ox in o0..o1 {
                     let ix = ox * s.stride_w + kx * s.dilation_w - s.pad_left;
-                    fma_block::<B>(&mut acc, &dzl[ox * c + cb..], &xl[ix * c + cb..]);
+                    mac_block::<B, F>(&mut acc, &dzl[ox * c + cb..], &xl[ix * c + cb..]);
                 }
                 dkt[cb..cb + B].copy_from_slice(&acc);
             });
@@ -416,7 +433,7 @@ const MAX_DX_TAPS: usize = 16;
 /// pixel and channel block, gathers every `(ky, kx)` tap that reads it
 /// (in that order) in registers.
 #[inline(always)]
-fn dx_line_dm1(
+fn dx_line_dm1<const F: bool>(
     s: &DepthwiseConv2dShape,
     dz: &[f32],
     kernel: &[f32],
@@ -452,7 +469,7 @@ fn dx_line_dm1(
                 let dzl = &dz[l * ol..(l + 1) * ol];
                 for &(kx, ox) in &taps[..nt] {
                     let k = (ky * kw + kx) * c + cb;
-                    fma_block::<B>(&mut acc, &dzl[ox * c + cb..], &kernel[k..]);
+                    mac_block::<B, F>(&mut acc, &dzl[ox * c + cb..], &kernel[k..]);
                 }
             }
             dxp[cb..cb + B].copy_from_slice(&acc);
@@ -460,17 +477,143 @@ fn dx_line_dm1(
     }
 }
 
-/// Most taps of a kernel whose taps [`forward_line_dm1_small`] holds in
-/// registers (3x3).
+/// Most taps of a kernel the small-kernel path handles (3x3).
 const SMALL_TAPS: usize = 9;
 
-/// [`forward_line_dm1`] for kernels of at most [`SMALL_TAPS`] taps, with the
-/// loops turned around: per channel block, the block's kernel taps are read
-/// once for the whole line (kept in registers) instead of once per output
-/// pixel, halving the loads of the inner loop. Each output still adds its
-/// taps in `(ky, kx)` order onto a zeroed accumulator: the same bits.
+/// Output columns computed together by [`pixels_dm1`].
+const PIXELS: usize = 4;
+
+/// Output columns `ox0 .. ox0 + P` of one line, channel block `cb .. cb + B`,
+/// for `depth_multiplier = 1`: every column adds the taps `(ky, kx)` for
+/// `ky` in `rows` (the kernel rows whose input line lies in the image, in
+/// order) and `kx` in `k0 .. k1`, in `(ky, kx)` order onto a zeroed
+/// accumulator (the same order, so the same bits, as [`forward_line_any`]).
+/// The `P` accumulators are independent, so the adds of one column no
+/// longer wait on each other.
 #[inline(always)]
-fn forward_line_dm1_small(
+#[allow(clippy::too_many_arguments)]
+fn pixels_dm1<const B: usize, const P: usize, const F: bool>(
+    s: &DepthwiseConv2dShape,
+    rows: &[(usize, &[f32])],
+    kernel: &[f32],
+    cb: usize,
+    ox0: usize,
+    (k0, k1): (usize, usize),
+    yl: &mut [f32],
+) {
+    let (c, kw, sw, dw) = (s.channels, s.kernel_w, s.stride_w, s.dilation_w);
+    let mut acc = [[0.0f32; B]; P];
+    for &(ky, xl) in rows {
+        for kx in k0..k1 {
+            let tap = &kernel[(ky * kw + kx) * c + cb..];
+            for (p, a) in acc.iter_mut().enumerate() {
+                let ix = (ox0 + p) * sw + kx * dw - s.pad_left;
+                mac_block::<B, F>(a, &xl[ix * c + cb..], tap);
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        let o = (ox0 + p) * c + cb;
+        yl[o..o + B].copy_from_slice(a);
+    }
+}
+
+/// [`pixels_dm1`] for the `K` taps `k0 .. k0 + K` of each kernel row, with
+/// the tap loops unrolled and the addresses computed by pointer steps. The
+/// bounds are checked once per kernel row, not per load (per load they
+/// cost more than the arithmetic).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pixels_taps<const B: usize, const P: usize, const K: usize, const F: bool>(
+    s: &DepthwiseConv2dShape,
+    rows: &[(usize, &[f32])],
+    kernel: &[f32],
+    cb: usize,
+    ox0: usize,
+    k0: usize,
+    yl: &mut [f32],
+) {
+    let (c, kw, sw, dw) = (s.channels, s.kernel_w, s.stride_w, s.dilation_w);
+    // The caller picks columns whose taps k0 .. k0 + K all lie in the image.
+    let ix0 = ox0 * sw + k0 * dw - s.pad_left;
+    let last_x = ((P - 1) * sw + (K - 1) * dw + ix0) * c + cb + B;
+    let mut acc = [[0.0f32; B]; P];
+    for &(ky, xl) in rows {
+        let kt = (ky * kw + k0) * c + cb;
+        assert!(last_x <= xl.len() && kt + (K - 1) * c + B <= kernel.len());
+        // SAFETY: every offset below is at most `last_x - B` into `xl` and
+        // `kt + (K - 1) * c` into `kernel`, checked above.
+        unsafe {
+            let xp = xl.as_ptr().add(ix0 * c + cb);
+            let kp = kernel.as_ptr().add(kt);
+            for kx in 0..K {
+                let tap = std::slice::from_raw_parts(kp.add(kx * c), B);
+                for (p, a) in acc.iter_mut().enumerate() {
+                    let xv = std::slice::from_raw_parts(xp.add((p * sw + kx * dw) * c), B);
+                    mac_block::<B, F>(a, xv, tap);
+                }
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        let o = (ox0 + p) * c + cb;
+        yl[o..o + B].copy_from_slice(a);
+    }
+}
+
+/// Channels per task chunk of [`forward_line_dm1_small`]: its three input
+/// lines (at most 128 channels × the line width) stay in L1 while every
+/// column of the chunk is computed.
+const CHUNK: usize = 128;
+
+/// One output column `ox` (taps `k0 .. k1` of each kernel row inside the
+/// image) over channels `c0 .. c1`. A single column's accumulators form one
+/// dependent chain per vector, so the widest block (128 channels, eight
+/// independent vectors) comes first.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn column_dm1<const F: bool>(
+    s: &DepthwiseConv2dShape,
+    rows: &[(usize, &[f32])],
+    kernel: &[f32],
+    (c0, c1): (usize, usize),
+    ox: usize,
+    (k0, k1): (usize, usize),
+    yl: &mut [f32],
+) {
+    macro_rules! taps {
+        ($k:literal) => {{
+            let mut cb = c0;
+            while cb + CHUNK <= c1 {
+                pixels_taps::<CHUNK, 1, $k, F>(s, rows, kernel, cb, ox, k0, yl);
+                cb += CHUNK;
+            }
+            channel_blocks!(cb, c1, |cb, B| {
+                pixels_taps::<B, 1, $k, F>(s, rows, kernel, cb, ox, k0, yl)
+            });
+        }};
+    }
+    match k1 - k0 {
+        0 => channel_blocks!(c0, c1, |cb, B| {
+            pixels_dm1::<B, 1, F>(s, rows, kernel, cb, ox, (k0, k1), yl)
+        }),
+        1 => taps!(1),
+        2 => taps!(2),
+        3 => taps!(3),
+        _ => channel_blocks!(c0, c1, |cb, B| {
+            pixels_dm1::<B, 1, F>(s, rows, kernel, cb, ox, (k0, k1), yl)
+        }),
+    }
+}
+
+/// [`forward_line_dm1`] for kernels of at most [`SMALL_TAPS`] taps, in
+/// chunks of [`CHUNK`] channels with the channel blocks innermost: the
+/// interior columns (all taps inside the image) [`PIXELS`] at a time, the
+/// others one at a time. The column geometry is worked out once per line
+/// (no division per column). Each output adds its taps in `(ky, kx)` order
+/// onto a zeroed accumulator, as [`forward_line_dm1`] does.
+#[inline(always)]
+fn forward_line_dm1_small<const F: bool>(
     s: &DepthwiseConv2dShape,
     img: &[f32],
     kernel: &[f32],
@@ -478,107 +621,62 @@ fn forward_line_dm1_small(
     yl: &mut [f32],
 ) {
     let (c, kh, kw, il) = (s.channels, s.kernel_h, s.kernel_w, s.in_line());
-    // Once per line, not per channel block: the input line of each kernel
-    // row, and the output columns whose taps all lie inside the image (the
-    // others get their tap range from `valid_range`, which divides).
-    let mut rows = [None; SMALL_TAPS];
-    for (ky, r) in rows.iter_mut().enumerate().take(kh) {
-        *r = s.input_row(oy, ky);
-    }
-    let all =
-        |ox: usize| valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw) == (0, kw);
-    let ox_lo = (0..s.out_w).find(|&ox| all(ox)).unwrap_or(s.out_w);
-    let ox_hi = (ox_lo..s.out_w)
-        .rev()
-        .find(|&ox| all(ox))
-        .map_or(ox_lo, |ox| ox + 1);
-    channel_blocks!(c, |cb, B| {
-        let mut taps = [[0.0f32; B]; SMALL_TAPS];
-        for (t, tap) in taps.iter_mut().enumerate().take(kh * kw) {
-            tap.copy_from_slice(&kernel[t * c + cb..t * c + cb + B]);
-        }
-        // A 3x3 line with all three input rows: the interior columns four
-        // at a time (see `interior_3x3`); the loop below skips them.
-        let (skip_lo, skip_hi) = match (kh, kw, rows[0], rows[1], rows[2]) {
-            (3, 3, Some(r0), Some(r1), Some(r2)) => {
-                let xls = [r0, r1, r2].map(|iy| &img[iy * il..(iy + 1) * il]);
-                let done = interior_3x3::<B>(s, xls, &taps, cb, ox_lo, ox_hi, yl);
-                (ox_lo, ox_lo + done)
-            }
-            _ => (0, 0),
-        };
-        for (ox, yo) in yl.chunks_exact_mut(c).enumerate() {
-            if (skip_lo..skip_hi).contains(&ox) {
-                continue;
-            }
-            let (k0, k1) = if (ox_lo..ox_hi).contains(&ox) {
-                (0, kw)
-            } else {
-                valid_range(s.in_w, s.dilation_w, ox * s.stride_w, s.pad_left, kw)
-            };
-            let mut acc = [0.0f32; B];
-            for (ky, iy) in rows.iter().enumerate().take(kh) {
-                let Some(iy) = *iy else {
-                    continue;
-                };
-                let xl = &img[iy * il..(iy + 1) * il];
-                for kx in k0..k1 {
-                    let ix = ox * s.stride_w + kx * s.dilation_w - s.pad_left;
-                    fma_block::<B>(&mut acc, &xl[ix * c + cb..], &taps[ky * kw + kx]);
-                }
-            }
-            yo[cb..cb + B].copy_from_slice(&acc);
-        }
-    });
-}
-
-/// Output columns computed together by [`interior_3x3`].
-const PIXELS: usize = 4;
-
-/// Columns `ox_lo ..` of a 3x3 depthwise line whose taps all lie in the
-/// image (`ox_lo .. ox_hi`, and all three input lines `xls` present), for
-/// channel block `cb .. cb + B`, [`PIXELS`] at a time: their accumulators
-/// are independent, so the adds of one pixel's nine taps no longer wait on
-/// each other (one pixel at a time, the line was bound by the add latency),
-/// and the nine taps stay in registers. Each output adds its taps in `(ky,
-/// kx)` order onto a zeroed accumulator, as the per-pixel loop does: the
-/// same bits. Returns how many columns it wrote (a multiple of
-/// [`PIXELS`]; the rest are left to the caller).
-#[inline(always)]
-fn interior_3x3<const B: usize>(
-    s: &DepthwiseConv2dShape,
-    xls: [&[f32]; 3],
-    taps: &[[f32; B]; SMALL_TAPS],
-    cb: usize,
-    ox_lo: usize,
-    ox_hi: usize,
-    yl: &mut [f32],
-) -> usize {
-    let c = s.channels;
-    let (sw, dw) = (s.stride_w, s.dilation_w);
-    let groups = ox_hi.saturating_sub(ox_lo) / PIXELS;
-    for g in 0..groups {
-        let ox0 = ox_lo + g * PIXELS;
-        let mut acc = [[0.0f32; B]; PIXELS];
-        for (ky, xl) in xls.iter().enumerate() {
-            for kx in 0..3 {
-                let tap = &taps[ky * 3 + kx];
-                for (p, a) in acc.iter_mut().enumerate() {
-                    let ix = (ox0 + p) * sw + kx * dw - s.pad_left;
-                    fma_block::<B>(a, &xl[ix * c + cb..], tap);
-                }
-            }
-        }
-        for (p, a) in acc.iter().enumerate() {
-            let o = (ox0 + p) * c + cb;
-            yl[o..o + B].copy_from_slice(a);
+    let mut rows: [(usize, &[f32]); SMALL_TAPS] = [(0, &[]); SMALL_TAPS];
+    let mut nr = 0;
+    for ky in 0..kh {
+        if let Some(iy) = s.input_row(oy, ky) {
+            rows[nr] = (ky, &img[iy * il..(iy + 1) * il]);
+            nr += 1;
         }
     }
-    groups * PIXELS
+    let rows = &rows[..nr];
+    // Interior columns lo .. hi: ox * sw >= pad_left and
+    // ox * sw + (kw - 1) * dw - pad_left < in_w.
+    let (sw, span) = (s.stride_w, (kw - 1) * s.dilation_w);
+    let lo = s.pad_left.div_ceil(sw).min(s.out_w);
+    let hi = if s.in_w + s.pad_left > span {
+        ((s.in_w + s.pad_left - span - 1) / sw + 1).min(s.out_w)
+    } else {
+        0
+    }
+    .max(lo);
+    let edge = |ox: usize| valid_range(s.in_w, s.dilation_w, ox * sw, s.pad_left, kw);
+    let groups = (hi - lo) / PIXELS;
+    let mut c0 = 0;
+    while c0 < c {
+        let cs = (c0, (c0 + CHUNK).min(c));
+        for ox in 0..lo {
+            column_dm1::<F>(s, rows, kernel, cs, ox, edge(ox), yl);
+        }
+        for g in 0..groups {
+            let ox = lo + g * PIXELS;
+            match kw {
+                1 => channel_blocks!(cs.0, cs.1, |cb, B| {
+                    pixels_taps::<B, PIXELS, 1, F>(s, rows, kernel, cb, ox, 0, yl)
+                }),
+                2 => channel_blocks!(cs.0, cs.1, |cb, B| {
+                    pixels_taps::<B, PIXELS, 2, F>(s, rows, kernel, cb, ox, 0, yl)
+                }),
+                3 => channel_blocks!(cs.0, cs.1, |cb, B| {
+                    pixels_taps::<B, PIXELS, 3, F>(s, rows, kernel, cb, ox, 0, yl)
+                }),
+                _ => channel_blocks!(cs.0, cs.1, |cb, B| {
+                    pixels_dm1::<B, PIXELS, F>(s, rows, kernel, cb, ox, (0, kw), yl)
+                }),
+            }
+        }
+        for ox in lo + groups * PIXELS..hi {
+            column_dm1::<F>(s, rows, kernel, cs, ox, (0, kw), yl);
+        }
+        for ox in hi..s.out_w {
+            column_dm1::<F>(s, rows, kernel, cs, ox, edge(ox), yl);
+        }
+        c0 = cs.1;
+    }
 }
 
 #[inline(always)]
-fn forward_line_generic(
+fn forward_line_generic<const F: bool>(
     s: &DepthwiseConv2dShape,
     img: &[f32],
     kernel: &[f32],
@@ -586,25 +684,31 @@ fn forward_line_generic(
     yl: &mut [f32],
 ) {
     if s.depth_multiplier == 1 && s.kernel_h * s.kernel_w <= SMALL_TAPS {
-        forward_line_dm1_small(s, img, kernel, oy, yl)
+        forward_line_dm1_small::<F>(s, img, kernel, oy, yl)
     } else if s.depth_multiplier == 1 {
-        forward_line_dm1(s, img, kernel, oy, yl)
+        forward_line_dm1::<F>(s, img, kernel, oy, yl)
     } else {
         forward_line_any(s, img, kernel, oy, yl)
     }
 }
 
 #[inline(always)]
-fn dk_line_generic(s: &DepthwiseConv2dShape, img: &[f32], dzl: &[f32], oy: usize, dk: &mut [f32]) {
+fn dk_line_generic<const F: bool>(
+    s: &DepthwiseConv2dShape,
+    img: &[f32],
+    dzl: &[f32],
+    oy: usize,
+    dk: &mut [f32],
+) {
     if s.depth_multiplier == 1 {
-        dk_line_dm1(s, img, dzl, oy, dk)
+        dk_line_dm1::<F>(s, img, dzl, oy, dk)
     } else {
         dk_line_any(s, img, dzl, oy, dk)
     }
 }
 
 #[inline(always)]
-fn dx_line_generic(
+fn dx_line_generic<const F: bool>(
     s: &DepthwiseConv2dShape,
     dz: &[f32],
     kernel: &[f32],
@@ -613,7 +717,7 @@ fn dx_line_generic(
     dxl: &mut [f32],
 ) {
     if s.depth_multiplier == 1 && s.kernel_w <= MAX_DX_TAPS {
-        dx_line_dm1(s, dz, kernel, n, iy, dxl)
+        dx_line_dm1::<F>(s, dz, kernel, n, iy, dxl)
     } else {
         dx_line_any(s, dz, kernel, n, iy, dxl)
     }
