@@ -71,6 +71,7 @@
 //! Keras). In [`Mode::Inference`], and always for a frozen batch norm, the
 //! moving statistics are used and nothing is updated.
 
+use crate::buffer::AlignedBuf;
 use crate::kernels::batch_norm::update_moving;
 use crate::kernels::conv_transpose::{
     conv2d_transpose_backward, conv2d_transpose_forward, Conv2dTransposeShape,
@@ -1088,9 +1089,9 @@ struct State {
     last: Option<Mode>,
     /// Activation buffers: one per node ([`Executor::new`]), or one per
     /// memory-plan slot ([`Executor::for_inference`]).
-    values: Vec<Vec<f32>>,
+    values: Vec<AlignedBuf>,
     /// Activation-gradient buffers, one per gradient slot (`Plan::grad_slot`).
-    grads: Vec<Vec<f32>>,
+    grads: Vec<AlignedBuf>,
     /// Per node (not per slot): whether the node's gradient was written in
     /// this backward pass (the first write copies, later ones add).
     grad_ready: Vec<bool>,
@@ -1098,9 +1099,9 @@ struct State {
     masks: Vec<Vec<f32>>,
     bn: Vec<BnSaved>,
     /// Scratch for join gradients.
-    scratch: Vec<f32>,
+    scratch: AlignedBuf,
     /// Scratch for an input gradient added onto one already delivered.
-    dx_scratch: Vec<f32>,
+    dx_scratch: AlignedBuf,
     /// Which parameter gradients the last backward wrote.
     written: Vec<bool>,
     /// Emptied vectors kept for their allocations (see `params::recycle`).
@@ -1123,7 +1124,13 @@ pub struct NodeTime {
 
 /// Copies `data` into node `node`'s gradient (in its slot `slot[node]`) if
 /// nothing was delivered there yet in this backward pass, else adds it.
-fn deliver(grads: &mut [Vec<f32>], slot: &[usize], ready: &mut [bool], node: usize, data: &[f32]) {
+fn deliver(
+    grads: &mut [AlignedBuf],
+    slot: &[usize],
+    ready: &mut [bool],
+    node: usize,
+    data: &[f32],
+) {
     let buf = &mut grads[slot[node]][..data.len()];
     if ready[node] {
         for (t, v) in buf.iter_mut().zip(data) {
@@ -1168,8 +1175,8 @@ impl Executor {
         let n = graph.nodes.len();
         let grad_slots = plan.as_ref().map_or(0, |p| p.grad_slot_len.len());
         let state = State {
-            values: vec![Vec::new(); n],
-            grads: vec![Vec::new(); grad_slots],
+            values: vec![AlignedBuf::new(); n],
+            grads: vec![AlignedBuf::new(); grad_slots],
             grad_ready: vec![false; n],
             argmax: vec![Vec::new(); n],
             masks: vec![Vec::new(); n],
@@ -1200,7 +1207,7 @@ impl Executor {
         };
         match memory {
             Ok(memory) => {
-                executor.state.values = vec![Vec::new(); memory.slot_len.len()];
+                executor.state.values = vec![AlignedBuf::new(); memory.slot_len.len()];
                 executor.memory = Some(memory);
             }
             Err(e) => executor.plan = Err(e),
@@ -1770,7 +1777,7 @@ impl Executor {
             if let Step::Add | Step::Multiply | Step::Concat { .. } = step {
                 let xs: Vec<&[f32]> = plan.inputs_of[i]
                     .iter()
-                    .map(|&j| st.values[plan.storage[j]].as_slice())
+                    .map(|&j| &st.values[plan.storage[j]][..])
                     .collect();
                 let mut scratch = std::mem::take(&mut st.scratch);
                 for (k, &src) in plan.inputs_of[i].iter().enumerate() {
@@ -1833,7 +1840,7 @@ impl Executor {
             // added afterwards.
             let separate_dx = need_dx && !dx_is_dy;
             let mut dx_buf = if !separate_dx {
-                Vec::new()
+                AlignedBuf::new()
             } else if accumulate {
                 let mut b = std::mem::take(&mut st.dx_scratch);
                 if b.len() < in_len {

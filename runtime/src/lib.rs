@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: safetensors save/load (atomic);
 //! - [`train`]: the fit / evaluate / predict loops.
 
+pub mod buffer;
 pub mod checkpoint;
 pub mod data;
 pub mod executor;

@@ -9,7 +9,9 @@
 mod graph_support;
 mod kernels_support;
 
-use cnnc_compiler::graph::memory::{needs_gradient, plan_training_gradients};
+use cnnc_compiler::graph::memory::{
+    needs_gradient, plan_gradients_without_reuse, plan_training_gradients,
+};
 use cnnc_compiler::graph::{lower, passes, Graph, NodeId, Op};
 use cnnc_compiler::model::Activation;
 use cnnc_runtime::executor::{Executor, Mode};
@@ -184,11 +186,23 @@ fn gradient_bytes_are_what_the_plan_predicts() {
         assert_eq!(ex.gradient_bytes(), 0, "no gradient buffer before backward");
         ex.backward(&params, &w);
     }
-    assert_eq!(planned.gradient_bytes(), plan.planned_len * batch * 4);
-    assert_eq!(reference.gradient_bytes(), plan.unplanned_len * batch * 4);
+    // One buffer per slot of `slot_len * batch` floats, each allocated in
+    // whole 64-byte cache lines (`AlignedBuf`).
+    let bytes = |slot_len: &[usize]| -> usize {
+        slot_len
+            .iter()
+            .map(|&len| (len * batch).div_ceil(16) * 64)
+            .sum()
+    };
+    let unplanned = plan_gradients_without_reuse(&g, &g.output_ids(), &needs_gradient(&g));
+    assert_eq!(unplanned.unplanned_len, plan.unplanned_len);
+    assert_eq!(planned.gradient_bytes(), bytes(&plan.slot_len));
+    assert_eq!(reference.gradient_bytes(), bytes(&unplanned.slot_len));
+    // Whole lines add less than 64 bytes per buffer to the plan's figures.
+    assert!(planned.gradient_bytes() - plan.planned_len * batch * 4 < 64 * plan.slot_len.len());
     assert_eq!(
         reference.activation_bytes() - planned.activation_bytes(),
-        (plan.unplanned_len - plan.planned_len) * batch * 4
+        bytes(&unplanned.slot_len) - bytes(&plan.slot_len)
     );
     // Fewer bytes again after more steps (nothing grows in the steady state).
     let before = planned.activation_bytes();

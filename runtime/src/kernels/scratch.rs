@@ -2,12 +2,13 @@
 //! warmed up). Contents are never read before being written, so reuse cannot
 //! change results.
 
+use crate::buffer::AlignedBuf;
 use std::cell::RefCell;
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    static STAGE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    static PARTIALS: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    static STAGE: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Runs `f` with a scratch slice of exactly `len` floats (contents unspecified).
@@ -33,7 +34,7 @@ pub(crate) fn with_stage<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// Lends `len` floats of the thread's buffer `key`, or a fresh allocation
 /// when that buffer is already borrowed further up the stack.
 fn with_buffer<R>(
-    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    key: &'static std::thread::LocalKey<std::cell::RefCell<AlignedBuf>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
@@ -45,7 +46,7 @@ fn with_buffer<R>(
             f(&mut buf[..len])
         }
         Err(_) => {
-            let mut buf = vec![0.0f32; len];
+            let mut buf = AlignedBuf::zeros(len);
             f(&mut buf)
         }
     })

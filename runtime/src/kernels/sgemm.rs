@@ -35,6 +35,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::gemm::{EpilogueActivation, MatRef};
+use crate::buffer::AlignedBuf;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -76,12 +77,12 @@ const PAR_MIN_B_FLOATS: usize = 128 * 1024;
 
 thread_local! {
     /// Per-thread panel buffers of [`run_rect`].
-    static PANELS: RefCell<Panels> = const { RefCell::new(Panels { a: Vec::new(), b: Vec::new() }) };
+    static PANELS: RefCell<Panels> = const { RefCell::new(Panels { a: AlignedBuf::new(), b: AlignedBuf::new() }) };
     /// Packed `b` of the plain [`gemm`] entry point.
-    static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
     /// Storage of dropped [`PackedB`]s, reused by the next [`pack_b`] on this
     /// thread (a conv kernel is packed once per layer per pass).
-    static PACKED_POOL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_POOL: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
     /// The packed matrices of [`with_packed`], reused from call to call.
     static PACKED_SET: RefCell<Vec<PackedB>> = const { RefCell::new(Vec::new()) };
 }
@@ -122,7 +123,7 @@ impl Depth {
 /// `b` (`[k, n]`) packed for the micro-kernel, reusable across many `a`
 /// blocks (e.g. a conv kernel shared by all row blocks of a batch).
 pub struct PackedB {
-    data: Vec<f32>,
+    data: AlignedBuf,
     k: usize,
     n: usize,
 }
@@ -194,7 +195,7 @@ pub fn with_packed<'a, R>(
     let mut set = take_local(&PACKED_SET);
     while set.len() < count {
         set.push(PackedB {
-            data: Vec::new(),
+            data: AlignedBuf::new(),
             k: 0,
             n: 0,
         });
@@ -215,7 +216,7 @@ pub fn with_packed<'a, R>(
     r
 }
 
-fn pack_b_into(b: MatRef<'_>, out: &mut Vec<f32>) {
+fn pack_b_into(b: MatRef<'_>, out: &mut AlignedBuf) {
     let (k, n) = (b.rows, b.cols);
     let n_pad = n_panels(n) * NR;
     // Every element is written below (padding included), so no zero fill.
@@ -264,7 +265,7 @@ fn pack_b_into(b: MatRef<'_>, out: &mut Vec<f32>) {
 /// [`MR`] rows: panel `ip` holds `a[i0 + ip * MR + r, p0 + p]` at
 /// `ip * kb * MR + p * MR + r` (rows past `i1` in the last panel are not
 /// written and never read).
-fn pack_a_block(a: MatRef<'_>, i0: usize, i1: usize, p0: usize, kb: usize, out: &mut Vec<f32>) {
+fn pack_a_block(a: MatRef<'_>, i0: usize, i1: usize, p0: usize, kb: usize, out: &mut AlignedBuf) {
     let panels = (i1 - i0).div_ceil(MR);
     if out.len() < panels * kb * MR {
         out.resize(panels * kb * MR, 0.0);
@@ -504,7 +505,7 @@ unsafe fn run_rect(
                 if packed_a {
                     pack_a_block(a, ic, ic_hi, p0, kb, &mut bufs.a);
                 }
-                let tile = |ip: usize, jp: usize, bufb: &mut Vec<f32>| {
+                let tile = |ip: usize, jp: usize, bufb: &mut AlignedBuf| {
                     let i0 = ic + ip * MR;
                     let mr = MR.min(ic_hi - i0);
                     let (ap, rs) = if packed_a {
@@ -594,8 +595,8 @@ unsafe fn run_rect(
 /// rows are strided, and the zero-padded right-edge panel of a `b` read in
 /// place.
 struct Panels {
-    a: Vec<f32>,
-    b: Vec<f32>,
+    a: AlignedBuf,
+    b: AlignedBuf,
 }
 
 /// Runs `f` with this thread's panel buffers (or fresh ones when they are
@@ -604,8 +605,8 @@ fn with_panels<R>(f: impl FnOnce(&mut Panels) -> R) -> R {
     PANELS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => f(&mut v),
         Err(_) => f(&mut Panels {
-            a: Vec::new(),
-            b: Vec::new(),
+            a: AlignedBuf::new(),
+            b: AlignedBuf::new(),
         }),
     })
 }
