@@ -25,13 +25,15 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// [`cases`] plus single images whose outputs are several forward tasks of
+/// [`cases`] plus images whose outputs are several forward tasks of
 /// whole rows (8K floats each: 20 rows of 20x64 are 4 tasks of 6, 6, 6, 2
 /// rows; 29 rows of 29x32 are 4 tasks of 8, 8, 8, 5).
 fn naive_cases() -> Vec<Case> {
     let mut v = cases();
     v.push((1, 40, 40, 64, [2, 2], [2, 2], false));
     v.push((1, 57, 57, 32, [3, 3], [2, 2], true));
+    // Channel blocks of 64, 16 and 1 in the inference path (83 = 64 + 16 + 3).
+    v.push((2, 9, 11, 83, [3, 3], [2, 2], true));
     v
 }
 
