@@ -80,11 +80,11 @@ use crate::kernels::depthwise::{
     depthwise_conv2d_backward, depthwise_conv2d_forward, DepthwiseConv2dShape,
 };
 use crate::kernels::{
-    activation_backward_inplace, activation_forward_inplace, avg_pool2d_backward,
-    avg_pool2d_forward, bias_add_forward, bias_add_inplace, column_sums, conv2d_backward,
-    dropout_apply, dropout_mask, fused_conv2d_forward, matmul_backward, matmul_forward,
-    matmul_forward_prepared, max_pool2d_backward, max_pool2d_forward, Conv2dShape, ConvKernel,
-    KernelError, MatMulShape, Pool2dShape,
+    activation_backward_inplace, activation_forward, activation_forward_inplace,
+    avg_pool2d_backward, avg_pool2d_forward, bias_add_forward, bias_add_inplace, column_sums,
+    conv2d_backward, dropout_apply, dropout_mask, fused_conv2d_forward, matmul_backward,
+    matmul_forward, matmul_forward_prepared, max_pool2d_backward, max_pool2d_forward, Conv2dShape,
+    ConvKernel, KernelError, MatMulShape, Pool2dShape,
 };
 use crate::kernels::{
     add_forward, add_inplace, batch_norm_backward, batch_norm_inference_forward,
@@ -2260,12 +2260,10 @@ fn forward_steps(
                 Some(_) => bias_add_inplace(out, p(*bias)).map_err(kerr)?,
                 None => bias_add_forward(x, p(*bias), out).map_err(kerr)?,
             },
-            Step::Act { act } => {
-                if in_place.is_none() {
-                    out.copy_from_slice(x);
-                }
-                activation_forward_inplace(*act, out, plan.last_dim[i]).map_err(kerr)?;
-            }
+            Step::Act { act } => match in_place {
+                Some(_) => activation_forward_inplace(*act, out, plan.last_dim[i]).map_err(kerr)?,
+                None => activation_forward(*act, x, out, plan.last_dim[i]).map_err(kerr)?,
+            },
             Step::MaxPool { attrs, in_shape } => {
                 let [h, w, c] = *in_shape;
                 let s = Pool2dShape::new(attrs, batch, h, w, c).map_err(kerr)?;

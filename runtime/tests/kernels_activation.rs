@@ -4,8 +4,8 @@ mod kernels_support;
 
 use cnnc_compiler::model::Activation;
 use cnnc_runtime::kernels::{
-    activation_backward_inplace, activation_forward_inplace, bias_add_backward, bias_add_forward,
-    column_sums, dropout_apply, dropout_mask, KernelError,
+    activation_backward_inplace, activation_forward, activation_forward_inplace, bias_add_backward,
+    bias_add_forward, column_sums, dropout_apply, dropout_mask, KernelError,
 };
 use kernels_support::*;
 
@@ -41,6 +41,44 @@ fn activations_match_formulas() {
     let mut v = vec![0.0, -1.0];
     activation_forward_inplace(Activation::Relu, &mut v, 2).unwrap();
     assert_eq!(v, vec![0.0, 0.0]);
+}
+
+#[test]
+fn out_of_place_matches_formulas_and_leaves_the_input() {
+    // 70,000 values (several 32K-element tasks) in rows of 7; softmax too.
+    let x: Vec<f32> = (0..70_000)
+        .map(|i| ((i * 37) % 101) as f32 * 0.1 - 5.0)
+        .collect();
+    for act in ELEMENTWISE.into_iter().chain([Activation::Softmax]) {
+        let mut y = vec![f32::NAN; x.len()];
+        activation_forward(act, &x, &mut y, 7).unwrap();
+        let r: Vec<f32> = match act {
+            Activation::Softmax => x
+                .chunks(7)
+                .flat_map(|row| {
+                    let m = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+                    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+                    let s: f64 = e.iter().sum();
+                    e.into_iter().map(move |v| (v / s) as f32)
+                })
+                .collect(),
+            _ => x.iter().map(|&v| act_ref(act, v as f64) as f32).collect(),
+        };
+        assert_close(&y, &r, 1e-6, &format!("{act:?}"));
+        // The same bits as the in-place kernel on a copy.
+        let mut z = x.clone();
+        activation_forward_inplace(act, &mut z, 7).unwrap();
+        assert_eq!(y, z, "{act:?}");
+    }
+    let mut short = vec![0.0; 6];
+    assert!(matches!(
+        activation_forward(Activation::Relu, &x[..7], &mut short, 7),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        activation_forward(Activation::Relu, &x[..7], &mut vec![0.0; 7], 2),
+        Err(KernelError::Length { .. })
+    ));
 }
 
 #[test]

@@ -246,6 +246,37 @@ pub fn activation_forward_inplace(
     Ok(())
 }
 
+/// `y = act(x)`, both `[rows, row_len]` (softmax over each row), in one
+/// parallel pass: each task copies its rows of `x` and applies `act` to them
+/// while they are in cache (the same operations as
+/// [`activation_forward_inplace`] on a copy, so the same bits). For an
+/// activation whose input is still needed (e.g. Xception's `relu` before
+/// each separable conv, whose input is the residual branch): a serial copy
+/// followed by the parallel in-place pass did not scale with threads.
+pub fn activation_forward(
+    act: Activation,
+    x: &[f32],
+    y: &mut [f32],
+    row_len: usize,
+) -> Result<(), KernelError> {
+    check_len("activation output", x.len(), y.len())?;
+    if row_len == 0 || !x.len().is_multiple_of(row_len) {
+        return Err(KernelError::Length {
+            what: "activation input (multiple of row length)",
+            expected: row_len,
+            got: x.len(),
+        });
+    }
+    let cl = chunk_len(row_len);
+    y.par_chunks_mut(cl)
+        .zip(x.par_chunks(cl))
+        .for_each(|(yc, xc)| {
+            yc.copy_from_slice(xc);
+            activation_rows(act, yc, row_len);
+        });
+    Ok(())
+}
+
 /// `dy = dy ⊙ act'(x)` in place, computed from the saved output `y = act(x)`;
 /// both `[rows, row_len]`. Relu uses `y > 0` (gradient 0 at the kink).
 pub fn activation_backward_inplace(

@@ -44,8 +44,8 @@ pub mod upsample;
 pub mod winograd;
 
 pub use activation::{
-    activation_backward_inplace, activation_forward_inplace, bias_add_backward, bias_add_forward,
-    bias_add_inplace, column_sums,
+    activation_backward_inplace, activation_forward, activation_forward_inplace, bias_add_backward,
+    bias_add_forward, bias_add_inplace, column_sums,
 };
 pub use batch_norm::{
     batch_norm_backward, batch_norm_inference_forward, batch_norm_inference_inplace,
