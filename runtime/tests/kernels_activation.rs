@@ -76,7 +76,7 @@ fn out_of_place_matches_formulas_and_leaves_the_input() {
         Err(KernelError::Length { .. })
     ));
     assert!(matches!(
-        activation_forward(Activation::Relu, &x[..7], &mut vec![0.0; 7], 2),
+        activation_forward(Activation::Relu, &x[..7], &mut [0.0; 7], 2),
         Err(KernelError::Length { .. })
     ));
 }
