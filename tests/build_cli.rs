@@ -134,6 +134,7 @@ fn bad_spec_exits_1_with_located_error() {
         stderr.contains("bad.cnn:3"),
         "error should name file and line:\n{stderr}"
     );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
