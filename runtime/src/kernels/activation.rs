@@ -20,6 +20,19 @@ const ELEMWISE_CHUNK: usize = 1 << 15;
 /// depends on the thread count.
 const COLSUM_ROWS: usize = 256;
 
+/// `Ok` if `len` is a whole number of rows of `row_len > 0` values, else
+/// [`KernelError::Length`] naming `what`.
+fn check_rows(what: &'static str, len: usize, row_len: usize) -> Result<(), KernelError> {
+    if row_len == 0 || !len.is_multiple_of(row_len) {
+        return Err(KernelError::Length {
+            what,
+            expected: row_len,
+            got: len,
+        });
+    }
+    Ok(())
+}
+
 fn chunk_len(row_len: usize) -> usize {
     let rows = (ELEMWISE_CHUNK / row_len.max(1)).max(1);
     rows * row_len.max(1)
@@ -231,13 +244,11 @@ pub fn activation_forward_inplace(
     data: &mut [f32],
     row_len: usize,
 ) -> Result<(), KernelError> {
-    if row_len == 0 || !data.len().is_multiple_of(row_len) {
-        return Err(KernelError::Length {
-            what: "activation input (multiple of row length)",
-            expected: row_len,
-            got: data.len(),
-        });
-    }
+    check_rows(
+        "activation input (multiple of row length)",
+        data.len(),
+        row_len,
+    )?;
     if act == Activation::Linear {
         return Ok(());
     }
@@ -260,13 +271,11 @@ pub fn activation_forward(
     row_len: usize,
 ) -> Result<(), KernelError> {
     check_len("activation output", x.len(), y.len())?;
-    if row_len == 0 || !x.len().is_multiple_of(row_len) {
-        return Err(KernelError::Length {
-            what: "activation input (multiple of row length)",
-            expected: row_len,
-            got: x.len(),
-        });
-    }
+    check_rows(
+        "activation input (multiple of row length)",
+        x.len(),
+        row_len,
+    )?;
     let cl = chunk_len(row_len);
     y.par_chunks_mut(cl)
         .zip(x.par_chunks(cl))
@@ -286,13 +295,11 @@ pub fn activation_backward_inplace(
     row_len: usize,
 ) -> Result<(), KernelError> {
     check_len("activation gradient", y.len(), dy.len())?;
-    if row_len == 0 || !y.len().is_multiple_of(row_len) {
-        return Err(KernelError::Length {
-            what: "activation output (multiple of row length)",
-            expected: row_len,
-            got: y.len(),
-        });
-    }
+    check_rows(
+        "activation output (multiple of row length)",
+        y.len(),
+        row_len,
+    )?;
     if act == Activation::Linear {
         return Ok(());
     }
