@@ -18,10 +18,10 @@ const LINE_FLOATS: usize = 16;
 struct Line([f32; LINE_FLOATS]);
 
 /// A growable `[f32]` whose first element is 64-byte aligned. It derefs to
-/// `[f32]` (of length [`AlignedBuf::len`]) and grows like a `Vec<f32>`:
+/// `[f32]` (of its length) and grows like a `Vec<f32>`:
 /// [`AlignedBuf::resize`] keeps the existing values and the allocation
 /// (never shrinks it), so buffers reused across steps allocate once.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AlignedBuf {
     lines: Vec<Line>,
     len: usize,
@@ -73,6 +73,13 @@ impl AlignedBuf {
         let lines = (self.len + additional).div_ceil(LINE_FLOATS);
         self.lines
             .reserve_exact(lines.saturating_sub(self.lines.len()));
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    /// The values, as a `[f32]` prints them (not the 16-float blocks).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -129,5 +136,7 @@ mod tests {
         assert!(b.capacity() >= 1005);
         b[4] = 9.0;
         assert_eq!(b[4], 9.0);
+        b.resize(2, 0.0);
+        assert_eq!(format!("{b:?}"), "[6.0, 6.0]");
     }
 }
