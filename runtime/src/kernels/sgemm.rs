@@ -18,9 +18,9 @@
 //!   with few rows, read in place (packing would cost more than the product);
 //! - `a` is read in place when its rows are contiguous (im2col buffers,
 //!   activations) and copied panel by panel otherwise (transposed views);
-//! - the micro-kernel prefetches `b` [`PF_B`] depth steps ahead;
-//! - loops, outermost first: column blocks of [`NC_PANELS`] panels, row blocks
-//!   of [`MC`] rows, depth blocks, then either column panels over row panels
+//! - the micro-kernel prefetches `b` `PF_B` depth steps ahead;
+//! - loops, outermost first: column blocks of `NC_PANELS` panels, row blocks
+//!   of `MC` rows, depth blocks, then either column panels over row panels
 //!   (one `b` panel stays in L1 while the `a` panels stream from L2: long
 //!   depth blocks, many rows) or row panels over column panels (one `a`
 //!   panel stays in L1: short depths, few rows); the `c` block stays in L2
