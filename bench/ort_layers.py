@@ -41,7 +41,8 @@ SPECS = {
 
 
 def ort_nodes(path, threads, runs):
-    """Mean ms per run of each ORT node, and the mean ms per whole run."""
+    """Mean ms per run of each ORT node and of each ORT op type, and the mean
+    ms per whole run."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -65,12 +66,15 @@ def ort_nodes(path, threads, runs):
     finally:
         os.remove(profile)
     total = collections.defaultdict(float)
+    by_op = collections.defaultdict(float)
     for e in events:
         name = e.get("name", "")
         if e.get("cat") == "Node" and name.endswith("_kernel_time"):
             total[name[: -len("_kernel_time")]] += e["dur"] / 1e3
+            by_op[e.get("args", {}).get("op_name", "?")] += e["dur"] / 1e3
     # The profile covers the warm-up runs too.
-    return {k: v / (warmup + runs) for k, v in total.items()}, per_run
+    mean = lambda d: {k: v / (warmup + runs) for k, v in d.items()}  # noqa: E731
+    return mean(total), mean(by_op), per_run
 
 
 def cnnc_layers(cnnc, spec, threads, runs):
@@ -81,9 +85,11 @@ def cnnc_layers(cnnc, spec, threads, runs):
     ).stdout
     report = json.loads(out)
     layers = collections.defaultdict(float)
+    by_op = collections.defaultdict(float)
     for node in report["profile"]:
         layers[node["layer"]] += node["forward_ms"]
-    return layers, report["ms_per_batch"]
+        by_op[node["op"]] += node["forward_ms"]
+    return layers, by_op, report["ms_per_batch"]
 
 
 def owner_layer(node, layers):
@@ -117,8 +123,8 @@ def main():
         sys.exit(f"{onnx_path} is missing: run `bash bench/run.sh --models {args.model}` first")
     if not os.path.exists(args.cnnc):
         sys.exit(f"{args.cnnc} is missing: run `cargo build --release` or pass --cnnc")
-    nodes, ort_ms = ort_nodes(onnx_path, args.threads, args.runs)
-    layers, cnnc_ms = cnnc_layers(args.cnnc, SPECS[args.model], args.threads, args.runs)
+    nodes, ort_ops, ort_ms = ort_nodes(onnx_path, args.threads, args.runs)
+    layers, cnnc_ops, cnnc_ms = cnnc_layers(args.cnnc, SPECS[args.model], args.threads, args.runs)
     matched = collections.defaultdict(float)
     unmatched = {}
     for node, ms in nodes.items():
@@ -137,6 +143,13 @@ def main():
     print(f"{'total in nodes':40s} {sum(layers.values()):9.3f} {sum(nodes.values()):9.3f}")
     for node, ms in sorted(unmatched.items(), key=lambda kv: -kv[1]):
         print(f"  ORT node without a cnnc layer: {node} {ms:.3f}")
+    # Per op type: ORT's `Conv` covers depthwise, pointwise and full convs
+    # (cnnc: `depthwise_conv2d` + `fused_conv2d`); ORT also runs layout
+    # reorders and separate `Add`s that cnnc does not have.
+    print("ms per op type (ORT | cnnc):")
+    for side, ops in (("ORT", ort_ops), ("cnnc", cnnc_ops)):
+        for op, ms in sorted(ops.items(), key=lambda kv: -kv[1]):
+            print(f"  {side:5s} {op:30s} {ms:9.3f}")
 
 
 if __name__ == "__main__":
