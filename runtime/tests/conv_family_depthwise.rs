@@ -54,6 +54,8 @@ mod conv_family_depthwise {
             (1, 7, 14, 41, 1, [2, 2], [1, 1], [1, 1], true),
             (1, 5, 15, 33, 1, [1, 5], [1, 1], [1, 1], true),
             (1, 6, 16, 9, 1, [1, 3], [1, 2], [1, 1], false),
+            // Taller than the row-list forward path handles (9 rows).
+            (1, 13, 6, 9, 1, [11, 2], [1, 1], [1, 1], true),
             // Wider than the register-blocked input-gradient path handles (16 taps).
             (1, 3, 20, 2, 1, [1, 17], [1, 1], [1, 1], true),
         ]

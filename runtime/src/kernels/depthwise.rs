@@ -361,9 +361,9 @@ macro_rules! channel_blocks {
     }};
 }
 
-/// [`forward_line_any`] for `depth_multiplier = 1`: per output pixel and
-/// channel block, all taps accumulate in registers (taps in `(ky, kx)`
-/// order, the same order as the general path).
+/// [`forward_line_any`] for `depth_multiplier = 1` and kernels taller than
+/// [`MAX_ROWS`]: per output pixel and channel block, all taps accumulate in
+/// registers (taps in `(ky, kx)` order, the same order as the general path).
 #[inline(always)]
 fn forward_line_dm1<const F: bool>(
     s: &DepthwiseConv2dShape,
@@ -477,8 +477,9 @@ fn dx_line_dm1<const F: bool>(
     }
 }
 
-/// Most taps of a kernel the small-kernel path handles (3x3).
-const SMALL_TAPS: usize = 9;
+/// Most kernel rows [`forward_line_dm1_small`] lists (any width: widths
+/// 1-3 run unrolled, wider ones through [`pixels_dm1`]).
+const MAX_ROWS: usize = 9;
 
 /// Output columns computed together by [`pixels_dm1`].
 const PIXELS: usize = 4;
@@ -605,7 +606,7 @@ fn column_dm1<const F: bool>(
     }
 }
 
-/// [`forward_line_dm1`] for kernels of at most [`SMALL_TAPS`] taps, in
+/// [`forward_line_dm1`] for kernels of at most [`MAX_ROWS`] rows, in
 /// chunks of [`CHUNK`] channels with the channel blocks innermost: the
 /// interior columns (all taps inside the image) [`PIXELS`] at a time, the
 /// others one at a time. The column geometry is worked out once per line
@@ -620,7 +621,7 @@ fn forward_line_dm1_small<const F: bool>(
     yl: &mut [f32],
 ) {
     let (c, kh, kw, il) = (s.channels, s.kernel_h, s.kernel_w, s.in_line());
-    let mut rows: [(usize, &[f32]); SMALL_TAPS] = [(0, &[]); SMALL_TAPS];
+    let mut rows: [(usize, &[f32]); MAX_ROWS] = [(0, &[]); MAX_ROWS];
     let mut nr = 0;
     for ky in 0..kh {
         if let Some(iy) = s.input_row(oy, ky) {
@@ -682,7 +683,7 @@ fn forward_line_generic<const F: bool>(
     oy: usize,
     yl: &mut [f32],
 ) {
-    if s.depth_multiplier == 1 && s.kernel_h * s.kernel_w <= SMALL_TAPS {
+    if s.depth_multiplier == 1 && s.kernel_h <= MAX_ROWS {
         forward_line_dm1_small::<F>(s, img, kernel, oy, yl)
     } else if s.depth_multiplier == 1 {
         forward_line_dm1::<F>(s, img, kernel, oy, yl)
