@@ -18,6 +18,10 @@
 //!   `384 Ki / patch` output pixels, accumulated (im2col itself excluded);
 //! - `kept`: `gemm::matmul_rhs` on an `Rhs` packed outside the timing
 //!   (weights cached across calls, as batch-1 inference should), full `M`;
+//! - `cold`: as `kept`, but each call takes the next of enough packed
+//!   copies of the weights to fill 512 MiB, so they come from memory, not
+//!   cache, as a batch-1 model's weights do (every layer's are read once per
+//!   pass);
 //! - `unfused` / `fused`: `blocks` with bias + relu, as a separate pass per
 //!   block or fused into the GEMM (`matmul_rhs_epilogue`);
 //! - `hot`: the first conv block only, repeatedly (operands in cache);
@@ -614,6 +618,26 @@ fn main() {
                                 matmul_rhs_par(a, &rhs, &mut cm, n, false, &epi);
                             } else {
                                 matmul_rhs(a, &rhs, &mut cm, n, false);
+                            }
+                        })
+                    })
+                }
+                "cold" => {
+                    // `kept` with the weights out of cache: the calls cycle
+                    // through copies of the packed weights filling 512 MiB.
+                    force_portable_gemm(false);
+                    let copies = (512usize << 20).div_ceil(4 * k * n).clamp(2, 512);
+                    let rhs: Vec<Rhs> = (0..copies).map(|_| Rhs::new(b)).collect();
+                    let epi = Epilogue::default();
+                    let mut next = 0usize;
+                    pool.install(|| {
+                        measure(flops, rounds, &pool, || {
+                            let r = &rhs[next % copies];
+                            next += 1;
+                            if threads > 1 {
+                                matmul_rhs_par(a, r, &mut cm, n, false, &epi);
+                            } else {
+                                matmul_rhs(a, r, &mut cm, n, false);
                             }
                         })
                     })
