@@ -550,7 +550,13 @@ pub(crate) fn forward_blocks(
     forward_blocks_rhs(s, x, &w, y, None, |_, yblk| epilogue(yblk));
 }
 
-/// Rows per forward block on `threads` threads: [`Conv2dShape::block_rows`],
+/// Rows per forward block on `threads` threads. A block's im2col copy is
+/// bounded by [`Conv2dShape::block_rows`]. A pointwise conv reads its input
+/// in place, so its blocks are as large as `MAX_BLOCK_ROWS` allows, in
+/// equal parts: every block reads the whole kernel, and Xception's 10x10
+/// layers at batch 1 (100 rows, kernels of 6 and 12 MB) were 2 blocks of
+/// 56 and 44 rows, each reading the kernel from memory (block14_sepconv1 /
+/// 2 on 1 thread: 2.48 / 4.93 -> 2.29 / 4.63 ms). That size is then
 /// adjusted so that the blocks share out evenly over the threads:
 /// - when that leaves fewer than two blocks per thread, `2 * threads` equal
 ///   blocks if they have at least `MIN_BLOCK_ROWS` rows (a batch-1 28x28
@@ -558,8 +564,8 @@ pub(crate) fn forward_blocks(
 ///   blocks whose products are each split over the threads);
 /// - when there are fewer than 16 blocks per thread and their count is not
 ///   a multiple of `threads`, that count rounded up to one, in equal blocks
-///   (Xception's 37x37 maps at batch 1: 1,369 rows were 11 blocks of 126,
-///   6 for one thread and 5 for the other; now 12 of 115). With more blocks
+///   (11 blocks on 2 threads left one thread with 6 and the other with 5;
+///   12 equal blocks are shorter, and even). With more blocks
 ///   the imbalance is small and blocks of whole tiles measured faster
 ///   (Fashion-MNIST training at batch 128, 2-5%).
 ///
@@ -567,7 +573,12 @@ pub(crate) fn forward_blocks(
 /// tile costs about its share of rows. Each output row is computed the same
 /// way whatever the blocking, so the bits do not depend on it.
 fn forward_block_rows(s: &Conv2dShape, threads: usize) -> usize {
-    let block = s.block_rows();
+    let block = if s.is_pointwise() {
+        let rows = s.rows().max(1);
+        rows.div_ceil(rows.div_ceil(MAX_BLOCK_ROWS))
+    } else {
+        s.block_rows()
+    };
     let rows = s.rows();
     if threads <= 1 || rows == 0 {
         return block;
