@@ -172,6 +172,28 @@ impl Conv2dShape {
     }
 
     /// A 1×1, stride-1, unpadded conv: the input rows are already the im2col rows.
+    /// The dense layer `[rows, in_features] × [in_features, units]` as the
+    /// 1×1 convolution of `rows` images of 1×1 pixel.
+    pub(crate) fn dense(rows: usize, in_features: usize, units: usize) -> Conv2dShape {
+        Conv2dShape {
+            batch: rows,
+            in_h: 1,
+            in_w: 1,
+            in_channels: in_features,
+            filters: units,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            out_h: 1,
+            out_w: 1,
+        }
+    }
+
     fn is_pointwise(&self) -> bool {
         self.kernel_h == 1
             && self.kernel_w == 1
@@ -720,23 +742,7 @@ pub fn matmul_forward_prepared(
         ));
     };
     let (in_features, units) = rhs_dims(rhs);
-    let s = Conv2dShape {
-        batch: rows,
-        in_h: 1,
-        in_w: 1,
-        in_channels: in_features,
-        filters: units,
-        kernel_h: 1,
-        kernel_w: 1,
-        stride_h: 1,
-        stride_w: 1,
-        dilation_h: 1,
-        dilation_w: 1,
-        pad_top: 0,
-        pad_left: 0,
-        out_h: 1,
-        out_w: 1,
-    };
+    let s = Conv2dShape::dense(rows, in_features, units);
     check_len("matmul input", rows * in_features, x.len())?;
     fused_conv2d_forward(&s, x, ConvKernel::Prepared(kernel), bias, None, act, y)
 }

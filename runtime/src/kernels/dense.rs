@@ -1,19 +1,24 @@
 //! Dense layer: `y = act(x × kernel + bias)` with `x` `[batch, in_features]`,
 //! `kernel` `[in_features, units]`, `bias` `[units]`, `y` `[batch, units]`.
 //!
-//! Forward runs in fixed blocks of rows, each a single-threaded GEMM followed
-//! by the fused bias + activation epilogue on the block (still in cache).
+//! Forward is the 1×1 convolution of `batch` images of 1×1 pixel
+//! ([`super::conv::fused_conv2d_forward`]): blocks of rows, the bias and
+//! activation fused into the GEMM's tiles (softmax after each block), and a
+//! batch too small to share out over the threads is one product split by
+//! columns.
 //! Backward: `dz = dy ⊙ act'(y)`, `d kernel = xᵀ × dz` (parallel over fixed
 //! chunks of `in_features`, each one GEMM over the whole batch, so the batch
-//! reduction order is fixed), `d bias = Σ_rows dz`, `d x = dz × kernelᵀ`.
+//! reduction order is fixed), `d bias = Σ_rows dz`, `d x = dz × kernelᵀ`
+//! (blocks of rows, or one product split by columns for a small batch).
 
-use super::activation::{activation_backward_inplace, bias_activation_rows, column_sums};
-use super::gemm::{matmul, matmul_rhs, MatRef, Parallelism, Rhs};
+use super::activation::{activation_backward_inplace, column_sums};
+use super::conv::{fused_conv2d_forward, Conv2dShape, ConvKernel};
+use super::gemm::{matmul, matmul_rhs, matmul_rhs_par, Epilogue, MatRef, Parallelism, Rhs};
 use super::{check_len, KernelError};
 use cnnc_compiler::model::Activation;
 use rayon::prelude::*;
 
-/// Rows of `x` per forward / input-gradient task.
+/// Rows of `x` per input-gradient task.
 const ROW_BLOCK: usize = 64;
 /// Input features per weight-gradient task.
 const FEATURE_BLOCK: usize = 256;
@@ -52,17 +57,8 @@ pub fn matmul_forward(
     if u == 0 {
         return Ok(());
     }
-    let w = Rhs::new(MatRef::row_major(kernel, i, u));
-    y.par_chunks_mut(ROW_BLOCK * u)
-        .enumerate()
-        .for_each(|(bi, yb)| {
-            let rows = yb.len() / u;
-            let r0 = bi * ROW_BLOCK;
-            let a = MatRef::row_major(&x[r0 * i..(r0 + rows) * i], rows, i);
-            matmul_rhs(a, &w, yb, u, false);
-            bias_activation_rows(yb, u, bias, act);
-        });
-    Ok(())
+    let s = Conv2dShape::dense(n, i, u);
+    fused_conv2d_forward(&s, x, ConvKernel::Hwio(kernel), bias, None, act, y)
 }
 
 /// Dense backward for `y = act(x × kernel + bias)`.
@@ -132,6 +128,14 @@ pub fn matmul_backward(
     if let Some(dx) = dx {
         check_len("matmul input gradient", n * i, dx.len())?;
         let wt = Rhs::new(MatRef::row_major(kernel, i, u).t());
+        if n.div_ceil(ROW_BLOCK) < 2 * rayon::current_num_threads() {
+            // Too few blocks to keep every thread busy (training at batch
+            // 32 ran this serially): one product, split by the GEMM over
+            // rows and column panels (the same bits).
+            let d = MatRef::row_major(dz, n, u);
+            matmul_rhs_par(d, &wt, dx, i, false, &Epilogue::default());
+            return Ok(());
+        }
         dx.par_chunks_mut(ROW_BLOCK * i)
             .enumerate()
             .for_each(|(bi, dxb)| {
