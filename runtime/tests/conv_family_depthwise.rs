@@ -45,9 +45,13 @@ mod conv_family_depthwise {
             (2, 12, 17, 45, 1, [3, 3], [2, 2], [1, 1], true),
             (1, 13, 19, 45, 1, [3, 3], [1, 1], [2, 2], true),
             // More than one 128-channel chunk (300 = 2 x 128 + 32 + 8 + 4):
-            // edge columns in 128-wide blocks, interior groups of four and
-            // a leftover interior column (19 wide), 2- and 3-row lines.
+            // edge columns in 128-wide blocks, interior groups of four (in
+            // 64-channel blocks at unit stride) and a leftover interior
+            // column (19 wide), 2- and 3-row lines.
             (1, 7, 19, 300, 1, [3, 3], [1, 1], [1, 1], true),
+            // Stride 2, whose interior groups also take 64-channel blocks
+            // (100 = 64 + 32 + 4).
+            (1, 9, 21, 100, 1, [3, 3], [2, 2], [1, 1], true),
             // Kernel widths 1 and 2 (unrolled taps) and 5 (generic taps),
             // with uneven `same` padding.
             (2, 6, 13, 40, 1, [3, 1], [1, 1], [1, 1], true),
