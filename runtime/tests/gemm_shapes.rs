@@ -156,6 +156,10 @@ fn shapes_suite() {
         (17, 3, 300),
         (113, 47, 384),
         (126, 64, 200),
+        // More rows than one cache block (168): split evenly into blocks
+        // of whole panels (126 + 126 + 109; 112 + 88).
+        (361, 40, 300),
+        (200, 33, 70),
     ] {
         one_shape(m, n, k, seed);
         seed += 1;
