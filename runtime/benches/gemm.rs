@@ -626,7 +626,7 @@ fn main() {
                     // `kept` with the weights out of cache: the calls cycle
                     // through copies of the packed weights filling 512 MiB.
                     force_portable_gemm(false);
-                    let copies = (512usize << 20).div_ceil(4 * k * n).clamp(2, 512);
+                    let copies = (512usize << 20).div_ceil(4 * k * n).max(2);
                     let rhs: Vec<Rhs> = (0..copies).map(|_| Rhs::new(b)).collect();
                     let epi = Epilogue::default();
                     let mut next = 0usize;

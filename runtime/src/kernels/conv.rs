@@ -171,7 +171,6 @@ impl Conv2dShape {
         self.dilation_w * (self.kernel_w.max(1) - 1) + 1
     }
 
-    /// A 1×1, stride-1, unpadded conv: the input rows are already the im2col rows.
     /// The dense layer `[rows, in_features] × [in_features, units]` as the
     /// 1×1 convolution of `rows` images of 1×1 pixel.
     pub(crate) fn dense(rows: usize, in_features: usize, units: usize) -> Conv2dShape {
@@ -194,6 +193,7 @@ impl Conv2dShape {
         }
     }
 
+    /// A 1×1, stride-1, unpadded conv: the input rows are already the im2col rows.
     fn is_pointwise(&self) -> bool {
         self.kernel_h == 1
             && self.kernel_w == 1
@@ -575,10 +575,11 @@ pub(crate) fn forward_blocks(
 /// Rows per forward block on `threads` threads. A block's im2col copy is
 /// bounded by [`Conv2dShape::block_rows`]. A pointwise conv reads its input
 /// in place, so its blocks are as large as `MAX_BLOCK_ROWS` allows, in
-/// equal parts: every block reads the whole kernel, and Xception's 10x10
-/// layers at batch 1 (100 rows, kernels of 6 and 12 MB) were 2 blocks of
-/// 56 and 44 rows, each reading the kernel from memory (block14_sepconv1 /
-/// 2 on 1 thread: 2.48 / 4.93 -> 2.29 / 4.63 ms). That size is then
+/// nearly equal parts of whole tiles: every block reads the whole kernel,
+/// and Xception's 10x10 layers at batch 1 (100 rows, kernels of 6 and 12
+/// MB) were 2 blocks (84 + 16 and 56 + 44 rows), each reading the kernel
+/// from memory (block14_sepconv1 / 2 on 1 thread: 2.48 / 4.93 -> 2.29 /
+/// 4.63 ms). That size is then
 /// adjusted so that the blocks share out evenly over the threads:
 /// - when that leaves fewer than two blocks per thread, `2 * threads` equal
 ///   blocks if they have at least `MIN_BLOCK_ROWS` rows (a batch-1 28x28
@@ -596,8 +597,10 @@ pub(crate) fn forward_blocks(
 /// way whatever the blocking, so the bits do not depend on it.
 fn forward_block_rows(s: &Conv2dShape, threads: usize) -> usize {
     let block = if s.is_pointwise() {
+        // MAX_BLOCK_ROWS is whole tiles, so this never exceeds it.
         let rows = s.rows().max(1);
         rows.div_ceil(rows.div_ceil(MAX_BLOCK_ROWS))
+            .next_multiple_of(ROW_QUANTUM)
     } else {
         s.block_rows()
     };

@@ -4,12 +4,12 @@
 //! Forward is the 1×1 convolution of `batch` images of 1×1 pixel
 //! ([`super::conv::fused_conv2d_forward`]): blocks of rows, the bias and
 //! activation fused into the GEMM's tiles (softmax after each block), and a
-//! batch too small to share out over the threads is one product split by
-//! columns.
+//! batch too small to share out over the threads is one product that the
+//! GEMM splits by rows and column panels.
 //! Backward: `dz = dy ⊙ act'(y)`, `d kernel = xᵀ × dz` (parallel over fixed
 //! chunks of `in_features`, each one GEMM over the whole batch, so the batch
 //! reduction order is fixed), `d bias = Σ_rows dz`, `d x = dz × kernelᵀ`
-//! (blocks of rows, or one product split by columns for a small batch).
+//! (blocks of rows, or for a small batch one product split by the GEMM).
 
 use super::activation::{activation_backward_inplace, column_sums};
 use super::conv::{fused_conv2d_forward, Conv2dShape, ConvKernel};

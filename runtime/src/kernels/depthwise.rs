@@ -196,19 +196,24 @@ fn isa() -> Isa {
 /// `$generic`, compiled once per instruction set.
 macro_rules! multiversion {
     ($name:ident => $generic:ident ($($arg:ident: $ty:ty),*)) => {
+        multiversion!($name => $generic [false] [true] [true] ($($arg: $ty),*));
+    };
+    // The const generic arguments of each build: base, AVX2, AVX-512.
+    ($name:ident => $generic:ident [$($base:expr),*] [$($mid:expr),*] [$($wide:expr),*]
+        ($($arg:ident: $ty:ty),*)) => {
         fn $name(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2($($arg: $ty),*) {
-                $generic::<true>($($arg),*)
+                $generic::<$($mid),*>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,fma")]
             fn avx512($($arg: $ty),*) {
-                $generic::<true>($($arg),*)
+                $generic::<$($wide),*>($($arg),*)
             }
             match isa {
-                Isa::Base => $generic::<false>($($arg),*),
+                Isa::Base => $generic::<$($base),*>($($arg),*),
                 // SAFETY: the features were detected at run time by `isa()`.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2($($arg),*) },
@@ -325,7 +330,9 @@ const CB: usize = 32;
 /// block no longer spills them. Both changes together, on 1 thread, in the
 /// models (`cnnc bench --profile`, depthwise layers summed, alternating
 /// runs): Xception 8.1-8.5 -> 7.5-7.6 ms, MobileNetV2 1.58-1.61 -> 1.45-1.52
-/// ms. Other strides and dilations keep [`CB`].
+/// ms. Other strides and dilations keep [`CB`], and so do the builds
+/// without AVX-512 (16 vector registers: 64-channel blocks made the AVX2
+/// build's 19x19x728 layer 150-165 -> 250 µs).
 const CB_WIDE: usize = 64;
 
 /// `acc += a ⊙ b` on fixed-size blocks (kept in registers by the compiler),
@@ -640,9 +647,10 @@ fn column_dm1<const F: bool>(
 /// (no division per column). Each output adds its taps in `(ky, kx)` order
 /// onto a zeroed accumulator, as [`forward_line_dm1`] does. `SW > 0`: the
 /// stride along the width is `SW` and the dilation 1 (constants in the
-/// interior columns' offsets).
+/// interior columns' offsets). `W`: the AVX-512 build, whose 32 vector
+/// registers hold [`CB_WIDE`]-channel blocks.
 #[inline(always)]
-fn forward_line_dm1_small<const F: bool, const SW: usize>(
+fn forward_line_dm1_small<const F: bool, const SW: usize, const W: bool>(
     s: &DepthwiseConv2dShape,
     img: &[f32],
     kernel: &[f32],
@@ -681,7 +689,7 @@ fn forward_line_dm1_small<const F: bool, const SW: usize>(
             let ox = lo + g * PIXELS;
             macro_rules! interior {
                 ($k:literal) => {
-                    if SW > 0 {
+                    if SW > 0 && W {
                         channel_blocks!(wide: cs.0, cs.1, |cb, B| {
                             pixels_taps::<B, PIXELS, $k, F, SW>(s, rows, kernel, cb, ox, 0, yl)
                         })
@@ -712,7 +720,7 @@ fn forward_line_dm1_small<const F: bool, const SW: usize>(
 }
 
 #[inline(always)]
-fn forward_line_generic<const F: bool>(
+fn forward_line_generic<const F: bool, const W: bool>(
     s: &DepthwiseConv2dShape,
     img: &[f32],
     kernel: &[f32],
@@ -721,9 +729,9 @@ fn forward_line_generic<const F: bool>(
 ) {
     if s.depth_multiplier == 1 && s.kernel_h <= MAX_ROWS {
         match (s.stride_w, s.dilation_w) {
-            (1, 1) => forward_line_dm1_small::<F, 1>(s, img, kernel, oy, yl),
-            (2, 1) => forward_line_dm1_small::<F, 2>(s, img, kernel, oy, yl),
-            _ => forward_line_dm1_small::<F, 0>(s, img, kernel, oy, yl),
+            (1, 1) => forward_line_dm1_small::<F, 1, W>(s, img, kernel, oy, yl),
+            (2, 1) => forward_line_dm1_small::<F, 2, W>(s, img, kernel, oy, yl),
+            _ => forward_line_dm1_small::<F, 0, W>(s, img, kernel, oy, yl),
         }
     } else if s.depth_multiplier == 1 {
         forward_line_dm1::<F>(s, img, kernel, oy, yl)
@@ -763,7 +771,7 @@ fn dx_line_generic<const F: bool>(
     }
 }
 
-multiversion!(forward_line => forward_line_generic(s: &DepthwiseConv2dShape, img: &[f32], kernel: &[f32], oy: usize, yl: &mut [f32]));
+multiversion!(forward_line => forward_line_generic [false, false] [true, false] [true, true] (s: &DepthwiseConv2dShape, img: &[f32], kernel: &[f32], oy: usize, yl: &mut [f32]));
 
 /// Adds output line `oy`'s kernel gradient (`dzl` `[out_w, c*dm]`) into `dk`.
 #[inline(always)]

@@ -327,15 +327,17 @@ struct Tile {
     /// to the tile.
     epi: Option<RawEpilogue>,
     /// Lines `0 .. ahead_lines` (64 bytes each) from `ahead` to fetch into
-    /// L2 during this tile, spread evenly over its depth steps: the share of
-    /// the next packed `b` panel this tile fetches. A batch-1 layer reads
-    /// its weights from memory; the kernel's own prefetch (`PF_B` steps
-    /// ahead, into L1) is capped by the L1's few outstanding misses, so the
-    /// first tile of each panel waited on them. Spread over the tiles that
-    /// run from cache, the fetch overlaps the arithmetic (1 thread,
-    /// alternating runs: Xception's 19x19 pointwise convs 64.1-64.8 ->
-    /// 61.4-61.7 ms, ResNet-50's conv5 stage at batch 1 12.2-12.8 ->
-    /// 11.4-12.1 ms).
+    /// L2 during this tile (`prefetcht1`, never read), spread evenly over
+    /// its depth steps: this tile's share of the next packed `b` panel. A
+    /// batch-1 layer reads its weights from memory; the kernel's own
+    /// prefetch (`PF_B` steps ahead, into L1) is capped by the L1's few
+    /// outstanding misses, so the first tile of each panel waited on them.
+    /// In the `b`-panel-outer order the tiles after a panel's first (which
+    /// run from cache) share the next panel; in the row-outer order each
+    /// first-row tile fetches the first half of the next panel while it
+    /// streams its own. 1 thread, alternating runs: Xception's 19x19
+    /// pointwise convs 64.1-64.8 -> 61.4-61.7 ms; ResNet-50's conv5 stage at
+    /// batch 1 12.2-12.8 -> 11.4-12.1 ms.
     ahead: *const f32,
     ahead_lines: usize,
 }
@@ -349,7 +351,8 @@ struct Tile {
 /// AVX-512F must be available; `a` must be readable at the positions above
 /// for `r < M`, `p < kb`; `b` at `p * ldb + j` for `p < kb`, `j < 16 · NV`;
 /// `c` rows `0..M`, columns `0..nr` with stride `ldc` readable and writable;
-/// epilogue pointers valid for the same rows and columns.
+/// epilogue pointers valid for the same rows and columns. `ahead` may hold
+/// any address: it is only prefetched.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: &Tile) {
     let (rs, cs) = if PACKED_A { (1, MR) } else { (t.rs, 1) };
@@ -369,17 +372,15 @@ unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: 
     let zero = _mm512_setzero_ps();
     let mut acc = [[zero; 2]; MR];
     let (mut a, mut b) = (t.a, t.b);
-    // Depth steps per fetched line (never, without lines to fetch).
-    let every =
-        t.kb.checked_div(t.ahead_lines)
-            .map_or(usize::MAX, |e| e.max(1));
-    let (mut count, mut line) = (0usize, 0usize);
+    // The lines to fetch, spread evenly over the depth steps: after step
+    // `p`, `floor((p + 1) * ahead_lines / kb)` of them.
+    let (mut due, mut line) = (0usize, 0usize);
     for _ in 0..t.kb {
-        count += 1;
-        if count >= every && line < t.ahead_lines {
+        due += t.ahead_lines;
+        while due >= t.kb && line < t.ahead_lines {
             _mm_prefetch::<_MM_HINT_T1>(t.ahead.wrapping_add(16 * line) as *const i8);
             line += 1;
-            count = 0;
+            due -= t.kb;
         }
         // Fetch `b` ahead (packed panels are contiguous, so past a panel's
         // end this fetches the next panel; a prefetch never faults).
@@ -648,14 +649,22 @@ unsafe fn run_rect(
                     // the 7×7 single-channel conv, K = 49, and batch-1
                     // layers with 4 row panels).
                     // The first row of tiles reads each panel first; each of
-                    // them fetches the next one.
-                    let lines = kb * NR / 16;
+                    // them fetches the first half of the next one (the whole
+                    // panel, twice the lines, measured 5% slower on
+                    // ResNet-50's conv5 stage: it competes with the tile's
+                    // own stream from memory).
+                    let lines = kb * NR / 32;
                     for ip in 0..panels {
                         for jp in jc..jc_hi {
-                            let ahead = if ip == 0 {
-                                (next_panel(jp), lines)
+                            let next = if ip == 0 {
+                                next_panel(jp)
                             } else {
-                                (std::ptr::null(), 0)
+                                std::ptr::null()
+                            };
+                            let ahead = if next.is_null() {
+                                (next, 0)
+                            } else {
+                                (next, lines)
                             };
                             tile(ip, jp, ahead, &mut bufs.b);
                         }
