@@ -579,8 +579,8 @@ pub(crate) fn forward_blocks(
 /// and Xception's 10x10 layers at batch 1 (100 rows, kernels of 6 and 12
 /// MB) were 2 blocks (84 + 16 and 56 + 44 rows), each reading the kernel
 /// from memory (block14_sepconv1 / 2 on 1 thread: 2.48 / 4.93 -> 2.29 /
-/// 4.63 ms). That size is then
-/// adjusted so that the blocks share out evenly over the threads:
+/// 4.63 ms). That size is then adjusted so that the blocks share out
+/// evenly over the threads:
 /// - when that leaves fewer than two blocks per thread, `2 * threads` equal
 ///   blocks if they have at least `MIN_BLOCK_ROWS` rows (a batch-1 28x28
 ///   map: 784 rows are 4 blocks of 196, one hand-off per layer, instead of 2
@@ -588,8 +588,8 @@ pub(crate) fn forward_blocks(
 /// - when there are fewer than 16 blocks per thread and their count is not
 ///   a multiple of `threads`, that count rounded up to one, in equal blocks
 ///   (11 blocks on 2 threads left one thread with 6 and the other with 5;
-///   12 equal blocks are shorter, and even). With more blocks
-///   the imbalance is small and blocks of whole tiles measured faster
+///   12 equal blocks are shorter, and even). With more blocks the
+///   imbalance is small and blocks of whole tiles measured faster
 ///   (Fashion-MNIST training at batch 128, 2-5%).
 ///
 /// Blocks need not be whole micro-kernel tiles: a block's last, shorter

@@ -22,11 +22,11 @@
 //!   the next packed `b` panel into L2 while it works on one already in
 //!   cache (see `Tile::ahead`);
 //! - loops, outermost first: column blocks of `NC_PANELS` panels, row blocks
-//!   of at most `MC` rows (split evenly), depth blocks, then either column panels over row panels
-//!   (one `b` panel stays in L1 while the `a` panels stream from L2: long
-//!   depth blocks, many rows) or row panels over column panels (one `a`
-//!   panel stays in L1: short depths, few rows); the `c` block stays in L2
-//!   across depth blocks.
+//!   of at most `MC` rows (split evenly), depth blocks, then either column
+//!   panels over row panels (one `b` panel stays in L1 while the `a` panels
+//!   stream from L2: long depth blocks, many rows) or row panels over
+//!   column panels (one `a` panel stays in L1: short depths, few rows); the
+//!   `c` block stays in L2 across depth blocks.
 //!
 //! Determinism: every element of `c` is computed by the same sequence of
 //! operations (depth blocks in order; within a block, FMAs in depth order
