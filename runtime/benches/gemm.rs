@@ -605,28 +605,18 @@ fn main() {
                         }
                     })
                 }
-                "kept" => {
-                    // Weights packed once outside the timing (`Rhs::new`),
-                    // whole product per call: batch-1 inference with cached
-                    // packing; `matmul_rhs_par` with several threads.
+                "kept" | "cold" => {
+                    // Weights packed outside the timing (`Rhs::new`), whole
+                    // product per call: batch-1 inference with cached
+                    // packing; `matmul_rhs_par` with several threads. `cold`:
+                    // the calls cycle through copies of the packed weights
+                    // filling 512 MiB, so they come from memory.
                     force_portable_gemm(false);
-                    let rhs = Rhs::new(b);
-                    let epi = Epilogue::default();
-                    pool.install(|| {
-                        measure(flops, rounds, &pool, || {
-                            if threads > 1 {
-                                matmul_rhs_par(a, &rhs, &mut cm, n, false, &epi);
-                            } else {
-                                matmul_rhs(a, &rhs, &mut cm, n, false);
-                            }
-                        })
-                    })
-                }
-                "cold" => {
-                    // `kept` with the weights out of cache: the calls cycle
-                    // through copies of the packed weights filling 512 MiB.
-                    force_portable_gemm(false);
-                    let copies = (512usize << 20).div_ceil(4 * k * n).max(2);
+                    let copies = if lib == "cold" {
+                        (512usize << 20).div_ceil(4 * k * n).max(2)
+                    } else {
+                        1
+                    };
                     let rhs: Vec<Rhs> = (0..copies).map(|_| Rhs::new(b)).collect();
                     let epi = Epilogue::default();
                     let mut next = 0usize;
