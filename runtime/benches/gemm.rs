@@ -22,6 +22,8 @@
 //!   copies of the weights to fill 512 MiB, so they come from memory, not
 //!   cache, as a batch-1 model's weights do (every layer's are read once per
 //!   pass);
+//! - `coldc`: as `kept`, but each call writes the next of enough output
+//!   buffers to fill 512 MiB, so `c` comes from memory;
 //! - `unfused` / `fused`: `blocks` with bias + relu, as a separate pass per
 //!   block or fused into the GEMM (`matmul_rhs_epilogue`);
 //! - `hot`: the first conv block only, repeatedly (operands in cache);
@@ -124,6 +126,10 @@ const CASES: &[Case] = &[
     c("r50 s4 1x1 512->2048", 49, 512, 2048, Kind::Fwd),
     c("r50 s4 1x1 2048->512", 49, 2048, 512, Kind::Fwd),
     // Xception, batch 1: the separable convs' pointwise (1x1) products.
+    c("xc b2 1x1 147x147 64->128", 21609, 64, 128, Kind::Fwd),
+    c("xc b2 1x1 147x147 128->128", 21609, 128, 128, Kind::Fwd),
+    c("xc b3 1x1 74x74 128->256", 5476, 128, 256, Kind::Fwd),
+    c("xc b3 1x1 74x74 256->256", 5476, 256, 256, Kind::Fwd),
     c("xc b4 1x1 37x37 728->728", 1369, 728, 728, Kind::Fwd),
     c("xc mid 1x1 19x19 728->728", 361, 728, 728, Kind::Fwd),
     c("xc b14 1x1 10x10 1024->1536", 100, 1024, 1536, Kind::Fwd),
@@ -628,6 +634,30 @@ fn main() {
                                 matmul_rhs_par(a, r, &mut cm, n, false, &epi);
                             } else {
                                 matmul_rhs(a, r, &mut cm, n, false);
+                            }
+                        })
+                    })
+                }
+                "coldc" => {
+                    // As `kept`, but each call writes the next of enough
+                    // output buffers to fill 512 MiB, so `c` comes from
+                    // memory (its lines are read for ownership), as a
+                    // batch-1 model's layers write buffers last touched a
+                    // whole pass earlier.
+                    force_portable_gemm(false);
+                    let copies = (512usize << 20).div_ceil(4 * m * n).max(2);
+                    let mut cs: Vec<Vec<f32>> = (0..copies).map(|_| vec![1.0f32; m * n]).collect();
+                    let rhs = Rhs::new(b);
+                    let epi = Epilogue::default();
+                    let mut next = 0usize;
+                    pool.install(|| {
+                        measure(flops, rounds, &pool, || {
+                            let c = &mut cs[next % copies];
+                            next += 1;
+                            if threads > 1 {
+                                matmul_rhs_par(a, &rhs, c, n, false, &epi);
+                            } else {
+                                matmul_rhs(a, &rhs, c, n, false);
                             }
                         })
                     })

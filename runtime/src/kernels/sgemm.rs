@@ -337,9 +337,23 @@ struct Tile {
     /// first-row tile fetches the first half of the next panel while it
     /// streams its own. 1 thread, alternating runs: Xception's 19x19
     /// pointwise convs 64.1-64.8 -> 61.4-61.7 ms; ResNet-50's conv5 stage at
-    /// batch 1 12.2-12.8 -> 11.4-12.1 ms.
+    /// batch 1 12.2-12.8 -> 11.4-12.1 ms. The row-outer order's later rows
+    /// of tiles fetch the next row panel of `a` instead, when it is one
+    /// contiguous run (see `run_rect`).
     ahead: *const f32,
     ahead_lines: usize,
+    /// Rows `0 .. below_rows` of the tile of `c` under this one (same
+    /// columns, row stride `ldc`) to fetch into L2 before this tile's depth
+    /// loop (`prefetcht1` of the first and last column of each row); 0 rows
+    /// for none. A batch-1 layer's output buffer was last touched a whole
+    /// pass earlier, so its lines come from memory and every store of a
+    /// tile missed. GEMM bench, `c` cycled through 512 MiB of buffers
+    /// (`coldc`), 1 thread: Xception's 147x147 64 -> 128 product 106-109
+    /// -> 120-125 GFLOP/s, unchanged with `c` in cache. Spreading these
+    /// fetches over the depth steps (as `ahead` is) cost 5-8% on the
+    /// in-cache shapes: the loop's extra counters spilled.
+    below: *const f32,
+    below_rows: usize,
 }
 
 /// The `M × (16 · NV)` micro-kernel (`M ≤ 14`, `NV ∈ {1, 2}`), with `a`
@@ -372,6 +386,11 @@ unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: 
     let zero = _mm512_setzero_ps();
     let mut acc = [[zero; 2]; MR];
     let (mut a, mut b) = (t.a, t.b);
+    for r in 0..t.below_rows {
+        let cp = t.below.wrapping_add(r * ldc);
+        _mm_prefetch::<_MM_HINT_T1>(cp as *const i8);
+        _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(16 * NV - 1) as *const i8);
+    }
     // The lines to fetch, spread evenly over the depth steps: after step
     // `p`, `floor((p + 1) * ahead_lines / kb)` of them.
     let (mut due, mut line) = (0usize, 0usize);
@@ -617,6 +636,12 @@ unsafe fn run_rect(
                         epi,
                         ahead: ahead.0,
                         ahead_lines: ahead.1,
+                        below: job.c.wrapping_add((i0 + mr) * job.ldc + j0),
+                        below_rows: if bi == 0 {
+                            MR.min(i_hi - (i0 + mr).min(i_hi))
+                        } else {
+                            0
+                        },
                     };
                     run_tile(mr, &t, packed_a);
                 };
@@ -654,17 +679,43 @@ unsafe fn run_rect(
                     // ResNet-50's conv5 stage: it competes with the tile's
                     // own stream from memory).
                     let lines = kb * NR / 32;
+                    // Rows of `a` read in place that form one contiguous
+                    // run per row panel (a single depth block over rows of
+                    // exactly that length: a pointwise conv's input, an
+                    // im2col block) come from memory too, 14 rows at a
+                    // time: the tiles of row panel `ip >= 1` fetch panel
+                    // `ip + 1` into L2, each its share (the first row's
+                    // tiles fetch `b`). GEMM bench, 1 thread: Xception's
+                    // 147x147 64 -> 128 / 128 -> 128 products 131-135 /
+                    // 132-137 -> 140-144 / 147-157 GFLOP/s, ResNet-50's stem
+                    // 141-144 -> 156; in the model, block2_sepconv1 / 2
+                    // 3.36-3.77 / 5.33-5.76 -> 2.89-3.01 / 4.72-4.80 ms.
+                    let a_runs = !packed_a && depth.blocks == 1 && a.row_stride == kb;
+                    let tiles = jc_hi - jc;
                     for ip in 0..panels {
+                        let a_next = ic + (ip + 1) * MR;
+                        let a_lines = if ip >= 1 && a_runs && a_next < i_hi {
+                            (MR.min(i_hi - a_next) * kb).div_ceil(16)
+                        } else {
+                            0
+                        };
+                        let a_share = a_lines.div_ceil(tiles);
                         for jp in jc..jc_hi {
                             let next = if ip == 0 {
                                 next_panel(jp)
                             } else {
                                 std::ptr::null()
                             };
-                            let ahead = if next.is_null() {
-                                (next, 0)
-                            } else {
+                            let ahead = if !next.is_null() {
                                 (next, lines)
+                            } else if a_lines > 0 {
+                                let first = (jp - jc) * a_share;
+                                (
+                                    a.data.as_ptr().wrapping_add(a_next * kb + 16 * first),
+                                    a_share.min(a_lines.saturating_sub(first)),
+                                )
+                            } else {
+                                (next, 0)
                             };
                             tile(ip, jp, ahead, &mut bufs.b);
                         }
