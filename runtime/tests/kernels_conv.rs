@@ -41,6 +41,10 @@ fn cases() -> Vec<NaiveConv> {
         mk(2, 4, 4, 5, 7, 2, 2, 2, 2, true),
         // Many rows (several blocks and gradient groups, blocks straddling images).
         mk(5, 23, 25, 3, 8, 3, 3, 1, 1, true),
+        // Stems: 3 channels, stride 2 (kernel rows of 9 and 21 floats,
+        // copied as fixed-size runs).
+        mk(2, 11, 9, 3, 4, 3, 3, 2, 2, false),
+        mk(1, 15, 13, 3, 4, 7, 7, 2, 2, true),
         // Long patches (small blocks): 3*3*72 = 648 per row.
         mk(3, 10, 9, 72, 5, 3, 3, 1, 1, true),
     ]
