@@ -67,7 +67,11 @@ const MC: usize = MR * 12;
 /// Column panels per cache block (512 columns).
 const NC_PANELS: usize = 16;
 /// Loop order switch of [`run_rect`]: `b`-panel-outer needs depth blocks of
-/// at least this many steps and this many row panels per block.
+/// at least this many steps and this many row panels per block, and rows
+/// of `a` that are not one contiguous run per panel (those are fetched
+/// ahead in the row-outer order, which then measured faster: GEMM bench, 1
+/// thread, Xception's 74x74 256 -> 256 product 148-151 -> 161-162 GFLOP/s,
+/// ResNet-50's 56x56 256 -> 64 144-145 -> 157-159).
 const B_OUTER_MIN_DEPTH: usize = 192;
 const B_OUTER_MIN_PANELS: usize = 8;
 /// Products with at most this many rows read a row-major `b` in place
@@ -645,7 +649,11 @@ unsafe fn run_rect(
                     };
                     run_tile(mr, &t, packed_a);
                 };
-                if kb >= B_OUTER_MIN_DEPTH && panels >= B_OUTER_MIN_PANELS {
+                // Rows of `a` read in place that form one contiguous run
+                // per row panel (a single depth block over rows of exactly
+                // that length: a pointwise conv's input, an im2col block).
+                let a_runs = !packed_a && depth.blocks == 1 && a.row_stride == kb;
+                if kb >= B_OUTER_MIN_DEPTH && panels >= B_OUTER_MIN_PANELS && !a_runs {
                     // Long depth, many row panels: one `b` panel (NR × kb)
                     // stays in L1 across the block's `a` panels, which
                     // stream from L2.
@@ -679,10 +687,8 @@ unsafe fn run_rect(
                     // ResNet-50's conv5 stage: it competes with the tile's
                     // own stream from memory).
                     let lines = kb * NR / 32;
-                    // Rows of `a` read in place that form one contiguous
-                    // run per row panel (a single depth block over rows of
-                    // exactly that length: a pointwise conv's input, an
-                    // im2col block) come from memory too, 14 rows at a
+                    // Rows of `a` that form one contiguous run per row
+                    // panel come from memory too, 14 rows at a
                     // time: the tiles of row panel `ip >= 1` fetch panel
                     // `ip + 1` into L2, each its share (the first row's
                     // tiles fetch `b`). GEMM bench, 1 thread: Xception's
@@ -690,7 +696,6 @@ unsafe fn run_rect(
                     // 132-137 -> 140-144 / 147-157 GFLOP/s, ResNet-50's stem
                     // 141-144 -> 156; in the model, block2_sepconv1 / 2
                     // 3.36-3.77 / 5.33-5.76 -> 2.89-3.01 / 4.72-4.80 ms.
-                    let a_runs = !packed_a && depth.blocks == 1 && a.row_stride == kb;
                     let tiles = jc_hi - jc;
                     for ip in 0..panels {
                         let a_next = ic + (ip + 1) * MR;
