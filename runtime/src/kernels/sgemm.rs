@@ -74,6 +74,8 @@ const NC_PANELS: usize = 16;
 /// ResNet-50's 56x56 256 -> 64 144-145 -> 157-159).
 const B_OUTER_MIN_DEPTH: usize = 192;
 const B_OUTER_MIN_PANELS: usize = 8;
+/// A `b` of at least this many floats (padded) is packed in parallel.
+const PAR_PACK_FLOATS: usize = 64 * 1024;
 /// Products with at most this many rows read a row-major `b` in place
 /// instead of packing it.
 pub const SMALL_M: usize = 16;
@@ -235,37 +237,55 @@ fn pack_b_into(b: MatRef<'_>, out: &mut AlignedBuf) {
         return;
     }
     let depth = Depth::new(k);
+    // Panel `jp` of the depth block at `p0` (length `kb`) into `dst`.
+    let panel = |p0: usize, kb: usize, jp: usize, dst: &mut [f32]| {
+        let j0 = jp * NR;
+        let cols = NR.min(n - j0);
+        if b.col_stride == 1 {
+            for (p, d) in dst.chunks_exact_mut(NR).enumerate() {
+                let s = (p0 + p) * b.row_stride + j0;
+                if cols == NR {
+                    let src: &[f32; NR] = b.data[s..s + NR].try_into().expect("NR floats");
+                    d.copy_from_slice(src);
+                } else {
+                    d[..cols].copy_from_slice(&b.data[s..s + cols]);
+                    d[cols..].fill(0.0);
+                }
+            }
+        } else {
+            // Column by column: reads run along `b`'s contiguous axis
+            // when it is a transposed row-major matrix.
+            for c in 0..cols {
+                let base = (j0 + c) * b.col_stride + p0 * b.row_stride;
+                for p in 0..kb {
+                    dst[p * NR + c] = b.data[base + p * b.row_stride];
+                }
+            }
+            if cols < NR {
+                for d in dst.chunks_exact_mut(NR) {
+                    d[cols..].fill(0.0);
+                }
+            }
+        }
+    };
+    // A large `b` (a training step's conv kernel, packed once per call on
+    // the calling thread while the pool waited) is packed by panels over
+    // the pool; it is a copy, so the result is the same.
+    let parallel = k * n_pad >= PAR_PACK_FLOATS && rayon::current_num_threads() > 1;
+    let mut rest: &mut [f32] = out;
     for bi in 0..depth.blocks {
         let (p0, kb) = depth.block(bi);
-        for jp in 0..n_panels(n) {
-            let j0 = jp * NR;
-            let cols = NR.min(n - j0);
-            let dst = &mut out[p0 * n_pad + jp * kb * NR..p0 * n_pad + (jp + 1) * kb * NR];
-            if b.col_stride == 1 {
-                for (p, d) in dst.chunks_exact_mut(NR).enumerate() {
-                    let s = (p0 + p) * b.row_stride + j0;
-                    if cols == NR {
-                        let src: &[f32; NR] = b.data[s..s + NR].try_into().expect("NR floats");
-                        d.copy_from_slice(src);
-                    } else {
-                        d[..cols].copy_from_slice(&b.data[s..s + cols]);
-                        d[cols..].fill(0.0);
-                    }
-                }
-            } else {
-                // Column by column: reads run along `b`'s contiguous axis
-                // when it is a transposed row-major matrix.
-                for c in 0..cols {
-                    let base = (j0 + c) * b.col_stride + p0 * b.row_stride;
-                    for p in 0..kb {
-                        dst[p * NR + c] = b.data[base + p * b.row_stride];
-                    }
-                }
-                if cols < NR {
-                    for d in dst.chunks_exact_mut(NR) {
-                        d[cols..].fill(0.0);
-                    }
-                }
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(kb * n_pad);
+        rest = tail;
+        if parallel {
+            use rayon::prelude::*;
+            block
+                .par_chunks_mut(kb * NR)
+                .enumerate()
+                .for_each(|(jp, dst)| panel(p0, kb, jp, dst));
+        } else {
+            for (jp, dst) in block.chunks_mut(kb * NR).enumerate() {
+                panel(p0, kb, jp, dst);
             }
         }
     }
