@@ -258,17 +258,28 @@ pub fn input_gradient_kernel_into(
         "winograd transformed kernel length"
     );
     let plane = c_n * k_n;
-    for k in 0..k_n {
-        for c in 0..c_n {
-            // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k].
-            let g = |ky: usize, kx: usize| kernel[((2 - ky) * 3 + (2 - kx)) * plane + c * k_n + k];
-            let gg = g_times(g);
-            let ck = k * c_n + c;
-            for (r, [a, b, cc]) in gg.into_iter().enumerate() {
-                u[(4 * r) * plane + ck] = a;
-                u[(4 * r + 1) * plane + ck] = 0.5 * (a + b + cc);
-                u[(4 * r + 2) * plane + ck] = 0.5 * (a - b + cc);
-                u[(4 * r + 3) * plane + ck] = cc;
+    // In 16 x 16 blocks of (filter, channel): the kernel is read along the
+    // filters and `u` written along the channels, so each block's lines
+    // stay in L1 (the whole of `k` at a time read the kernel with a stride
+    // of `filters`).
+    const B: usize = 16;
+    for k0 in (0..k_n).step_by(B) {
+        for c0 in (0..c_n).step_by(B) {
+            for c in c0..(c0 + B).min(c_n) {
+                for k in k0..(k0 + B).min(k_n) {
+                    // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k].
+                    let g = |ky: usize, kx: usize| {
+                        kernel[((2 - ky) * 3 + (2 - kx)) * plane + c * k_n + k]
+                    };
+                    let gg = g_times(g);
+                    let ck = k * c_n + c;
+                    for (r, [a, b, cc]) in gg.into_iter().enumerate() {
+                        u[(4 * r) * plane + ck] = a;
+                        u[(4 * r + 1) * plane + ck] = 0.5 * (a + b + cc);
+                        u[(4 * r + 2) * plane + ck] = 0.5 * (a - b + cc);
+                        u[(4 * r + 3) * plane + ck] = cc;
+                    }
+                }
             }
         }
     }
