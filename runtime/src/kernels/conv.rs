@@ -361,8 +361,9 @@ fn im2col(s: &Conv2dShape, x: &[f32], r0: usize, rows: usize, col: &mut [f32]) {
 }
 
 /// Copies `count` runs of `len` floats: run `i` from `src[i * src_step..]`
-/// to `dst[i * dst_step..]`. Run lengths up to 32 are moved as fixed-size
-/// arrays (no `memcpy` call per run).
+/// to `dst[i * dst_step..]`. The run lengths listed below (the kernel rows
+/// of small channel counts) are moved as fixed-size arrays, with no
+/// `memcpy` call per run; other lengths are copied as slices.
 #[inline(always)]
 fn copy_runs(
     dst: &mut [f32],

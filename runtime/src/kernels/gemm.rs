@@ -383,7 +383,7 @@ fn avx512_plain(
         );
         return;
     }
-    super::sgemm::with_b(a.rows, b, |src| {
+    super::sgemm::with_b(a.rows, b, parallel, |src| {
         avx512_run(a, src, b.cols, c, ldc, accumulate, epilogue, parallel)
     });
 }

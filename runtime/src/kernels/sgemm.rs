@@ -19,14 +19,17 @@
 //! - `a` is read in place when its rows are contiguous (im2col buffers,
 //!   activations) and copied panel by panel otherwise (transposed views);
 //! - the micro-kernel prefetches `b` `PF_B` depth steps ahead, and fetches
-//!   the next packed `b` panel into L2 while it works on one already in
-//!   cache (see `Tile::ahead`);
+//!   into L2 the next packed `b` panel while it works on one already in
+//!   cache (see `Tile::ahead`), or the next row panel of an `a` whose rows
+//!   are one contiguous run, and the tile of `c` below its own
+//!   (`Tile::below`): a batch-1 layer's operands come from memory;
 //! - loops, outermost first: column blocks of `NC_PANELS` panels, row blocks
 //!   of at most `MC` rows (split evenly), depth blocks, then either column
 //!   panels over row panels (one `b` panel stays in L1 while the `a` panels
-//!   stream from L2: long depth blocks, many rows) or row panels over
-//!   column panels (one `a` panel stays in L1: short depths, few rows); the
-//!   `c` block stays in L2 across depth blocks.
+//!   stream from L2: long depth blocks, many rows, `a` not one contiguous
+//!   run per panel) or row panels over column panels (one `a` panel stays
+//!   in L1 while the next is fetched: short depths, few rows, or contiguous
+//!   `a` rows); the `c` block stays in L2 across depth blocks.
 //!
 //! Determinism: every element of `c` is computed by the same sequence of
 //! operations (depth blocks in order; within a block, FMAs in depth order
@@ -183,9 +186,18 @@ fn take_local<T: Default>(key: &'static std::thread::LocalKey<RefCell<T>>) -> T 
 /// `kb`), panel `jp` starts at `p0 * n_pad + jp * kb * NR` and holds
 /// `b[p0 + p, jp * NR + c]` at `p * NR + c` (zero beyond `n`), where
 /// `n_pad = ceil(n / NR) * NR`.
+///
+/// A large `b` (64 Ki floats or more) is packed over the current rayon
+/// pool: call this from the thread that owns the product, not from inside
+/// one of its tasks.
 pub fn pack_b(b: MatRef<'_>) -> PackedB {
+    pack_b_on(b, true)
+}
+
+/// [`pack_b`], over the pool only if `parallel`.
+fn pack_b_on(b: MatRef<'_>, parallel: bool) -> PackedB {
     let mut data = take_local(&PACKED_POOL);
-    pack_b_into(b, &mut data);
+    pack_b_into(b, &mut data, parallel);
     PackedB {
         data,
         k: b.rows,
@@ -214,7 +226,7 @@ pub fn with_packed<'a, R>(
     }
     for (i, pb) in set.iter_mut().take(count).enumerate() {
         let m = b(i);
-        pack_b_into(m, &mut pb.data);
+        pack_b_into(m, &mut pb.data, false);
         (pb.k, pb.n) = (m.rows, m.cols);
     }
     let r = f(&set[..count]);
@@ -228,7 +240,9 @@ pub fn with_packed<'a, R>(
     r
 }
 
-fn pack_b_into(b: MatRef<'_>, out: &mut AlignedBuf) {
+/// Packs `b` as [`pack_b`] into `out`; over the current rayon pool when
+/// `parallel` and `b` is large.
+fn pack_b_into(b: MatRef<'_>, out: &mut AlignedBuf, parallel: bool) {
     let (k, n) = (b.rows, b.cols);
     let n_pad = n_panels(n) * NR;
     // Every element is written below (padding included), so no zero fill.
@@ -271,7 +285,7 @@ fn pack_b_into(b: MatRef<'_>, out: &mut AlignedBuf) {
     // A large `b` (a training step's conv kernel, packed once per call on
     // the calling thread while the pool waited) is packed by panels over
     // the pool; it is a copy, so the result is the same.
-    let parallel = k * n_pad >= PAR_PACK_FLOATS && rayon::current_num_threads() > 1;
+    let parallel = parallel && k * n_pad >= PAR_PACK_FLOATS && rayon::current_num_threads() > 1;
     let mut rest: &mut [f32] = out;
     for bi in 0..depth.blocks {
         let (p0, kb) = depth.block(bi);
@@ -368,7 +382,7 @@ struct Tile {
     ahead_lines: usize,
     /// Rows `0 .. below_rows` of the tile of `c` under this one (same
     /// columns, row stride `ldc`) to fetch into L2 before this tile's depth
-    /// loop (`prefetcht1` of the first and last column of each row); 0 rows
+    /// loop (`prefetcht1` of the lines of each row's columns); 0 rows
     /// for none. A batch-1 layer's output buffer was last touched a whole
     /// pass earlier, so its lines come from memory and every store of a
     /// tile missed. GEMM bench, `c` cycled through 512 MiB of buffers
@@ -389,8 +403,8 @@ struct Tile {
 /// AVX-512F must be available; `a` must be readable at the positions above
 /// for `r < M`, `p < kb`; `b` at `p * ldb + j` for `p < kb`, `j < 16 · NV`;
 /// `c` rows `0..M`, columns `0..nr` with stride `ldc` readable and writable;
-/// epilogue pointers valid for the same rows and columns. `ahead` may hold
-/// any address: it is only prefetched.
+/// epilogue pointers valid for the same rows and columns. `ahead` and
+/// `below` may hold any address: they are only prefetched.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: &Tile) {
     let (rs, cs) = if PACKED_A { (1, MR) } else { (t.rs, 1) };
@@ -413,6 +427,10 @@ unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: 
     for r in 0..t.below_rows {
         let cp = t.below.wrapping_add(r * ldc);
         _mm_prefetch::<_MM_HINT_T1>(cp as *const i8);
+        if NV == 2 {
+            // The middle line, when the row is not 64-byte aligned.
+            _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(16) as *const i8);
+        }
         _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(16 * NV - 1) as *const i8);
     }
     // The lines to fetch, spread evenly over the depth steps: after step
@@ -449,8 +467,10 @@ unsafe fn tile_kernel<const M: usize, const NV: usize, const PACKED_A: bool>(t: 
             )*};
         }
         rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
-        a = a.add(cs);
-        b = b.add(t.ldb);
+        // Past the last step these point one step beyond the block (for a
+        // `b` read in place, possibly past its slice): never read there.
+        a = a.wrapping_add(cs);
+        b = b.wrapping_add(t.ldb);
     }
     let load_c = t.load_c;
     let epi = t.epi;
@@ -697,10 +717,11 @@ unsafe fn run_rect(
                         }
                     }
                 } else {
-                    // Short depth or few row panels: one `a` panel stays in
-                    // L1 across the `b` panels (measured faster there: e.g.
-                    // the 7×7 single-channel conv, K = 49, and batch-1
-                    // layers with 4 row panels).
+                    // Short depth, few row panels, or `a` rows in one run
+                    // per panel: one `a` panel stays in L1 across the `b`
+                    // panels (measured faster there: e.g. the 7×7
+                    // single-channel conv, K = 49, batch-1 layers with 4
+                    // row panels, and contiguous `a` fetched ahead, below).
                     // The first row of tiles reads each panel first; each of
                     // them fetches the first half of the next one (the whole
                     // panel, twice the lines, measured 5% slower on
@@ -872,8 +893,14 @@ fn reads_b_in_place(m: usize, b: MatRef<'_>) -> bool {
 }
 
 /// Runs `f` with `b` prepared for an `m`-row product: read in place for few
-/// rows, else packed into this thread's buffer.
-pub(crate) fn with_b<R>(m: usize, b: MatRef<'_>, f: impl FnOnce(BSrc<'_>) -> R) -> R {
+/// rows, else packed into this thread's buffer (over the pool when
+/// `parallel`: the product itself is split over it).
+pub(crate) fn with_b<R>(
+    m: usize,
+    b: MatRef<'_>,
+    parallel: bool,
+    f: impl FnOnce(BSrc<'_>) -> R,
+) -> R {
     if reads_b_in_place(m, b) {
         return f(BSrc::InPlace(b));
     }
@@ -884,12 +911,12 @@ pub(crate) fn with_b<R>(m: usize, b: MatRef<'_>, f: impl FnOnce(BSrc<'_>) -> R) 
                 k: b.rows,
                 n: b.cols,
             };
-            pack_b_into(b, &mut pb.data);
+            pack_b_into(b, &mut pb.data, parallel);
             let r = f(BSrc::Packed(&pb));
             *buf = std::mem::take(&mut pb.data);
             r
         }
-        Err(_) => f(BSrc::Packed(&pack_b(b))),
+        Err(_) => f(BSrc::Packed(&pack_b_on(b, parallel))),
     })
 }
 
@@ -922,7 +949,7 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate:
         (k - 1) * b.row_stride + (n - 1) * b.col_stride < b.data.len(),
         "b out of range"
     );
-    with_b(m, b, |bs| {
+    with_b(m, b, false, |bs| {
         let job = Job {
             a,
             b: bs,
