@@ -737,17 +737,22 @@ unsafe fn run_rect(
                     // 132-137 -> 140-144 / 147-157 GFLOP/s, ResNet-50's stem
                     // 141-144 -> 156; in the model, block2_sepconv1 / 2
                     // 3.36-3.77 / 5.33-5.76 -> 2.89-3.01 / 4.72-4.80 ms.
+                    // In the row blocks after the first, whose `b` block is
+                    // already in L2, the first row's tiles fetch `a` panel 1
+                    // instead (GEMM bench, 147x147 64 -> 128 with `c` from
+                    // memory: 116-129 -> 126-129 GFLOP/s).
                     let tiles = jc_hi - jc;
+                    let fetch_b = |ip: usize| ip == 0 && (ic == i_lo || !a_runs);
                     for ip in 0..panels {
                         let a_next = ic + (ip + 1) * MR;
-                        let a_lines = if ip >= 1 && a_runs && a_next < i_hi {
+                        let a_lines = if !fetch_b(ip) && a_runs && a_next < i_hi {
                             (MR.min(i_hi - a_next) * kb).div_ceil(16)
                         } else {
                             0
                         };
                         let a_share = a_lines.div_ceil(tiles);
                         for jp in jc..jc_hi {
-                            let next = if ip == 0 {
+                            let next = if fetch_b(ip) {
                                 next_panel(jp)
                             } else {
                                 std::ptr::null()
