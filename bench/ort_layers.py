@@ -3,7 +3,7 @@
 Usage, from the repository root, after `bash bench/run.sh` has exported the
 ONNX models into bench/out/onnx/:
 
-    bench/.venv/bin/python bench/ort_layers.py resnet50 [--threads 1] [--runs 20]
+    bench/.venv/bin/python bench/ort_layers.py resnet50 [--threads 1] [--runs 20] [--nodes]
         [--cnnc target/release/cnnc]
 
 Runs the model's ONNX file in ONNX Runtime with profiling on (batch 1,
@@ -17,6 +17,11 @@ conv's pointwise conv after the activation that follows it, which belongs to
 the next layer's name: compare per block there, not per layer). Both sides' node times and
 the difference are in milliseconds per run; the last lines are the totals and
 the unmatched ORT nodes (layout reorders, padding, pooling).
+
+With `--nodes`, prints instead both sides in execution order, one line per
+ORT node (op type, input and output shapes) and per cnnc node (op, layer,
+output shape), with mean milliseconds: for pairing layers by shape where the
+names do not match.
 
 The ORT profile JSON is written to bench/out/ and removed afterwards.
 """
@@ -67,14 +72,22 @@ def ort_nodes(path, threads, runs):
         os.remove(profile)
     total = collections.defaultdict(float)
     by_op = collections.defaultdict(float)
+    shapes = {}
     for e in events:
         name = e.get("name", "")
         if e.get("cat") == "Node" and name.endswith("_kernel_time"):
-            total[name[: -len("_kernel_time")]] += e["dur"] / 1e3
-            by_op[e.get("args", {}).get("op_name", "?")] += e["dur"] / 1e3
+            node = name[: -len("_kernel_time")]
+            args = e.get("args", {})
+            total[node] += e["dur"] / 1e3
+            by_op[args.get("op_name", "?")] += e["dur"] / 1e3
+            shapes.setdefault(node, (
+                args.get("op_name", "?"),
+                [list(d.values())[0] for d in args.get("input_type_shape", [])],
+                [list(d.values())[0] for d in args.get("output_type_shape", [])],
+            ))
     # The profile covers the warm-up runs too.
     mean = lambda d: {k: v / (warmup + runs) for k, v in d.items()}  # noqa: E731
-    return mean(total), mean(by_op), per_run
+    return mean(total), mean(by_op), per_run, shapes
 
 
 def cnnc_layers(cnnc, spec, threads, runs):
@@ -89,7 +102,7 @@ def cnnc_layers(cnnc, spec, threads, runs):
     for node in report["profile"]:
         layers[node["layer"]] += node["forward_ms"]
         by_op[node["op"]] += node["forward_ms"]
-    return layers, by_op, report["ms_per_batch"]
+    return layers, by_op, report["ms_per_batch"], report["profile"]
 
 
 def owner_layer(node, layers):
@@ -117,14 +130,27 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--cnnc", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", "target"), "release", "cnnc"))
+    ap.add_argument("--nodes", action="store_true",
+                    help="list both sides' nodes in execution order with shapes")
     args = ap.parse_args()
     onnx_path = os.path.join("bench", "out", "onnx", f"{args.model}.onnx")
     if not os.path.exists(onnx_path):
         sys.exit(f"{onnx_path} is missing: run `bash bench/run.sh --models {args.model}` first")
     if not os.path.exists(args.cnnc):
         sys.exit(f"{args.cnnc} is missing: run `cargo build --release` or pass --cnnc")
-    nodes, ort_ops, ort_ms = ort_nodes(onnx_path, args.threads, args.runs)
-    layers, cnnc_ops, cnnc_ms = cnnc_layers(args.cnnc, SPECS[args.model], args.threads, args.runs)
+    nodes, ort_ops, ort_ms, ort_shapes = ort_nodes(onnx_path, args.threads, args.runs)
+    layers, cnnc_ops, cnnc_ms, profile = cnnc_layers(
+        args.cnnc, SPECS[args.model], args.threads, args.runs)
+    if args.nodes:
+        print(f"ONNX Runtime, {ort_ms:.3f} ms/run; ms, op, node, input shapes -> output shapes:")
+        for node, ms in nodes.items():
+            op, ins, outs = ort_shapes[node]
+            print(f"{ms:8.3f} {op:16s} {node[:48]:48s} {ins} -> {outs}")
+        print(f"cnnc, {cnnc_ms:.3f} ms/run; ms, op, layer, output shape (NHWC, per image):")
+        for node in profile:
+            print(f"{node['forward_ms']:8.3f} {node['op']:16s} {node['layer'][:48]:48s} "
+                  f"{node['shape']}")
+        return
     matched = collections.defaultdict(float)
     unmatched = {}
     for node, ms in nodes.items():
