@@ -1129,3 +1129,102 @@ pub(crate) fn sum_partials<'a>(mut partials: impl Iterator<Item = &'a [f32]>, ou
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_compiler::graph::ir::Conv2dAttrs;
+    use cnnc_compiler::model::Pads2d;
+
+    fn naive_row(s: &Conv2dShape, x: &[f32], r: usize, out: &mut [f32]) {
+        let opix = s.out_pixels();
+        let (n, rem) = (r / opix, r % opix);
+        let (oy, ox) = (rem / s.out_w, rem % s.out_w);
+        let c = s.in_channels;
+        for ky in 0..s.kernel_h {
+            for kx in 0..s.kernel_w {
+                let iy = (oy * s.stride_h + ky * s.dilation_h) as isize - s.pad_top as isize;
+                let ix = (ox * s.stride_w + kx * s.dilation_w) as isize - s.pad_left as isize;
+                for ch in 0..c {
+                    let v = if iy < 0 || ix < 0 || iy as usize >= s.in_h || ix as usize >= s.in_w {
+                        0.0
+                    } else {
+                        x[((n * s.in_h + iy as usize) * s.in_w + ix as usize) * c + ch]
+                    };
+                    out[(ky * s.kernel_w + kx) * c + ch] = v;
+                }
+            }
+        }
+    }
+
+    /// `im2col` against a tap-by-tap reference over random geometries
+    /// (kernels 1-4 x 1-11, dilation 1-3, strides 1-3 x 1-4, each pad 0-6,
+    /// maps down to 1x1, so interiors may be empty and kernels wider than
+    /// the input), each over its whole rows and random sub-ranges (blocks
+    /// that start mid-line and span images), never writing past the rows.
+    #[test]
+    fn im2col_matches_naive_random_geometries() {
+        let mut seed = 12345u64;
+        let mut rnd = |m: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % m
+        };
+        let mut tested = 0;
+        for _ in 0..5000 {
+            let (kh, kw) = (1 + rnd(4), 1 + rnd(11));
+            let (dh, dw) = (1 + rnd(3), 1 + rnd(3));
+            let (sh, sw) = (1 + rnd(3), 1 + rnd(4));
+            let (in_h, in_w) = (1 + rnd(7), 1 + rnd(14));
+            let pads = Pads2d {
+                top: rnd(5),
+                bottom: rnd(5),
+                left: rnd(7),
+                right: rnd(7),
+            };
+            let c = [1, 2, 3, 4, 5, 8, 16][rnd(7)];
+            let batch = 1 + rnd(3);
+            let attrs = Conv2dAttrs {
+                in_channels: c,
+                filters: 1,
+                kernel_size: [kh, kw],
+                strides: [sh, sw],
+                pads,
+                dilation_rate: [dh, dw],
+            };
+            let Ok(s) = Conv2dShape::new(&attrs, batch, in_h, in_w) else {
+                continue;
+            };
+            tested += 1;
+            let x: Vec<f32> = (0..s.input_len()).map(|i| i as f32 + 1.0).collect();
+            let k = s.patch_len();
+            let rows = s.rows();
+            let mut want = vec![0.0f32; rows * k];
+            for r in 0..rows {
+                naive_row(&s, &x, r, &mut want[r * k..(r + 1) * k]);
+            }
+            // A few (r0, len) sub-ranges, plus the whole.
+            let mut ranges = vec![(0, rows)];
+            for _ in 0..6 {
+                let r0 = rnd(rows);
+                let len = 1 + rnd(rows - r0);
+                ranges.push((r0, len));
+            }
+            for (r0, len) in ranges {
+                let mut col = vec![f32::NAN; len * k + 3];
+                im2col(&s, &x, r0, len, &mut col);
+                assert_eq!(
+                    &col[..len * k],
+                    &want[r0 * k..(r0 + len) * k],
+                    "{s:?} r0 {r0} len {len}"
+                );
+                assert!(
+                    col[len * k..].iter().all(|v| v.is_nan()),
+                    "wrote past rows: {s:?}"
+                );
+            }
+        }
+        assert!(tested > 200, "{tested}");
+    }
+}
