@@ -354,37 +354,29 @@ fn mac_block<const B: usize, const F: bool>(acc: &mut [f32; B], a: &[f32], b: &[
 /// of [`CB`], then 8, then single channels; with `wide:`, blocks of
 /// [`CB_WIDE`] first.
 macro_rules! channel_blocks {
+    // Whole blocks of `$size` channels from `$cb` while they fit below `$c`.
+    (@blocks $size:expr, $cb:ident, $c:ident, $b:ident, $body:expr) => {
+        while $cb + $size <= $c {
+            const $b: usize = $size;
+            $body;
+            $cb += $size;
+        }
+    };
     ($c:expr, |$cb:ident, $b:ident| $body:expr) => {
         channel_blocks!(0, $c, |$cb, $b| $body)
     };
     (wide: $c0:expr, $c:expr, |$cb:ident, $b:ident| $body:expr) => {{
         let c = $c;
         let mut $cb = $c0;
-        while $cb + CB_WIDE <= c {
-            const $b: usize = CB_WIDE;
-            $body;
-            $cb += CB_WIDE;
-        }
+        channel_blocks!(@blocks CB_WIDE, $cb, c, $b, $body);
         channel_blocks!($cb, c, |$cb, $b| $body)
     }};
     ($c0:expr, $c:expr, |$cb:ident, $b:ident| $body:expr) => {{
         let c = $c;
         let mut $cb = $c0;
-        while $cb + CB <= c {
-            const $b: usize = CB;
-            $body;
-            $cb += CB;
-        }
-        while $cb + 8 <= c {
-            const $b: usize = 8;
-            $body;
-            $cb += 8;
-        }
-        while $cb < c {
-            const $b: usize = 1;
-            $body;
-            $cb += 1;
-        }
+        channel_blocks!(@blocks CB, $cb, c, $b, $body);
+        channel_blocks!(@blocks 8, $cb, c, $b, $body);
+        channel_blocks!(@blocks 1, $cb, c, $b, $body);
     }};
 }
 
