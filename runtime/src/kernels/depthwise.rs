@@ -376,7 +376,11 @@ macro_rules! channel_blocks {
         let mut $cb = $c0;
         channel_blocks!(@blocks CB, $cb, c, $b, $body);
         channel_blocks!(@blocks 8, $cb, c, $b, $body);
-        channel_blocks!(@blocks 1, $cb, c, $b, $body);
+        while $cb < c {
+            const $b: usize = 1;
+            $body;
+            $cb += 1;
+        }
     }};
 }
 
