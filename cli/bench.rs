@@ -192,6 +192,10 @@ struct BenchResult {
     /// `--profile`: mean per-step time of each node that ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<profile::NodeProfile>>,
+    /// `--profile`: mean wall time of a whole profiled step, milliseconds
+    /// (the nodes plus what runs between them: loss, optimizer step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile_step_ms: Option<f64>,
 }
 
 /// The parameters a step runs with.
@@ -379,9 +383,10 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         _ => None,
     };
 
-    let node_profile = if args.profile {
+    let (node_profile, profile_step_ms) = if args.profile {
         let mut acc = profile::Profile::new(executor.graph());
         executor.set_profiling(true);
+        let profile_start = Instant::now();
         for i in args.warmup..total {
             if let Err(err) = step(&mut executor, i, &mut state) {
                 eprintln!("error: {err}");
@@ -391,10 +396,11 @@ pub fn execute(args: BenchArgs) -> ExitCode {
                 acc.add_step(times);
             }
         }
+        let step_ms = profile_start.elapsed().as_secs_f64() * 1e3 / args.steps.max(1) as f64;
         executor.set_profiling(false);
-        Some(acc.rows())
+        (Some(acc.rows()), Some(step_ms))
     } else {
-        None
+        (None, None)
     };
 
     if let (Some(file), StepParams::Infer(prepared)) = (&args.dump_io, &state) {
@@ -433,6 +439,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
         last_loss,
         rewrites: rewrites.len(),
         profile: node_profile,
+        profile_step_ms,
     };
     let text = match args.format {
         BenchFormat::Json => match serde_json::to_string(&result) {
@@ -488,7 +495,7 @@ fn text_report(r: &BenchResult, path: &str) -> String {
         out += &format!("  last loss    {loss:.4}\n");
     }
     if let Some(rows) = &r.profile {
-        out += &profile::render(rows, r.steps);
+        out += &profile::render(rows, r.steps, r.profile_step_ms);
     }
     out
 }

@@ -81,8 +81,10 @@ impl Profile {
     }
 }
 
-/// The profile as a table for people: one line per node, then the total.
-pub fn render(rows: &[NodeProfile], steps: usize) -> String {
+/// The profile as a table for people: one line per node, then the total
+/// and, given the mean wall time of a whole profiled step (`step_ms`), what
+/// ran outside the nodes (loss, optimizer step, waiting between nodes).
+pub fn render(rows: &[NodeProfile], steps: usize, step_ms: Option<f64>) -> String {
     let total: f64 = rows.iter().map(|r| r.forward_ms + r.backward_ms).sum();
     let backward = rows.iter().any(|r| r.backward_ms > 0.0);
     let mut out = format!(
@@ -127,6 +129,12 @@ pub fn render(rows: &[NodeProfile], steps: usize) -> String {
         );
     }
     out += &format!("    total {total:.3} ms per step in the nodes\n");
+    if let Some(step) = step_ms {
+        out += &format!(
+            "    step  {step:.3} ms per profiled step, {:.3} ms of it outside the nodes (loss, optimizer step)\n",
+            step - total
+        );
+    }
     out
 }
 
@@ -156,17 +164,22 @@ mod tests {
 
     #[test]
     fn shares_sum_to_the_total() {
-        let text = render(&[row(1, 3.0, 1.0), row(2, 1.0, 0.0)], 4);
+        let text = render(&[row(1, 3.0, 1.0), row(2, 1.0, 0.0)], 4, Some(5.5));
         // 4 of 5 ms and 1 of 5 ms.
         assert!(text.contains(" 80.0%"), "{text}");
         assert!(text.contains(" 20.0%"), "{text}");
         assert!(text.contains("total 5.000 ms"), "{text}");
         assert!(text.contains("28x28x64"), "{text}");
+        // 5.5 ms per step, 5 of them in the nodes.
+        assert!(
+            text.contains("step  5.500 ms per profiled step, 0.500 ms of it outside"),
+            "{text}"
+        );
     }
 
     #[test]
     fn inference_profile_has_no_backward_column() {
-        let text = render(&[row(1, 2.0, 0.0)], 1);
+        let text = render(&[row(1, 2.0, 0.0)], 1, None);
         assert!(!text.contains("bwd ms"), "{text}");
     }
 

@@ -10,13 +10,16 @@
 //!   MobileNetV2's stride-2 block), batch norm with moving statistics,
 //!   max pooling (ResNet-50's 3x3 stride-2 stem pool, Xception's 3x3
 //!   stride-2 `same` pool, the Fashion CNN's 2x2) and a 2x2 average pool;
+//! - `winograd_kernel`: the per-step Winograd F(2x2, 3x3) kernel transforms
+//!   of training (the forward kernel's, and the rotated one of the input
+//!   gradient), at the Fashion CNN's 3x3 shapes, on 1 and 2 threads;
 //! - `model`: a Fashion-MNIST CNN training step and inference at batch 128,
 //!   on 1 and 2 threads.
 //!
 //! Throughput is reported in "elements": floating-point operations for the
 //! conv and depthwise cases (so `Gelem/s` reads as GFLOP/s, 2 × multiply-adds),
 //! bytes read + written for batch norm and pooling (memory-bound: `GiB/s`),
-//! and images for the `model` group (`Kelem/s` × 1000 = images/s for one
+//! kernel floats written for `winograd_kernel`, and images for the `model` group (`Kelem/s` × 1000 = images/s for one
 //! training step, forward + backward).
 
 #[path = "../tests/kernels_support/mod.rs"]
@@ -300,6 +303,32 @@ fn zoo(c: &mut Criterion) {
     g.finish();
 }
 
+/// The Winograd kernel transforms a training step makes for each 3x3 conv
+/// (both write `16 * in_channels * filters` floats).
+fn winograd_kernel(c: &mut Criterion) {
+    use cnnc_runtime::kernels::winograd::{input_gradient_kernel_into, transform_kernel_into};
+    let mut g = c.benchmark_group("winograd_kernel");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for threads in [1, 2] {
+        let pool = pool_of(threads);
+        for (cin, f) in [(64, 128), (128, 128), (128, 256), (256, 256)] {
+            let w = rand_vec(9 * cin * f, 4);
+            let mut u = vec![0.0f32; 16 * cin * f];
+            g.throughput(Throughput::Elements(u.len() as u64));
+            let name = format!("{cin}->{f}_{threads}_threads");
+            g.bench_function(BenchmarkId::new("forward", &name), |bch| {
+                bch.iter(|| pool.install(|| transform_kernel_into(&w, cin, f, &mut u)))
+            });
+            g.bench_function(BenchmarkId::new("input_gradient", &name), |bch| {
+                bch.iter(|| pool.install(|| input_gradient_kernel_into(&w, cin, f, &mut u)))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn model(c: &mut Criterion) {
     let mut g = c.benchmark_group("model");
     g.sample_size(10)
@@ -340,5 +369,5 @@ fn model(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, zoo, model);
+criterion_group!(benches, conv, zoo, winograd_kernel, model);
 criterion_main!(benches);

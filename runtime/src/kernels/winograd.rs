@@ -82,6 +82,7 @@ const TRANSFORM_TASK_FLOATS: usize = 16 * 1024;
 pub(crate) struct Planes<'a> {
     ptr: *mut f32,
     len: usize,
+    planes: usize,
     tile_stride: usize,
     channels: usize,
     _buf: std::marker::PhantomData<&'a mut [f32]>,
@@ -94,13 +95,25 @@ unsafe impl Sync for Planes<'_> {}
 impl<'a> Planes<'a> {
     /// Borrows `buf` (at least `16 * tile_stride * channels` floats).
     fn new(buf: &'a mut [f32], tile_stride: usize, channels: usize) -> Planes<'a> {
+        Planes::with_planes(buf, 16, tile_stride, channels)
+    }
+
+    /// Borrows `buf` as `planes` planes (at least `planes * tile_stride *
+    /// channels` floats).
+    fn with_planes(
+        buf: &'a mut [f32],
+        planes: usize,
+        tile_stride: usize,
+        channels: usize,
+    ) -> Planes<'a> {
         assert!(
-            buf.len() >= 16 * tile_stride * channels,
+            buf.len() >= planes * tile_stride * channels,
             "winograd planes length"
         );
         Planes {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
+            planes,
             tile_stride,
             channels,
             _buf: std::marker::PhantomData,
@@ -115,7 +128,7 @@ impl<'a> Planes<'a> {
     #[inline(always)]
     unsafe fn row(&self, op: usize, tile: usize) -> &mut [f32] {
         let start = (op * self.tile_stride + tile) * self.channels;
-        assert!(op < 16 && tile < self.tile_stride && start + self.channels <= self.len);
+        assert!(op < self.planes && tile < self.tile_stride && start + self.channels <= self.len);
         // SAFETY: in bounds (checked above), the buffer is borrowed mutably
         // for 'a, and the caller guarantees the row is not aliased.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.channels) }
@@ -211,17 +224,86 @@ pub fn transform_kernel_into(kernel: &[f32], in_channels: usize, filters: usize,
         16 * c_n * k_n,
         "winograd transformed kernel length"
     );
-    let plane = c_n * k_n;
-    for ck in 0..plane {
-        let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * plane + ck];
-        // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 (per column).
-        let gg = g_times(g);
+    // Row `c` of each plane (`filters` floats) is computed from row `c` of
+    // each tap: tasks of whole rows, vectorized along the filters.
+    let planes = Planes::new(u, c_n, k_n);
+    let rows = KERNEL_TASK_PAIRS.div_ceil(k_n.max(1)).max(1);
+    (0..c_n.div_ceil(rows)).into_par_iter().for_each(|t| {
+        let c_range = t * rows..((t + 1) * rows).min(c_n);
+        transform_kernel_rows(kernel, c_n, k_n, c_range, &planes);
+    });
+}
+
+/// (Channel, filter) pairs per task of the kernel transforms (about 64 KiB
+/// of output each).
+const KERNEL_TASK_PAIRS: usize = 1024;
+
+/// Lanes of the vectorized kernel transforms: (channel, filter) pairs
+/// transformed at once, one AVX-512 register.
+const KV: usize = 16;
+
+/// `U = G g G^T` of [`KV`] (channel, filter) pairs at once: `g[tap][lane]`
+/// (taps in row-major 3x3 order) to `u[xi][lane]` (`xi = 4 row + col`).
+#[inline(always)]
+fn transform_lanes(g: &[[f32; KV]; 9], u: &mut [[f32; KV]; 16]) {
+    for l in 0..KV {
+        let gg = g_times(|ky, kx| g[ky * 3 + kx][l]);
         // (G g) G^T: each row (a, b, c) -> (a, (a + b + c) / 2, (a - b + c) / 2, c).
         for (r, [a, b, c]) in gg.into_iter().enumerate() {
-            u[(4 * r) * plane + ck] = a;
-            u[(4 * r + 1) * plane + ck] = 0.5 * (a + b + c);
-            u[(4 * r + 2) * plane + ck] = 0.5 * (a - b + c);
-            u[(4 * r + 3) * plane + ck] = c;
+            u[4 * r][l] = a;
+            u[4 * r + 1][l] = 0.5 * (a + b + c);
+            u[4 * r + 2][l] = 0.5 * (a - b + c);
+            u[4 * r + 3][l] = c;
+        }
+    }
+}
+
+/// `dst[..n] = src[..n]` for `n <= KV`; a whole register's worth by fixed-size
+/// moves (a `memcpy` call per row would cost more than the transform).
+#[inline(always)]
+fn copy_lanes(dst: &mut [f32], src: &[f32], n: usize) {
+    if n == KV {
+        dst[..KV].copy_from_slice(&src[..KV]);
+    } else {
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+dispatch_simd! {
+    /// [`transform_kernel_into`] for the channels `c_range`: rows `c` of
+    /// the 16 planes of `planes` (`[16, in_channels, filters]`).
+    fn transform_kernel_rows(
+        kernel: &[f32],
+        c_n: usize,
+        k_n: usize,
+        c_range: std::ops::Range<usize>,
+        planes: &Planes<'_>
+    ) => transform_kernel_rows_body
+}
+
+#[inline(always)]
+fn transform_kernel_rows_body(
+    kernel: &[f32],
+    c_n: usize,
+    k_n: usize,
+    c_range: std::ops::Range<usize>,
+    planes: &Planes<'_>,
+) {
+    let plane = c_n * k_n;
+    let mut g = [[0.0f32; KV]; 9];
+    let mut out = [[0.0f32; KV]; 16];
+    for c in c_range {
+        for k0 in (0..k_n).step_by(KV) {
+            let n = KV.min(k_n - k0);
+            for (t, gt) in g.iter_mut().enumerate() {
+                copy_lanes(gt, &kernel[t * plane + c * k_n + k0..], n);
+            }
+            transform_lanes(&g, &mut out);
+            for (op, o) in out.iter().enumerate() {
+                // SAFETY: row `c` belongs to this task alone.
+                let row = unsafe { planes.row(op, c) };
+                copy_lanes(&mut row[k0..], o, n);
+            }
         }
     }
 }
@@ -257,28 +339,68 @@ pub fn input_gradient_kernel_into(
         16 * c_n * k_n,
         "winograd transformed kernel length"
     );
+    // Row `k` of each plane (`in_channels` floats) gathers column `k` of
+    // the kernel: tasks of [`KV`] filters, each read as [`KV`] x [`KV`]
+    // tiles (whole cache lines along the filters), transposed in
+    // registers' worth, and written as whole lines along the channels.
+    let planes = Planes::new(u, k_n, c_n);
+    let blocks = k_n.div_ceil(KV);
+    let per_task = (KERNEL_TASK_PAIRS / (KV * c_n.max(1))).max(1);
+    (0..blocks.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|t| {
+            let b_range = t * per_task..((t + 1) * per_task).min(blocks);
+            input_gradient_kernel_blocks(kernel, c_n, k_n, b_range, &planes);
+        });
+}
+
+dispatch_simd! {
+    /// [`input_gradient_kernel_into`] for the filter blocks `b_range`
+    /// (filters `KV * b ..`): rows `k` of the 16 planes of `planes`
+    /// (`[16, filters, in_channels]`).
+    fn input_gradient_kernel_blocks(
+        kernel: &[f32],
+        c_n: usize,
+        k_n: usize,
+        b_range: std::ops::Range<usize>,
+        planes: &Planes<'_>
+    ) => input_gradient_kernel_blocks_body
+}
+
+#[inline(always)]
+fn input_gradient_kernel_blocks_body(
+    kernel: &[f32],
+    c_n: usize,
+    k_n: usize,
+    b_range: std::ops::Range<usize>,
+    planes: &Planes<'_>,
+) {
     let plane = c_n * k_n;
-    // In 16 x 16 blocks of (filter, channel): the kernel is read along the
-    // filters and `u` written along the channels, so each block's lines
-    // stay in L1 (the whole of `k` at a time read the kernel with a stride
-    // of `filters`).
-    const B: usize = 16;
-    for k0 in (0..k_n).step_by(B) {
-        for c0 in (0..c_n).step_by(B) {
-            for c in c0..(c0 + B).min(c_n) {
-                for k in k0..(k0 + B).min(k_n) {
-                    // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k].
-                    let g = |ky: usize, kx: usize| {
-                        kernel[((2 - ky) * 3 + (2 - kx)) * plane + c * k_n + k]
-                    };
-                    let gg = g_times(g);
-                    let ck = k * c_n + c;
-                    for (r, [a, b, cc]) in gg.into_iter().enumerate() {
-                        u[(4 * r) * plane + ck] = a;
-                        u[(4 * r + 1) * plane + ck] = 0.5 * (a + b + cc);
-                        u[(4 * r + 2) * plane + ck] = 0.5 * (a - b + cc);
-                        u[(4 * r + 3) * plane + ck] = cc;
+    // tile[t][kj][ci]: tap t of the rotated kernel, filter k0 + kj,
+    // channel c0 + ci.
+    let mut tile = [[[0.0f32; KV]; KV]; 9];
+    let mut out = [[0.0f32; KV]; 16];
+    for b in b_range {
+        let k0 = b * KV;
+        let nk = KV.min(k_n - k0);
+        for c0 in (0..c_n).step_by(KV) {
+            let nc = KV.min(c_n - c0);
+            for (t, tt) in tile.iter_mut().enumerate() {
+                // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k]: tap 8 - t.
+                for ci in 0..nc {
+                    let src = &kernel[(8 - t) * plane + (c0 + ci) * k_n + k0..][..nk];
+                    for (kj, &v) in src.iter().enumerate() {
+                        tt[kj][ci] = v;
                     }
+                }
+            }
+            for kj in 0..nk {
+                let g: [[f32; KV]; 9] = std::array::from_fn(|t| tile[t][kj]);
+                transform_lanes(&g, &mut out);
+                for (op, o) in out.iter().enumerate() {
+                    // SAFETY: row `k0 + kj` belongs to this task alone.
+                    let row = unsafe { planes.row(op, k0 + kj) };
+                    copy_lanes(&mut row[c0..], o, nc);
                 }
             }
         }
@@ -960,23 +1082,45 @@ pub fn kernel_gradient(s: &Conv2dShape, x: &[f32], dz: &[f32], dk: &mut [f32]) {
                     n0 += imgs;
                 }
             });
-        // dU = Σ partials (in group order), then dg = G^T dU G.
-        let (du, rest) = partials.split_at_mut(16 * plane);
-        for p in rest.chunks_exact(16 * plane).take(groups - 1) {
-            du.iter_mut().zip(p).for_each(|(o, v)| *o += v);
-        }
-        kernel_gradient_back_transform(du, plane, dk);
+        // dU = Σ partials (in group order), then dg = G^T dU G, in tasks
+        // of whole rows `c` of dk's nine planes.
+        let partials = &partials[..groups * 16 * plane];
+        let planes = Planes::with_planes(dk, 9, c_n, k_n);
+        let rows = KERNEL_TASK_PAIRS.div_ceil(k_n).max(1);
+        (0..c_n.div_ceil(rows)).into_par_iter().for_each(|t| {
+            let c_range = t * rows..((t + 1) * rows).min(c_n);
+            kernel_gradient_rows(partials, c_n, k_n, c_range, &planes);
+        });
     });
 }
 
-/// `dk = G^T dU G` per (channel, filter) pair: `du` `[16, plane]`
-/// (`xi = 4 row + col`), `dk` `[3, 3, plane]` (HWIO with
-/// `plane = in_channels * filters`).
-///
-/// With `G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]`, a
-/// row or column `(e0, e1, e2, e3)` maps to
-/// `(e0 + (e1 + e2) / 2, (e1 - e2) / 2, (e1 + e2) / 2 + e3)`.
-fn kernel_gradient_back_transform(du: &[f32], plane: usize, dk: &mut [f32]) {
+dispatch_simd! {
+    /// `dk = G^T dU G` for the channels `c_range`, with `dU` the sum of
+    /// `partials` (whole `[16, plane]` sums, `xi = 4 row + col`, added in
+    /// order; `plane = in_channels * filters`): rows `c` of the nine planes
+    /// of `dk` (`[3, 3, in_channels, filters]`, HWIO).
+    ///
+    /// With `G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]`, a
+    /// row or column `(e0, e1, e2, e3)` maps to
+    /// `(e0 + (e1 + e2) / 2, (e1 - e2) / 2, (e1 + e2) / 2 + e3)`.
+    fn kernel_gradient_rows(
+        partials: &[f32],
+        c_n: usize,
+        k_n: usize,
+        c_range: std::ops::Range<usize>,
+        dk: &Planes<'_>
+    ) => kernel_gradient_rows_body
+}
+
+#[inline(always)]
+fn kernel_gradient_rows_body(
+    partials: &[f32],
+    c_n: usize,
+    k_n: usize,
+    c_range: std::ops::Range<usize>,
+    dk: &Planes<'_>,
+) {
+    let plane = c_n * k_n;
     let gt = |e: [f32; 4]| {
         [
             e[0] + 0.5 * (e[1] + e[2]),
@@ -984,16 +1128,40 @@ fn kernel_gradient_back_transform(du: &[f32], plane: usize, dk: &mut [f32]) {
             0.5 * (e[1] + e[2]) + e[3],
         ]
     };
-    for ck in 0..plane {
-        let u = |xi: usize| du[xi * plane + ck];
-        // Columns first: G^T applied to each column j of dU.
-        let cols: [[f32; 3]; 4] =
-            std::array::from_fn(|j| gt([u(j), u(4 + j), u(8 + j), u(12 + j)]));
-        // Then each row i of (G^T dU) times G.
-        for i in 0..3 {
-            let row = gt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
-            for (j, v) in row.into_iter().enumerate() {
-                dk[(3 * i + j) * plane + ck] = v;
+    let mut du = [[0.0f32; KV]; 16];
+    let mut out = [[0.0f32; KV]; 9];
+    for c in c_range {
+        for k0 in (0..k_n).step_by(KV) {
+            let n = KV.min(k_n - k0);
+            for (xi, d) in du.iter_mut().enumerate() {
+                let at = xi * plane + c * k_n + k0;
+                let mut sums = partials.chunks_exact(16 * plane);
+                if let Some(first) = sums.next() {
+                    copy_lanes(d, &first[at..], n);
+                }
+                for p in sums {
+                    for (o, v) in d[..n].iter_mut().zip(&p[at..at + n]) {
+                        *o += v;
+                    }
+                }
+            }
+            for l in 0..KV {
+                let u = |xi: usize| du[xi][l];
+                // Columns first: G^T applied to each column j of dU.
+                let cols: [[f32; 3]; 4] =
+                    std::array::from_fn(|j| gt([u(j), u(4 + j), u(8 + j), u(12 + j)]));
+                // Then each row i of (G^T dU) times G.
+                for i in 0..3 {
+                    let row = gt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+                    for (j, v) in row.into_iter().enumerate() {
+                        out[3 * i + j][l] = v;
+                    }
+                }
+            }
+            for (tap, o) in out.iter().enumerate() {
+                // SAFETY: row `c` belongs to this task alone.
+                let row = unsafe { dk.row(tap, c) };
+                copy_lanes(&mut row[k0..], o, n);
             }
         }
     }
