@@ -376,27 +376,26 @@ fn input_gradient_kernel_blocks_body(
     planes: &Planes<'_>,
 ) {
     let plane = c_n * k_n;
-    // tile[t][kj][ci]: tap t of the rotated kernel, filter k0 + kj,
+    // tile[kj][t][ci]: filter k0 + kj, tap t of the rotated kernel,
     // channel c0 + ci.
-    let mut tile = [[[0.0f32; KV]; KV]; 9];
+    let mut tile = [[[0.0f32; KV]; 9]; KV];
     let mut out = [[0.0f32; KV]; 16];
     for b in b_range {
         let k0 = b * KV;
         let nk = KV.min(k_n - k0);
         for c0 in (0..c_n).step_by(KV) {
             let nc = KV.min(c_n - c0);
-            for (t, tt) in tile.iter_mut().enumerate() {
+            for t in 0..9 {
                 // g'[ky][kx][k][c] = g[2 - ky][2 - kx][c][k]: tap 8 - t.
                 for ci in 0..nc {
                     let src = &kernel[(8 - t) * plane + (c0 + ci) * k_n + k0..][..nk];
-                    for (kj, &v) in src.iter().enumerate() {
-                        tt[kj][ci] = v;
+                    for (g, &v) in tile.iter_mut().zip(src) {
+                        g[t][ci] = v;
                     }
                 }
             }
-            for kj in 0..nk {
-                let g: [[f32; KV]; 9] = std::array::from_fn(|t| tile[t][kj]);
-                transform_lanes(&g, &mut out);
+            for (kj, g) in tile.iter().enumerate().take(nk) {
+                transform_lanes(g, &mut out);
                 for (op, o) in out.iter().enumerate() {
                     // SAFETY: row `k0 + kj` belongs to this task alone.
                     let row = unsafe { planes.row(op, k0 + kj) };
