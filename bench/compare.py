@@ -359,8 +359,8 @@ def main():
 
 
 def render_tables(rows, per_core):
-    """The main table (one line per workload, threads and implementation) and
-    the peak-RSS table of the Fashion CNN at batch 1."""
+    """The main table (one line per workload, threads and implementation) and the tables
+    below it: the peak RSS of the Fashion CNN at batch 1, and the thread scaling."""
     header = ("| workload | threads | impl | images/s | ms/batch | peak RSS MB | cores used | GFLOP/s "
               "| % of FMA peak | cnnc ÷ impl |")
     lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -401,7 +401,40 @@ def render_tables(rows, per_core):
                 else "n/a")
             mem.append(f"| {IMPL_NAMES[impl]} | {fmt(res.get('peak_rss_mb'))} | {fmt(base)} | {ratio} |")
         memory = "\n".join(mem)
+    scaling = render_scaling(rows)
+    if scaling:
+        memory = (memory + "\n\n" + scaling) if memory else scaling
     return "\n".join(lines), memory
+
+
+def render_scaling(rows):
+    """Thread scaling: each implementation's images/s on n threads ÷ its images/s on 1 thread,
+    per workload (the issue's target for cnnc: at least 1.85x on 2 threads for training and
+    ResNet-50 batch 8)."""
+    by_workload = {}
+    for r in rows:
+        by_workload.setdefault((r["model"], r["mode"], r["batch_size"]), {})[r["threads"]] = r
+    impls = [i for i in ("cnnc", "tf", "ort") if any(i in r["results"] for r in rows)]
+    lines = []
+    for (model, mode, batch), per_threads in by_workload.items():
+        one = per_threads.get(1)
+        if not one:
+            continue
+        for n, r in sorted(per_threads.items()):
+            if n == 1:
+                continue
+            cells = []
+            for impl in impls:
+                a, b = one["results"].get(impl), r["results"].get(impl)
+                ok = a and b and a["images_per_s"] > 0
+                cells.append(f"{b['images_per_s'] / a['images_per_s']:.2f}x" if ok else "")
+            lines.append(f"| {workload_label(model, mode, batch)} | 1 -> {n} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["Scaling (images/s on n threads ÷ images/s on 1 thread, best rounds):", "",
+            "| workload | threads | " + " | ".join(IMPL_NAMES[i] for i in impls) + " |",
+            "|---|---|" + "---:|" * len(impls)]
+    return "\n".join(head + lines)
 
 
 def write_results_md(path, rec, table, memory, errors):
