@@ -227,11 +227,18 @@ pub fn transform_kernel_into(kernel: &[f32], in_channels: usize, filters: usize,
     // Row `c` of each plane (`filters` floats) is computed from row `c` of
     // each tap: tasks of whole rows, vectorized along the filters.
     let planes = Planes::new(u, c_n, k_n);
-    let rows = KERNEL_TASK_PAIRS.div_ceil(k_n.max(1)).max(1);
-    (0..c_n.div_ceil(rows)).into_par_iter().for_each(|t| {
-        let c_range = t * rows..((t + 1) * rows).min(c_n);
-        transform_kernel_rows(kernel, c_n, k_n, c_range, &planes);
+    par_ranges(c_n, KERNEL_TASK_PAIRS.div_ceil(k_n.max(1)), |c_range| {
+        transform_kernel_rows(kernel, c_n, k_n, c_range, &planes)
     });
+}
+
+/// Runs `f` on the consecutive ranges of `0..n`, `per_task` long (the last
+/// shorter), in parallel.
+fn par_ranges(n: usize, per_task: usize, f: impl Fn(std::ops::Range<usize>) + Sync + Send) {
+    let per_task = per_task.max(1);
+    (0..n.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|t| f(t * per_task..((t + 1) * per_task).min(n)));
 }
 
 /// (Channel, filter) pairs per task of the kernel transforms (about 64 KiB
@@ -344,14 +351,10 @@ pub fn input_gradient_kernel_into(
     // tiles (whole cache lines along the filters), transposed in
     // registers' worth, and written as whole lines along the channels.
     let planes = Planes::new(u, k_n, c_n);
-    let blocks = k_n.div_ceil(KV);
-    let per_task = (KERNEL_TASK_PAIRS / (KV * c_n.max(1))).max(1);
-    (0..blocks.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|t| {
-            let b_range = t * per_task..((t + 1) * per_task).min(blocks);
-            input_gradient_kernel_blocks(kernel, c_n, k_n, b_range, &planes);
-        });
+    let per_task = KERNEL_TASK_PAIRS / (KV * c_n.max(1));
+    par_ranges(k_n.div_ceil(KV), per_task, |b_range| {
+        input_gradient_kernel_blocks(kernel, c_n, k_n, b_range, &planes)
+    });
 }
 
 dispatch_simd! {
@@ -1085,10 +1088,8 @@ pub fn kernel_gradient(s: &Conv2dShape, x: &[f32], dz: &[f32], dk: &mut [f32]) {
         // of whole rows `c` of dk's nine planes.
         let partials = &partials[..groups * 16 * plane];
         let planes = Planes::with_planes(dk, 9, c_n, k_n);
-        let rows = KERNEL_TASK_PAIRS.div_ceil(k_n).max(1);
-        (0..c_n.div_ceil(rows)).into_par_iter().for_each(|t| {
-            let c_range = t * rows..((t + 1) * rows).min(c_n);
-            kernel_gradient_rows(partials, c_n, k_n, c_range, &planes);
+        par_ranges(c_n, KERNEL_TASK_PAIRS.div_ceil(k_n), |c_range| {
+            kernel_gradient_rows(partials, c_n, k_n, c_range, &planes)
         });
     });
 }
