@@ -427,11 +427,12 @@ def render_scaling(rows):
             for impl in impls:
                 a, b = one["results"].get(impl), r["results"].get(impl)
                 ok = a and b and a["images_per_s"] > 0
-                cells.append(f"{b['images_per_s'] / a['images_per_s']:.2f}x" if ok else "")
+                cells.append(f"{b['images_per_s'] / a['images_per_s']:.2f}x" if ok else "n/a")
             lines.append(f"| {workload_label(model, mode, batch)} | 1 -> {n} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    head = ["Scaling (images/s on n threads ÷ images/s on 1 thread, best rounds):", "",
+    head = ["Scaling (images/s on n threads ÷ images/s on 1 thread, best rounds; above n: the "
+            "1-thread rounds were slowed by other load, or two cores' caches hold what one's does not):", "",
             "| workload | threads | " + " | ".join(IMPL_NAMES[i] for i in impls) + " |",
             "|---|---|" + "---:|" * len(impls)]
     return "\n".join(head + lines)

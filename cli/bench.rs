@@ -396,7 +396,7 @@ pub fn execute(args: BenchArgs) -> ExitCode {
                 acc.add_step(times);
             }
         }
-        let step_ms = profile_start.elapsed().as_secs_f64() * 1e3 / args.steps.max(1) as f64;
+        let step_ms = profile_start.elapsed().as_secs_f64() * 1e3 / acc.steps().max(1) as f64;
         executor.set_profiling(false);
         (Some(acc.rows()), Some(step_ms))
     } else {

@@ -84,6 +84,16 @@ fn training_profile_times_every_conv_and_dense_both_ways() {
     };
     assert_eq!(timed("fused_conv2d"), 5, "{rows:?}");
     assert_eq!(timed("fused_matmul"), 3, "{rows:?}");
+    // A whole profiled step takes at least the time of its nodes.
+    let nodes_ms: f64 = rows
+        .iter()
+        .map(|r| r["forward_ms"].as_f64().unwrap() + r["backward_ms"].as_f64().unwrap())
+        .sum();
+    let step_ms = v["profile_step_ms"].as_f64().expect("profile_step_ms");
+    assert!(
+        step_ms >= nodes_ms,
+        "step {step_ms} ms < nodes {nodes_ms} ms"
+    );
 }
 
 #[test]
@@ -101,6 +111,10 @@ fn text_profile_is_a_table_after_the_summary() {
     let text = bench_profile("infer", "1", "1", "0", &[]);
     assert!(
         text.contains("profile      mean per step over 1 profiled step\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" ms of it outside the nodes (between nodes)\n"),
         "{text}"
     );
     // conv2d_4 runs on the 7x7 maps with 256 filters.

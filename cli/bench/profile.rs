@@ -66,6 +66,11 @@ impl Profile {
         self.steps += 1;
     }
 
+    /// Steps added so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
     /// Mean per-step times of the nodes that took any time, in graph order.
     pub fn rows(&self) -> Vec<NodeProfile> {
         let n = self.steps.max(1) as f64;
@@ -82,8 +87,9 @@ impl Profile {
 }
 
 /// The profile as a table for people: one line per node, then the total
-/// and, given the mean wall time of a whole profiled step (`step_ms`), what
-/// ran outside the nodes (loss, optimizer step, waiting between nodes).
+/// and, given the mean wall time of a whole profiled step (`step_ms`), the
+/// time outside the nodes (the loss and optimizer step of training, and
+/// whatever runs between nodes).
 pub fn render(rows: &[NodeProfile], steps: usize, step_ms: Option<f64>) -> String {
     let total: f64 = rows.iter().map(|r| r.forward_ms + r.backward_ms).sum();
     let backward = rows.iter().any(|r| r.backward_ms > 0.0);
@@ -130,8 +136,13 @@ pub fn render(rows: &[NodeProfile], steps: usize, step_ms: Option<f64>) -> Strin
     }
     out += &format!("    total {total:.3} ms per step in the nodes\n");
     if let Some(step) = step_ms {
+        let outside = if backward {
+            "loss, optimizer step, between nodes"
+        } else {
+            "between nodes"
+        };
         out += &format!(
-            "    step  {step:.3} ms per profiled step, {:.3} ms of it outside the nodes (loss, optimizer step)\n",
+            "    step  {step:.3} ms per profiled step, {:.3} ms of it outside the nodes ({outside})\n",
             step - total
         );
     }

@@ -10,9 +10,12 @@
 //!   MobileNetV2's stride-2 block), batch norm with moving statistics,
 //!   max pooling (ResNet-50's 3x3 stride-2 stem pool, Xception's 3x3
 //!   stride-2 `same` pool, the Fashion CNN's 2x2) and a 2x2 average pool;
-//! - `winograd_kernel`: the per-step Winograd F(2x2, 3x3) kernel transforms
-//!   of training (the forward kernel's, and the rotated one of the input
-//!   gradient), at the Fashion CNN's 3x3 shapes, on 1 and 2 threads;
+//! - `winograd_kernel`: the Winograd F(2x2, 3x3) kernel transforms a
+//!   training step makes for each Winograd conv (the forward kernel's, and
+//!   the rotated one of the input gradient), at the Fashion CNN's 3x3
+//!   channel counts (its 14x14 layers, 64 -> 128 and 128 -> 128, train by
+//!   Winograd; its 7x7 ones, 128 -> 256 and 256 -> 256, by im2col, and are
+//!   here as larger cases), on 1 and 2 threads;
 //! - `model`: a Fashion-MNIST CNN training step and inference at batch 128,
 //!   on 1 and 2 threads.
 //!
@@ -303,8 +306,8 @@ fn zoo(c: &mut Criterion) {
     g.finish();
 }
 
-/// The Winograd kernel transforms a training step makes for each 3x3 conv
-/// (both write `16 * in_channels * filters` floats).
+/// The Winograd kernel transforms a training step makes for each Winograd
+/// conv (both write `16 * in_channels * filters` floats).
 fn winograd_kernel(c: &mut Criterion) {
     use cnnc_runtime::kernels::winograd::{input_gradient_kernel_into, transform_kernel_into};
     let mut g = c.benchmark_group("winograd_kernel");

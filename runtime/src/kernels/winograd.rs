@@ -241,12 +241,13 @@ fn par_ranges(n: usize, per_task: usize, f: impl Fn(std::ops::Range<usize>) + Sy
         .for_each(|t| f(t * per_task..((t + 1) * per_task).min(n)));
 }
 
-/// (Channel, filter) pairs per task of the kernel transforms (about 64 KiB
-/// of output each).
+/// (Channel, filter) pairs per task of the kernel transforms (64 KiB of
+/// output each for the 16 planes of a transformed kernel, 36 KiB for the
+/// nine taps of a kernel gradient).
 const KERNEL_TASK_PAIRS: usize = 1024;
 
 /// Lanes of the vectorized kernel transforms: (channel, filter) pairs
-/// transformed at once, one AVX-512 register.
+/// transformed at once (one AVX-512 register, two AVX2 ones).
 const KV: usize = 16;
 
 /// `U = G g G^T` of [`KV`] (channel, filter) pairs at once: `g[tap][lane]`
@@ -347,7 +348,8 @@ pub fn input_gradient_kernel_into(
         "winograd transformed kernel length"
     );
     // Row `k` of each plane (`in_channels` floats) gathers column `k` of
-    // the kernel: tasks of [`KV`] filters, each read as [`KV`] x [`KV`]
+    // the kernel: tasks of whole blocks of [`KV`] filters, each block read
+    // as [`KV`] x [`KV`]
     // tiles (whole cache lines along the filters), transposed in
     // registers' worth, and written as whole lines along the channels.
     let planes = Planes::new(u, k_n, c_n);
@@ -1477,6 +1479,83 @@ mod tests {
             assert!(
                 bits.windows(2).all(|p| p[0] == p[1]),
                 "bits depend on the thread count"
+            );
+        }
+    }
+
+    /// `U = G g G^T` of one 3x3 kernel `g(ky, kx)`, in f64 (`xi = 4 row + col`).
+    fn reference_u(g: impl Fn(usize, usize) -> f64) -> [f64; 16] {
+        let gm = [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
+        std::array::from_fn(|xi| {
+            let (i, j) = (xi / 4, xi % 4);
+            (0..9)
+                .map(|t| gm[i][t / 3] * g(t / 3, t % 3) * gm[j][t % 3])
+                .sum()
+        })
+    }
+
+    #[test]
+    fn kernel_transforms_match_g_g_gt_and_not_the_thread_count() {
+        // Channel and filter counts below, at and past the 16 lanes, and
+        // products spanning several tasks (written by a reviewer).
+        for (c_n, k_n) in [
+            (8, 8),
+            (9, 17),
+            (16, 16),
+            (24, 40),
+            (64, 128),
+            (3, 130),
+            (70, 33),
+            (1, 2000),
+        ] {
+            let p = c_n * k_n;
+            let w = lcg(9, 9 * p);
+            let mut bits = Vec::new();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (mut f, mut i) = (vec![f32::NAN; 16 * p], vec![f32::NAN; 16 * p]);
+                pool.install(|| {
+                    transform_kernel_into(&w, c_n, k_n, &mut f);
+                    input_gradient_kernel_into(&w, c_n, k_n, &mut i)
+                });
+                for c in 0..c_n {
+                    for k in 0..k_n {
+                        let uf = reference_u(|y, x| w[(y * 3 + x) * p + c * k_n + k] as f64);
+                        // The rotated kernel, channels and filters swapped.
+                        let ui =
+                            reference_u(|y, x| w[((2 - y) * 3 + 2 - x) * p + c * k_n + k] as f64);
+                        for xi in 0..16 {
+                            let (gf, gi) = (f[xi * p + c * k_n + k], i[xi * p + k * c_n + c]);
+                            assert!(
+                                (gf as f64 - uf[xi]).abs() <= 2e-6,
+                                "fwd {c_n}x{k_n} {xi} {c} {k}"
+                            );
+                            assert!(
+                                (gi as f64 - ui[xi]).abs() <= 2e-6,
+                                "igrad {c_n}x{k_n} {xi} {c} {k}"
+                            );
+                        }
+                    }
+                }
+                bits.push(
+                    [f, i]
+                        .concat()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                );
+            }
+            assert!(
+                bits.windows(2).all(|b| b[0] == b[1]),
+                "{c_n}x{k_n}: the thread count changes the bits"
             );
         }
     }
