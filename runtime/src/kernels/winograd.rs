@@ -349,9 +349,9 @@ pub fn input_gradient_kernel_into(
     );
     // Row `k` of each plane (`in_channels` floats) gathers column `k` of
     // the kernel: tasks of whole blocks of [`KV`] filters, each block read
-    // as [`KV`] x [`KV`]
-    // tiles (whole cache lines along the filters), transposed in
-    // registers' worth, and written as whole lines along the channels.
+    // as [`KV`] x [`KV`] tiles (whole cache lines along the filters),
+    // transposed in registers' worth, and written as whole lines along the
+    // channels.
     let planes = Planes::new(u, k_n, c_n);
     let per_task = KERNEL_TASK_PAIRS / (KV * c_n.max(1));
     par_ranges(k_n.div_ceil(KV), per_task, |b_range| {
