@@ -309,7 +309,7 @@ def main():
     elapsed = time.time() - t0
     load_after = os.getloadavg()
 
-    table, memory = render_tables(rows, per_core)
+    table, below = render_tables(rows, per_core)
     # A failed round counts only when no round of that row and implementation succeeded.
     errors = [f"- {e['impl']} `{' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(e['cmd']))}`: "
               f"{e['error']}" for e in raw if e["error"] and not e["row"]["results"].get(e["impl"])] + setup_errors
@@ -317,9 +317,9 @@ def main():
         del e["row"]
     print()
     print(table)
-    if memory:
+    if below:
         print()
-        print(memory)
+        print(below)
     if errors:
         print("\nFailed measurements:")
         print("\n".join(errors))
@@ -349,12 +349,12 @@ def main():
         json.dump(record, f, indent=2, default=str)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
-        if memory:
-            f.write("\n" + memory + "\n")
+        if below:
+            f.write("\n" + below + "\n")
         if errors:
             f.write("\nFailed measurements:\n" + "\n".join(errors) + "\n")
     if args.write_results:
-        write_results_md(args.write_results, record, table, memory, errors)
+        write_results_md(args.write_results, record, table, below, errors)
         print(f"# wrote {args.write_results}")
 
 
@@ -401,10 +401,8 @@ def render_tables(rows, per_core):
                 else "n/a")
             mem.append(f"| {IMPL_NAMES[impl]} | {fmt(res.get('peak_rss_mb'))} | {fmt(base)} | {ratio} |")
         memory = "\n".join(mem)
-    scaling = render_scaling(rows)
-    if scaling:
-        memory = (memory + "\n\n" + scaling) if memory else scaling
-    return "\n".join(lines), memory
+    below = "\n\n".join(t for t in (memory, render_scaling(rows)) if t)
+    return "\n".join(lines), below
 
 
 def render_scaling(rows):
@@ -438,7 +436,7 @@ def render_scaling(rows):
     return "\n".join(head + lines)
 
 
-def write_results_md(path, rec, table, memory, errors):
+def write_results_md(path, rec, table, below, errors):
     def git(*a):
         return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
@@ -503,7 +501,7 @@ images/s = its ms/batch ÷ cnnc's: **> 1 means cnnc is faster** (for b1, lower l
 
 {table}
 
-{memory}
+{below}
 """
     scale = rec["args"].get("scale", 1.0)
     if scale < 1.0:
